@@ -1,0 +1,133 @@
+"""``dgr2``: one command line for the service, the recipe, evaluation, benchmarks and the model store.
+
+Each subcommand's module is imported only when that subcommand runs, so ``dgr2 --help`` is instant
+and a CPU box serving models never imports training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+# subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
+COMMANDS = {
+    "serve": ("service.cli", "run the re-ranking service (FastAPI + uvicorn)"),
+}
+
+
+def _model_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="manage checkpoints in the model store")
+    msub = p.add_subparsers(dest="model_cmd", required=True)
+    store_help = "model store root (default: $DGR2_STORE or the shipped store inside the package)"
+
+    init = msub.add_parser("init", help="write a random-init AR + diffusion checkpoint pair and alias them")
+    init.add_argument("--preset", default="tiny", help="architecture preset: tiny, small or base (default tiny)")
+    init.add_argument("--name", default=None, help="model name in the store (default: the shipped default name)")
+    init.add_argument("--store", default=None, help=store_help)
+    init.add_argument("--seed", type=int, default=0, help="weight-init seed")
+    init.add_argument("--data-dir", default=None,
+                      help="build the vocabulary from the Amazon Beauty catalog here (else $DGR2_DATA_DIR, "
+                           "else a small synthetic catalog)")
+    init.set_defaults(func=_model_init)
+
+    ls = msub.add_parser("list", help="list models, versions and aliases")
+    ls.add_argument("--store", default=None, help=store_help)
+    ls.set_defaults(func=_model_list)
+
+    ver = msub.add_parser("verify", help="verify a checkpoint's hashes and that it loads")
+    ver.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
+    ver.add_argument("--store", default=None, help=store_help)
+    ver.set_defaults(func=_model_verify)
+
+
+def _store(args):
+    from model_store import DEFAULT_ROOT, ModelStore
+
+    return ModelStore(args.store or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
+
+
+def resolve_checkpoint(ref: str, store_root: str | None = None):
+    """``NAME[:REF]`` in the store (REF defaults to ``ar``), or a path to a checkpoint folder."""
+    from pathlib import Path
+
+    from model_store import DEFAULT_ROOT, ModelStore
+
+    if Path(ref).is_dir():
+        return Path(ref)
+    name, _, version = ref.partition(":")
+    store = ModelStore(store_root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
+    return store.resolve(name, version or "ar")
+
+
+def _model_init(args) -> int:
+    from model_store import DEFAULT_MODEL
+    from model_store.init import init_pair
+
+    data_dir = args.data_dir or os.environ.get("DGR2_DATA_DIR")
+    if data_dir:
+        from recipe.data import load_catalog
+
+        catalog = load_catalog(data_dir)
+    else:
+        from recipe.synthetic import synthetic_data
+
+        catalog = synthetic_data().catalog
+    paths = init_pair(_store(args), args.name or DEFAULT_MODEL, catalog, args.preset, args.seed)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def _model_list(args) -> int:
+    store = _store(args)
+    out = {name: {"versions": store.versions(name), "aliases": store.aliases(name)} for name in store.names()}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _model_verify(args) -> int:
+    from model_store import load_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
+    print(json.dumps({"path": str(ckpt.path), "stage": ckpt.manifest.get("stage"), "decoder": ckpt.config.decoder,
+                      "parameters": sum(p.numel() for p in ckpt.model.parameters()), "ok": True}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dgr2", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _model_commands(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        # no help of its own: ``dgr2 NAME --help`` reaches the module's parser with every flag
+        sub.add_parser(name, help=help_text, add_help=False).set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from model_store import CheckpointError
+
+    try:
+        if hasattr(args, "func"):
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            return args.func(args)
+        module = importlib.import_module(args.module)
+        sub = argparse.ArgumentParser(prog=f"dgr2 {args.command}", description=COMMANDS[args.command][1])
+        module.add_arguments(sub)
+        return module.run(sub.parse_args(rest))
+    except CheckpointError as e:
+        print(f"dgr2: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Block attention: a block of queries against each sequence's committed KV cache plus the block.
+
+Spec (``block_attention_ref``):
+  q        [B, S, Hq, D]   the block's queries; the block sits at positions [lens[b], lens[b]+S)
+  k_cache  [B, T, Hkv, D]  with the block's own keys already written at those positions
+  v_cache  [B, T, Hkv, D]
+  lens     [B] int64       committed length of each sequence before the block
+  causal   [B] bool        True: causal inside the block (prefill, commit, AR step with S=1);
+                           False: bidirectional inside the block (a denoising step)
+Key j is visible to block query i of sequence b iff j < lens[b], or lens[b] <= j < lens[b]+S and
+(not causal[b] or j - lens[b] <= i). GQA: query head h reads KV head h // (Hq // Hkv).
+Returns [B, S, Hq, D] in q's dtype; softmax in fp32 with scale 1/sqrt(D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kernels.dispatch import backend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU service runs on the torch references only
+    triton = None
+
+
+def visible_keys(lens: torch.Tensor, causal: torch.Tensor, block_len: int, n_keys: int) -> torch.Tensor:
+    """The visibility rule above as a boolean mask ``[B, S, n_keys]``."""
+    j = torch.arange(n_keys, device=lens.device)[None, None, :]
+    i = torch.arange(block_len, device=lens.device)[None, :, None]
+    start = lens[:, None, None]
+    in_block = (j >= start) & (j < start + block_len)
+    in_block = in_block & (~causal[:, None, None] | (j - start <= i))
+    return (j < start) | in_block
+
+
+def block_attention_ref(q, k_cache, v_cache, lens, causal):
+    B, S, Hq, D = q.shape
+    n_keys = min(int(lens.max()) + S, k_cache.shape[1])
+    k = k_cache[:, :n_keys].transpose(1, 2)  # [B, Hkv, T, D]
+    v = v_cache[:, :n_keys].transpose(1, 2)
+    mask = visible_keys(lens, causal, S, n_keys)[:, None]  # [B, 1, S, T]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2).float(), k.float(), v.float(), attn_mask=mask,
+        scale=1.0 / math.sqrt(D), enable_gqa=Hq != k.shape[1],
+    )
+    return out.transpose(1, 2).to(q.dtype)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _block_attention_kernel(
+        q_ptr, k_ptr, v_ptr, o_ptr, lens_ptr, causal_ptr,
+        sq_b, sq_s, sq_h, sq_d, sk_b, sk_t, sk_h, sk_d, sv_b, sv_t, sv_h, sv_d, so_b, so_s, so_h, so_d,
+        S, T, D, qk_scale,
+        GROUP: tl.constexpr, HKV: tl.constexpr, DOT_FP32: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # One program: BLOCK_M rows of (block position i, query head of the group) for one (b, kv head),
+        # so the KV tiles are read once for all GROUP query heads that share them (GQA).
+        pid_m = tl.program_id(0)
+        b = (tl.program_id(1) // HKV).to(tl.int64)
+        hk = tl.program_id(1) % HKV
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [M] = i * GROUP + g
+        i = rows // GROUP
+        head = hk * GROUP + rows % GROUP
+        row_ok = i < S
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+
+        start = tl.load(lens_ptr + b)  # the block sits at [start, start + S)
+        bidirectional = tl.load(causal_ptr + b).to(tl.int32) == 0
+        # Keys beyond the last row's horizon are never visible: stop the loop there.
+        last_i = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1, S * GROUP - 1) // GROUP
+        hi = tl.where(bidirectional, start + S, start + last_i + 1)
+        hi = tl.minimum(hi, T)
+
+        q_off = b * sq_b + i[:, None] * sq_s + head[:, None] * sq_h + d[None, :] * sq_d
+        q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [M, Dp]
+        if DOT_FP32:
+            q = q.to(tl.float32)
+
+        # Finite start value: a fully masked tile then gives p = 0, alpha = 1 instead of NaN.
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        k_base = k_ptr + b * sk_b + hk * sk_h
+        v_base = v_ptr + b * sv_b + hk * sv_h
+        for j0 in range(0, hi, BLOCK_N):
+            j = j0 + tl.arange(0, BLOCK_N)  # [N]
+            j_ok = j < hi
+            kv_mask = j_ok[:, None] & d_ok[None, :]
+            k = tl.load(k_base + j[:, None] * sk_t + d[None, :] * sk_d, mask=kv_mask, other=0.0)  # [N, Dp]
+            v = tl.load(v_base + j[:, None] * sv_t + d[None, :] * sv_d, mask=kv_mask, other=0.0)
+            if DOT_FP32:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))  # [M, N] fp32 accumulation
+            in_block_ok = (j[None, :] - start <= i[:, None]) | bidirectional
+            visible = j_ok[None, :] & ((j[None, :] < start) | in_block_ok)
+            s = tl.where(visible, s * qk_scale, float("-inf"))  # log2 domain
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if DOT_FP32:
+                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l_i = 0 only on padding rows
+        o_off = b * so_b + i[:, None] * so_s + head[:, None] * so_h + d[None, :] * so_d
+        tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    return max(floor, 1 << max(0, n - 1).bit_length())
+
+
+def block_attention_triton(q, k_cache, v_cache, lens, causal):
+    """Flash-attention style kernel for :func:`block_attention_ref`; no host sync (lens stay on device)."""
+    if triton is None:
+        raise RuntimeError("block_attention_triton needs the triton package (use the torch backend)")
+    B, S, Hq, D = q.shape
+    T, Hkv = k_cache.shape[1], k_cache.shape[2]
+    group = Hq // Hkv
+    out = torch.empty((B, S, Hq, D), device=q.device, dtype=q.dtype)
+    # tl.dot wants every dim >= 16; 16-bit inputs of one dtype go to the tensor cores as they are,
+    # anything else (fp32, mixed dtypes) is computed in exact fp32 to match the reference.
+    same16 = q.dtype in (torch.float16, torch.bfloat16) and k_cache.dtype == v_cache.dtype == q.dtype
+    # Triton's CPU interpreter (3.9) multiplies the raw bits of bf16 in tl.dot: upcast there instead.
+    same16 &= not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    block_m = _pow2_at_least(min(S * group, 64), 16)
+    block_d = _pow2_at_least(D, 16)
+    grid = (triton.cdiv(S * group, block_m), B * Hkv)
+    _block_attention_kernel[grid](
+        q, k_cache, v_cache, out, lens, causal,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
+        S, T, D, 1.4426950408889634 / math.sqrt(D),  # scale folded with log2(e) for exp2
+        GROUP=group, HKV=Hkv, DOT_FP32=not same16,
+        BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, num_warps=4,
+    )
+    return out
+
+
+def block_attention(q, k_cache, v_cache, lens, causal):
+    if backend() == "triton":
+        return block_attention_triton(q, k_cache, v_cache, lens, causal)
+    return block_attention_ref(q, k_cache, v_cache, lens, causal)

@@ -1,0 +1,99 @@
+"""Autoregressive decoder: prefill, then one token per forward pass with the KV cache (batched, greedy).
+
+Constrained in the answer, which is where AR gets its validity from: after ``<answer>`` only unused
+in-request slots may follow, then ``</answer>``, then ``<eos>``. Slots outside the request and the
+``<pad>``/``<mask>`` tokens are never emitted; ``</think>`` is followed by ``<answer>``, and
+``<answer>`` is forced when the remaining budget only just fits a full answer, so a constrained AR
+answer is always a valid permutation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.decoding import Batch, DecodeConfig, SequenceResult
+from model.tokenizer import Vocab
+from model.transformer import Transformer
+
+TRACE, ANSWER, DONE = 0, 1, 2
+
+
+class AnswerConstraint:
+    """Per-row phase and used slots; turns logits into the allowed next tokens."""
+
+    def __init__(self, vocab: Vocab, batch: Batch, vocab_size: int) -> None:
+        dev, B = batch.dev, batch.alive.numel()
+        self.vocab, self.slot_ids = vocab, batch.slot_ids
+        self.k = batch.k.clone()
+        self.phase = torch.zeros(B, dtype=torch.long, device=dev)
+        self.used = torch.zeros(B, batch.kmax, dtype=torch.bool, device=dev)
+        self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
+        in_request = torch.arange(batch.kmax, device=dev)[None, :] < self.k[:, None]  # [B, Kmax]
+        self.never = torch.zeros(B, vocab_size, dtype=torch.bool, device=dev)
+        self.never[:, [vocab.pad, vocab.mask]] = True
+        self.never[:, self.slot_ids] = ~in_request
+        self.in_request = in_request
+
+    def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
+        v = self.vocab
+        disallow = self.never.clone()
+        open_slots = self.in_request & ~self.used
+        answer_allow = torch.zeros_like(disallow)
+        answer_allow[:, self.slot_ids] = open_slots
+        answer_allow[:, v.end_answer] = ~open_slots.any(dim=1)
+        only = torch.zeros_like(disallow)
+        only_eos, only_answer = only.clone(), only.clone()
+        only_eos[:, v.eos] = True
+        only_answer[:, v.answer] = True
+        in_trace = self.phase == TRACE
+        force_answer = in_trace & ((self.prev == v.end_think) | (remaining <= self.k + 3))
+        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, disallow)
+        disallow = torch.where((self.phase == DONE)[:, None], ~only_eos, disallow)
+        disallow = torch.where(force_answer[:, None], ~only_answer, disallow)
+        return logits.masked_fill(disallow, float("-inf"))
+
+    def update(self, nxt: torch.Tensor) -> None:
+        v = self.vocab
+        self.used |= (nxt[:, None] == self.slot_ids[None, :]) & (self.phase == ANSWER)[:, None]
+        self.phase = torch.where((self.phase == TRACE) & (nxt == v.answer), ANSWER, self.phase)
+        self.phase = torch.where((self.phase == ANSWER) & (nxt == v.end_answer), DONE, self.phase)
+        self.prev = nxt
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for name in ("k", "phase", "used", "prev", "never", "in_request"):
+            setattr(self, name, getattr(self, name)[rows])
+
+
+@torch.inference_mode()
+def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
+              cfg: DecodeConfig | None = None) -> list[SequenceResult]:
+    cfg = cfg or DecodeConfig()
+    batch = Batch(model, vocab, prompts, num_slots, cfg.max_new_tokens, block=1)
+    logits = batch.prefill()  # [B, V]
+    constraint = AnswerConstraint(vocab, batch, logits.shape[-1]) if cfg.constrain_answer else None
+    for t in range(cfg.max_new_tokens):
+        rows_alive = batch.alive
+        scores = batch.scores(logits[:, None])[:, 0]  # the model's own belief, before constraints
+        if constraint is not None:
+            logits = constraint.apply(logits, cfg.max_new_tokens - t)
+        nxt = logits.argmax(dim=-1)  # [b]
+        batch.out_tokens[rows_alive, t] = nxt
+        batch.out_scores[rows_alive, t] = scores
+        batch.length[rows_alive] = t + 1
+        if constraint is not None:
+            constraint.update(nxt)
+        if t == cfg.max_new_tokens - 1:
+            break
+        if not cfg.ignore_eos:
+            stop = nxt == vocab.eos
+            if bool(stop.any()):
+                rows = batch.drop_finished(~stop)
+                if rows.numel() == 0:
+                    break
+                nxt = nxt[rows]
+                if constraint is not None:
+                    constraint.keep(rows)
+        logits = model(nxt[:, None], cache=batch.cache)[:, 0]
+        batch.cache.commit(1)
+        batch.passes[batch.alive] += 1
+    return batch.results()

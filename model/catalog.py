@@ -1,0 +1,78 @@
+"""The item catalog: the features the prompt renders for each item.
+
+An item is described by its id, brand, leaf category and a popularity bucket (computed on training
+interactions only). Brand and category names map to vocabulary tokens by their index in the
+catalog's sorted name lists, so the catalog file fixes the tokenizer's feature vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+POP_BUCKETS = 10  # popularity is rendered as one of <pop0>..<pop9> (0 = never seen in training)
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = None  # leaf category name
+    pop: int = 0  # popularity bucket in [0, POP_BUCKETS)
+
+
+class Catalog:
+    def __init__(self, items: list[Item]) -> None:
+        self.items: dict[str, Item] = {}
+        for it in items:
+            if it.id in self.items:
+                raise ValueError(f"duplicate item id {it.id!r} in catalog")
+            if not 0 <= it.pop < POP_BUCKETS:
+                raise ValueError(f"item {it.id!r}: pop bucket {it.pop} outside [0, {POP_BUCKETS})")
+            self.items[it.id] = it
+        self.brands: list[str] = sorted({it.brand for it in items if it.brand})
+        self.categories: list[str] = sorted({it.category for it in items if it.category})
+        self.brand_index = {b: i for i, b in enumerate(self.brands)}
+        self.category_index = {c: i for i, c in enumerate(self.categories)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.items
+
+    def get(self, item_id: str) -> Item | None:
+        return self.items.get(item_id)
+
+    def ids(self) -> list[str]:
+        return list(self.items)
+
+    def save(self, path: str | Path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            for it in self.items.values():
+                f.write(json.dumps(asdict(it), ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Catalog:
+        items = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    items.append(Item(**json.loads(line)))
+                except (json.JSONDecodeError, TypeError) as e:
+                    raise ValueError(f"{Path(path).name}: line {n} is not a catalog item: {e}") from None
+        return cls(items)
+
+
+def popularity_buckets(counts: dict[str, int]) -> dict[str, int]:
+    """Log-scale popularity buckets: 0 for unseen items, then 1..POP_BUCKETS-1 by log2 of the count."""
+    import math
+
+    out = {}
+    for item_id, c in counts.items():
+        out[item_id] = 0 if c <= 0 else min(POP_BUCKETS - 1, 1 + int(math.log2(c)))
+    return out

@@ -1,0 +1,98 @@
+"""Model configuration: a Qwen3 decoder config plus the fields our decoders need.
+
+The config serialises to a Hugging Face ``config.json`` (``model_type: qwen3``) so that
+``transformers.Qwen3ForCausalLM`` opens our checkpoints; our own fields ride along as extra keys
+that Hugging Face ignores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+DecoderKind = Literal["ar", "diffusion"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2  # GQA: each KV head serves num_attention_heads // num_key_value_heads queries
+    head_dim: int = 16
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096  # prompt (history + 100 candidates) + trace + answer
+    tie_word_embeddings: bool = True  # halves the parameters: the shipped pair must fit in 25 MB
+    # --- our fields (ignored by transformers) ---
+    mask_token_id: int = 0
+    pad_token_id: int = 0
+    eos_token_id: int = 0
+    block_size: int = 32  # block-diffusion block length (Fast-dLLM v2 default)
+    threshold: float = 0.9  # confidence threshold for parallel unmasking
+    decoder: DecoderKind = "ar"
+
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even for RoPE")
+        if self.decoder not in ("ar", "diffusion"):
+            raise ValueError(f"decoder must be 'ar' or 'diffusion', not {self.decoder!r}")
+
+    # ------------------------------------------------------------------ HF round trip
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(
+            model_type="qwen3",
+            architectures=["Qwen3ForCausalLM"],
+            hidden_act="silu",
+            attention_bias=False,
+            attention_dropout=0.0,
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=self.num_hidden_layers,
+            initializer_range=0.02,
+            use_cache=True,
+            bos_token_id=None,
+            torch_dtype="float32",
+        )
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def num_parameters(self) -> int:
+        h, i, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * self.head_dim
+        return v * h * (1 if self.tie_word_embeddings else 2) + L * per_layer + h
+
+
+# Presets: the architecture only; vocab and special ids come from the tokenizer at build time.
+PRESETS: dict[str, ModelConfig] = {
+    # unit tests: a forward pass in milliseconds
+    "tiny": ModelConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+    # the CPU recipe: trains within the hour budget on 2 cores, ships under the 25 MB budget in bf16
+    "small": ModelConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    # a GPU-sized variant of the same recipe
+    "base": ModelConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=64),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

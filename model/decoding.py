@@ -1,0 +1,106 @@
+"""What both decoders share: settings, per-sequence results, batch bookkeeping and the prefill.
+
+Batches hold prompts of different lengths (right-padded; each sequence commits only its own
+length) and different candidate counts K. Finished sequences leave the batch at once
+(:meth:`Batch.drop_finished`) so neither decoder spends forward passes on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kernels import answer_scores
+from model.kv_cache import KVCache
+from model.tokenizer import Vocab
+from model.transformer import Transformer
+
+
+@dataclass
+class DecodeConfig:
+    max_new_tokens: int = 1024
+    block_size: int = 32  # diffusion only
+    threshold: float = 0.9  # diffusion only; > 1 means exactly one token per denoising step
+    ignore_eos: bool = False  # generate exactly max_new_tokens (throughput-vs-length sweeps)
+    constrain_answer: bool = True  # AR only: mask used and out-of-request slots in the answer
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.block_size < 1:
+            raise ValueError("max_new_tokens and block_size must be positive")
+
+
+@dataclass
+class SequenceResult:
+    tokens: list[int]  # the continuation after the prompt, up to and including <eos> when it stopped
+    slot_logprobs: np.ndarray  # [len(tokens), K]: log-probs over the K slots when each token was decided
+    forward_passes: int  # passes this sequence took part in, prefill included
+    unmasked_per_step: list[int] = field(default_factory=list)  # diffusion: tokens decided per denoising step
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class Batch:
+    """Device-side state of the sequences still decoding, indexed by their row in the batch.
+
+    ``alive[i]`` is the original index (in the caller's list) of row ``i``; the output buffers are
+    indexed by original index, so dropping rows never moves results.
+    """
+
+    def __init__(self, model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
+                 max_new: int, block: int) -> None:
+        if len(prompts) != len(num_slots) or not prompts:
+            raise ValueError("need one num_slots per prompt, and at least one prompt")
+        if any(not 1 <= k <= len(vocab.slot_ids) for k in num_slots):
+            raise ValueError("num_slots out of range")
+        dev = model.device
+        self.model, self.vocab, self.dev = model, vocab, dev
+        B, self.kmax = len(prompts), max(num_slots)
+        self.prompt_len = max(len(p) for p in prompts)
+        capacity = self.prompt_len + max_new + block
+        if capacity > model.config.max_position_embeddings:
+            raise ValueError(f"prompt ({self.prompt_len}) + {max_new} new tokens exceed the model's "
+                             f"{model.config.max_position_embeddings} positions")
+        self.cache = KVCache(model.config, B, capacity, dev, model.model.embed_tokens.weight.dtype)
+        self.alive = torch.arange(B, device=dev)
+        self.k = torch.tensor(num_slots, device=dev)
+        self.slot_ids = vocab.slot_ids_tensor[: self.kmax].to(dev)
+        self.out_tokens = torch.full((B, max_new + block), vocab.pad, dtype=torch.long, device=dev)
+        self.out_scores = torch.zeros((B, max_new + block, self.kmax), dtype=torch.float32, device=dev)
+        self.length = torch.zeros(B, dtype=torch.long, device=dev)  # final continuation length
+        self.passes = torch.zeros(B, dtype=torch.long, device=dev)
+        self.prompts = prompts
+
+    def prefill(self) -> torch.Tensor:
+        """Causal pass over the right-padded prompts; returns the logits that predict token 0 ``[B, V]``."""
+        B = len(self.prompts)
+        ids = torch.full((B, self.prompt_len), self.vocab.pad, dtype=torch.long)
+        for i, p in enumerate(self.prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+        lens = torch.tensor([len(p) for p in self.prompts], device=self.dev)
+        h = self.model.hidden_states(ids.to(self.dev), cache=self.cache)  # [B, L, H]
+        self.cache.commit(lens)
+        self.passes += 1
+        last = h[torch.arange(B, device=self.dev), lens - 1]  # only the last position needs logits
+        return self.model.lm_head(last).float()
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Slot log-probs ``[b, N, Kmax]`` of logits ``[b, N, V]`` for the rows still alive."""
+        return answer_scores(logits, self.slot_ids, self.k[self.alive])
+
+    def drop_finished(self, keep: torch.Tensor) -> torch.Tensor:
+        """Remove rows where ``keep`` is False; returns the kept row indices (to index row-shaped state)."""
+        rows = keep.nonzero().squeeze(1)
+        self.alive = self.alive[rows]
+        self.cache.reorder(rows)
+        return rows
+
+    def results(self) -> list[SequenceResult]:
+        length, passes = self.length.tolist(), self.passes.tolist()
+        k = self.k.tolist()
+        tokens, scores = self.out_tokens.cpu(), self.out_scores.cpu()
+        return [SequenceResult(tokens[i, : length[i]].tolist(), scores[i, : length[i], : k[i]].numpy(), passes[i])
+                for i in range(len(length))]

@@ -1,0 +1,97 @@
+"""Block-diffusion decoder (Fast-dLLM v2 conventions).
+
+Each sequence appends a block of ``block_size`` ``<mask>`` tokens after its committed prefix and
+denoises it over a few forward passes: attention is bidirectional inside the block and reads the
+committed KV cache for everything before it. The AR next-token shift is kept: block position ``j``
+is predicted from the output at position ``j - 1`` (for ``j = 0``, from the last committed token).
+Each step unmasks every masked position whose confidence exceeds ``threshold``, and always at least
+the most confident one (:func:`kernels.unmask_select`).
+
+A full block is committed by one causal pass over its clean tokens, which writes its KV entries
+(identical to what AR decoding would have cached) and yields the logits for the next block's first
+position. Sequences progress independently: in one forward pass some rows denoise
+(``causal=False``) while others commit (``causal=True``). A sequence stops as soon as ``<eos>`` is
+decided with every position before it decided.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels import answer_scores, unmask_select
+from model.decoding import Batch, DecodeConfig, SequenceResult
+from model.tokenizer import Vocab
+from model.transformer import Transformer
+
+
+@torch.inference_mode()
+def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
+                     cfg: DecodeConfig | None = None) -> list[SequenceResult]:
+    cfg = cfg or DecodeConfig()
+    S = cfg.block_size
+    n_blocks = math.ceil(cfg.max_new_tokens / S)
+    batch = Batch(model, vocab, prompts, num_slots, n_blocks * S, block=S)
+    dev, B = batch.dev, len(prompts)
+    prev_logits = batch.prefill()  # [b, V]: predicts each row's next block position 0
+    tokens = torch.full((B, S), vocab.mask, dtype=torch.long, device=dev)
+    masked = torch.ones(B, S, dtype=torch.bool, device=dev)
+    committing = torch.zeros(B, dtype=torch.bool, device=dev)
+    offset = torch.zeros(B, dtype=torch.long, device=dev)  # continuation index of each row's block start
+    steps_log: list[list[int]] = [[] for _ in range(B)]
+    arange_s = torch.arange(S, device=dev)
+
+    while True:
+        block_in = torch.where(masked, vocab.mask, tokens)
+        logits = model(block_in, cache=batch.cache, causal=committing)  # [b, S, V]
+        batch.passes[batch.alive] += 1
+
+        # rows that committed their finished block this pass start a fresh one
+        batch.cache.commit(torch.where(committing, S, 0))
+        prev_logits = torch.where(committing[:, None], logits[:, -1], prev_logits)
+        offset = offset + committing * S
+        masked = masked | committing[:, None]
+
+        # rows that denoise: next-token shift, then the threshold rule on the still-masked positions
+        denoise = ~committing
+        shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, V]
+        cand, _, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
+        tokens = torch.where(unmask, cand, tokens)
+        masked = masked & ~unmask
+        rows, cols = unmask.nonzero(as_tuple=True)
+        pos = offset[rows] + cols
+        orig = batch.alive[rows]
+        batch.out_tokens[orig, pos] = cand[rows, cols]
+        batch.out_scores[orig, pos] = _scores_at(batch, shifted, rows, cols)
+        for r, n in zip(batch.alive[denoise].tolist(), unmask[denoise].sum(1).tolist(), strict=True):
+            steps_log[r].append(n)
+
+        # stop: <eos> decided with everything before it decided
+        decided_prefix = (~masked).long().cumprod(dim=1).sum(dim=1)  # [b] leading decided positions
+        is_eos = (tokens == vocab.eos) & ~masked
+        first_eos = torch.where(is_eos, arange_s, S).min(dim=1).values
+        stopped = denoise & (first_eos < decided_prefix) & (not cfg.ignore_eos)
+        batch.length[batch.alive] = torch.where(stopped, offset + first_eos + 1, offset + S - masked.sum(1))
+        full = denoise & ~masked.any(dim=1) & ~stopped
+        last_block = full & (offset + S >= n_blocks * S)  # budget spent: nothing left to commit for
+        finished = stopped | last_block
+        committing = full & ~last_block
+
+        if bool(finished.any()):
+            keep = batch.drop_finished(~finished)
+            if keep.numel() == 0:
+                break
+            tokens, masked, committing = tokens[keep], masked[keep], committing[keep]
+            offset, prev_logits = offset[keep], prev_logits[keep]
+
+    results = batch.results()
+    for r, log in zip(results, steps_log, strict=True):
+        r.unmasked_per_step = log
+    return results
+
+
+def _scores_at(batch: Batch, shifted: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Slot log-probs of the decided positions only (``[n, Kmax]``), with each row's own K."""
+    picked = shifted[rows, cols][:, None]  # [n, 1, V]: one "sequence" per decided position, each with its K
+    return answer_scores(picked, batch.slot_ids, batch.k[batch.alive[rows]])[:, 0]

@@ -1,0 +1,58 @@
+"""Preallocated KV cache with one committed length per sequence.
+
+Shape rule: ``k[layer]`` and ``v[layer]`` are ``[batch, capacity, n_kv_heads, head_dim]``; sequence
+``b`` has ``lens[b]`` committed entries at ``[0, lens[b])``. A forward pass writes its block of
+``S`` keys/values at ``[lens[b], lens[b] + S)`` and attends to ``[0, lens[b] + S)``; only
+:meth:`commit` moves ``lens``. Entries at or past ``lens[b]`` are therefore scratch: a denoising
+step may overwrite them freely, and attention never reads them unless the current block wrote them
+in this very pass (that is what makes a stale entry harmless, and a test checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.config import ModelConfig
+
+
+class KVCache:
+    def __init__(self, config: ModelConfig, batch_size: int, capacity: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        shape = (batch_size, capacity, config.num_key_value_heads, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.lens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.capacity = capacity
+        self._max_len = 0  # host-side upper bound of lens, for capacity checks without a device sync
+
+    @property
+    def batch_size(self) -> int:
+        return self.lens.shape[0]
+
+    def block_positions(self, block_len: int) -> torch.Tensor:
+        """Absolute positions ``[B, S]`` of a block placed right after each sequence's committed prefix."""
+        if self._max_len + block_len > self.capacity:
+            raise RuntimeError(f"KV cache full: {self._max_len} + {block_len} > capacity {self.capacity}")
+        return self.lens[:, None] + torch.arange(block_len, device=self.lens.device)[None, :]
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        # positions: [B, S]; k, v: [B, S, Hkv, D]
+        rows = torch.arange(k.shape[0], device=k.device)[:, None].expand_as(positions)
+        self.k[layer][rows, positions] = k.to(self.k[layer].dtype)
+        self.v[layer][rows, positions] = v.to(self.v[layer].dtype)
+
+    def commit(self, n: torch.Tensor | int) -> None:
+        """Append ``n[b]`` entries (written by the last pass) to sequence ``b``'s committed prefix."""
+        if isinstance(n, int):  # every sequence advances alike: the bound moves without a device sync
+            self.lens += n
+            self._max_len += n
+        else:
+            self.lens += n.to(self.lens)
+            self._max_len = int(self.lens.max())
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep only (and reorder to) the sequences in ``index``: used to drop finished requests."""
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+        self.lens = self.lens.index_select(0, index)
+        self._max_len = int(self.lens.max()) if index.numel() else 0

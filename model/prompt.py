@@ -1,0 +1,137 @@
+"""Prompt and answer format.
+
+A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eos>`` where
+
+  prompt = <history> item* </history> <candidates> (<cK> item)* </candidates> <think>
+  item   = <item:ID> <brand:i> <cat:i> <popN>
+
+Items outside the catalog are rendered from whatever features the caller gives (brand and category
+names the vocabulary knows; ``<unk_item>``/``<unk_brand>``/``<unk_cat>`` otherwise, ``<pop0>``
+since they have no training interactions): they are ranked, never rejected.
+
+``parse_answer`` reads a decoded continuation back into slots and classifies what is wrong with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from model.catalog import Catalog
+from model.tokenizer import MAX_HISTORY, MAX_SLOTS, Vocab, item_token, slot_token
+
+ItemRef = str | Mapping[str, object]
+
+
+def item_id_of(ref: ItemRef) -> str:
+    return ref if isinstance(ref, str) else str(ref.get("id", ""))
+
+
+def item_tokens(ref: ItemRef, catalog: Catalog) -> tuple[list[str], bool]:
+    """Feature tokens of one item and whether it is unknown to the catalog."""
+    item = catalog.get(item_id_of(ref))
+    if item is not None:
+        brand = catalog.brand_index.get(item.brand) if item.brand else None
+        cat = catalog.category_index.get(item.category) if item.category else None
+        return [item_token(item.id), _feature("brand", brand), _feature("cat", cat), f"<pop{item.pop}>"], False
+    given = ref if isinstance(ref, Mapping) else {}
+    brand = catalog.brand_index.get(str(given.get("brand"))) if given.get("brand") else None
+    cat = catalog.category_index.get(str(given.get("category"))) if given.get("category") else None
+    return ["<unk_item>", _feature("brand", brand), _feature("cat", cat), "<pop0>"], True
+
+
+def _feature(kind: str, index: int | None) -> str:
+    return f"<unk_{kind}>" if index is None else f"<{kind}:{index}>"
+
+
+@dataclass
+class RenderedPrompt:
+    ids: list[int]
+    num_slots: int
+    unknown_items: list[str] = field(default_factory=list)  # ids (history or candidates) not in the catalog
+    history_used: int = 0
+
+
+def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], candidates: Sequence[ItemRef],
+                  max_history: int = MAX_HISTORY) -> RenderedPrompt:
+    """Token ids of the prompt; ``history`` is oldest first and is cut to its ``max_history`` most recent."""
+    if not 1 <= len(candidates) <= MAX_SLOTS:
+        raise ValueError(f"need 1..{MAX_SLOTS} candidates, got {len(candidates)}")
+    history = list(history)[-max_history:] if max_history > 0 else []
+    tokens, unknown = ["<history>"], []
+    for ref in history:
+        toks, unk = item_tokens(ref, catalog)
+        tokens += toks
+        if unk:
+            unknown.append(item_id_of(ref))
+    tokens += ["</history>", "<candidates>"]
+    for k, ref in enumerate(candidates):
+        toks, unk = item_tokens(ref, catalog)
+        tokens += [slot_token(k), *toks]
+        if unk:
+            unknown.append(item_id_of(ref))
+    tokens += ["</candidates>", "<think>"]
+    return RenderedPrompt(vocab.ids(tokens), len(candidates), list(dict.fromkeys(unknown)), len(history))
+
+
+def render_completion(trace: Sequence[str], ranking: Sequence[int]) -> list[str]:
+    """Target tokens after the prompt: trace, then the ranking (0-based slots, best first)."""
+    return [*trace, "</think>", "<answer>", *(slot_token(k) for k in ranking), "</answer>", "<eos>"]
+
+
+@dataclass
+class AnswerParse:
+    """A decoded continuation read back as a ranking.
+
+    ``slots`` are the in-request slots in decoded order (duplicates kept); ``start`` is the index
+    of ``<answer>`` in the continuation (``None`` when absent), so rank position ``r`` was decoded
+    at continuation index ``start + 1 + r``.
+    """
+
+    num_slots: int
+    slots: list[int]
+    start: int | None
+    duplicates: int = 0
+    missing: int = 0
+    out_of_set: int = 0
+    malformed: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return not self.malformed and self.duplicates == 0 and self.out_of_set == 0 and self.missing == 0
+
+
+def parse_answer(vocab: Vocab, continuation: Sequence[int], num_slots: int) -> AnswerParse:
+    """Classify the answer of a decoded continuation.
+
+    malformed: no ``<answer>``, no ``</answer>`` after it, or a non-slot token inside it;
+    out_of_set: slot tokens naming a candidate the request does not have (``<cK>`` with K > num_slots);
+    duplicates: repeated occurrences of an in-request slot; missing: in-request slots never named.
+    """
+    ids = [int(t) for t in continuation]
+    try:
+        start = ids.index(vocab.answer)
+    except ValueError:
+        return AnswerParse(num_slots, [], None, missing=num_slots, malformed=True)
+    slots, seen = [], set()
+    out_of_set = duplicates = 0
+    malformed = True  # until </answer> is found
+    for t in ids[start + 1:]:
+        if t == vocab.end_answer:
+            malformed = False
+            break
+        k = vocab.slot_of(t)
+        if k is None:
+            malformed = True
+            break
+        if k >= num_slots:
+            out_of_set += 1
+        elif k in seen:
+            duplicates += 1
+            slots.append(k)
+        else:
+            seen.add(k)
+            slots.append(k)
+    else:
+        malformed = True
+    return AnswerParse(num_slots, slots, start, duplicates, num_slots - len(seen), out_of_set, malformed)

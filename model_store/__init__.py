@@ -1,0 +1,23 @@
+"""Checkpoints: the on-disk format (save, load, verify) and the registry of names, versions and aliases.
+
+The shipped default checkpoints live in this package's folder (``DEFAULT_ROOT``)."""
+
+from pathlib import Path
+
+from model_store.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    Provenance,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from model_store.registry import ModelStore
+
+DEFAULT_ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL = "beauty-gr2"
+
+__all__ = [
+    "DEFAULT_MODEL", "DEFAULT_ROOT", "Checkpoint", "CheckpointError", "ModelStore", "Provenance",
+    "load_checkpoint", "save_checkpoint", "verify_checkpoint",
+]
