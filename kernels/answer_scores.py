@@ -50,7 +50,9 @@ if triton is not None:
         tl.store(out_ptr + (b * N + rows[:, None]) * K + k[None, :], out, mask=row_ok & (k[None, :] < K))
 
 
-def answer_scores_triton(logits: torch.Tensor, slot_ids: torch.Tensor, num_slots: torch.Tensor) -> torch.Tensor:
+def answer_scores_triton(
+    logits: torch.Tensor, slot_ids: torch.Tensor, num_slots: torch.Tensor,
+) -> torch.Tensor:
     """One launch: gather + mask + log-softmax; reads only the B*N*Kmax slot logits."""
     if triton is None:
         raise RuntimeError("answer_scores_triton needs the triton package (use the torch backend)")

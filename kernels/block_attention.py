@@ -44,8 +44,9 @@ def block_attention_ref(q, k_cache, v_cache, lens, causal):
     k = k_cache[:, :n_keys].transpose(1, 2)  # [B, Hkv, T, D]
     v = v_cache[:, :n_keys].transpose(1, 2)
     mask = visible_keys(lens, causal, S, n_keys)[:, None]  # [B, 1, S, T]
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; fp64 stays fp64 (tests)
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2).float(), k.float(), v.float(), attn_mask=mask,
+        q.transpose(1, 2).to(acc), k.to(acc), v.to(acc), attn_mask=mask,
         scale=1.0 / math.sqrt(D), enable_gqa=Hq != k.shape[1],
     )
     return out.transpose(1, 2).to(q.dtype)

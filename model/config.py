@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 DecoderKind = Literal["ar", "diffusion"]
+HF_DECODER_KEY = "dgr2_decoder"
 
 
 @dataclass
@@ -46,6 +47,9 @@ class ModelConfig:
     # ------------------------------------------------------------------ HF round trip
     def to_hf_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        # transformers reads a top-level ``decoder`` key as an encoder-decoder sub-config and fails to
+        # load; the decoder kind is therefore stored as ``dgr2_decoder``.
+        d[HF_DECODER_KEY] = d.pop("decoder")
         d.update(
             model_type="qwen3",
             architectures=["Qwen3ForCausalLM"],
@@ -65,7 +69,10 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        fields = {k: v for k, v in d.items() if k in names}
+        if HF_DECODER_KEY in d:
+            fields["decoder"] = d[HF_DECODER_KEY]
+        return cls(**fields)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

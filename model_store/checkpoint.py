@@ -90,6 +90,7 @@ def save_checkpoint(path: str | Path, model: Transformer, vocab: Vocab, catalog:
         "data_hash": provenance.data_hash,
         "metrics": provenance.metrics,
         "files": {name: sha256_file(path / name) for name in FILES},
+        "sizes": {name: (path / name).stat().st_size for name in FILES},
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return path
@@ -112,6 +113,10 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} does not list {name}")
         if not (path / name).is_file():
             raise CheckpointError(f"{name} is missing in checkpoint {path.name}")
+        expected_size = manifest.get("sizes", {}).get(name)
+        size = (path / name).stat().st_size
+        if expected_size is not None and size < expected_size:
+            raise CheckpointError(f"{name} in checkpoint {path.name} is truncated ({size} of {expected_size} bytes)")
         if sha256_file(path / name) != files[name]:
             raise CheckpointError(f"{name} in checkpoint {path.name} does not match its sha256 in {MANIFEST} "
                                   "(truncated, corrupted or modified)")

@@ -1,0 +1,88 @@
+"""Prompt rendering and answer parsing, with every kind of invalid answer classified."""
+
+import pytest
+
+from model.prompt import parse_answer, render_completion, render_prompt
+from model.tokenizer import MAX_SLOTS, slot_token
+
+
+def toks(vocab, prompt):
+    return vocab.decode(prompt.ids).split()
+
+
+def test_prompt_layout(tiny, catalog):
+    _, vocab = tiny
+    ids = catalog.ids()
+    p = render_prompt(vocab, catalog, ids[:3], ids[10:12])
+    t = toks(vocab, p)
+    assert t[0] == "<history>" and t[-1] == "<think>"
+    assert t[t.index("<candidates>") + 1] == "<c1>"
+    assert f"<item:{ids[10]}>" in t and f"<item:{ids[2]}>" in t
+    assert p.num_slots == 2 and p.unknown_items == [] and "<unk>" not in t
+    assert len(t) == 1 + 3 * 4 + 2 + 2 * 5 + 2
+
+
+def test_history_keeps_most_recent(tiny, catalog):
+    _, vocab = tiny
+    ids = catalog.ids()
+    p = render_prompt(vocab, catalog, ids[:10], ids[20:22], max_history=4)
+    t = toks(vocab, p)
+    assert p.history_used == 4
+    assert f"<item:{ids[5]}>" not in t and f"<item:{ids[6]}>" in t and f"<item:{ids[9]}>" in t
+
+
+def test_unknown_items_rendered_from_given_features(tiny, catalog):
+    _, vocab = tiny
+    brand = catalog.brands[1]
+    cat = catalog.categories[2]
+    cands = ["NOPE-1", {"id": "NOPE-2", "brand": brand, "category": cat, "title": "x"}, catalog.ids()[0]]
+    p = render_prompt(vocab, catalog, ["NOPE-1"], cands)
+    t = toks(vocab, p)
+    assert p.unknown_items == ["NOPE-1", "NOPE-2"]
+    i = t.index("<c2>")
+    assert t[i + 1: i + 5] == ["<unk_item>", "<brand:1>", "<cat:2>", "<pop0>"]
+    j = t.index("<c1>")
+    assert t[j + 1: j + 5] == ["<unk_item>", "<unk_brand>", "<unk_cat>", "<pop0>"]
+
+
+def test_candidate_count_bounds(tiny, catalog):
+    _, vocab = tiny
+    with pytest.raises(ValueError):
+        render_prompt(vocab, catalog, [], [])
+    with pytest.raises(ValueError):
+        render_prompt(vocab, catalog, [], [f"x{i}" for i in range(MAX_SLOTS + 1)])
+
+
+def answer(vocab, body, close=True, trace=("<r:brand>",)):
+    tail = ["</answer>", "<eos>"] if close else []
+    return vocab.ids([*trace, "</think>", "<answer>", *body, *tail])
+
+
+@pytest.mark.parametrize("body,close,expect", [
+    (["<c2>", "<c1>", "<c3>"], True, dict(valid=True, duplicates=0, missing=0, out_of_set=0, malformed=False)),
+    (["<c2>", "<c2>", "<c3>"], True, dict(valid=False, duplicates=1, missing=1, out_of_set=0, malformed=False)),
+    (["<c2>", "<c3>"], True, dict(valid=False, duplicates=0, missing=1, out_of_set=0, malformed=False)),
+    (["<c2>", "<c7>", "<c3>", "<c1>"], True, dict(valid=False, duplicates=0, missing=0, out_of_set=1, malformed=False)),
+    (["<c2>", "<c1>", "<c3>"], False, dict(valid=False, duplicates=0, missing=0, out_of_set=0, malformed=True)),
+    (["<c2>", "<r:cat>", "<c1>", "<c3>"], True, dict(valid=False, malformed=True)),
+])
+def test_parse_answer_classifies(tiny, body, close, expect):
+    _, vocab = tiny
+    parsed = parse_answer(vocab, answer(vocab, body, close), num_slots=3)
+    for key, value in expect.items():
+        assert getattr(parsed, key) == value, key
+    assert parsed.start == 2
+
+
+def test_parse_answer_without_answer_tag(tiny):
+    _, vocab = tiny
+    parsed = parse_answer(vocab, vocab.ids(["<r:brand>", "<c1>", "<eos>"]), num_slots=4)
+    assert parsed.malformed and parsed.missing == 4 and parsed.start is None
+
+
+def test_completion_round_trip(tiny):
+    _, vocab = tiny
+    completion = vocab.ids(render_completion(["<r:brand>", "<h1>"], [2, 0, 1]))
+    parsed = parse_answer(vocab, completion, 3)
+    assert parsed.valid and parsed.slots == [2, 0, 1]
+    assert vocab.token(completion[-1]) == "<eos>" and slot_token(0) == "<c1>"

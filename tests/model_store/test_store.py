@@ -1,0 +1,88 @@
+"""Checkpoint store: round trip, hash verification that names the bad file, aliases, path safety."""
+
+import json
+
+import pytest
+import torch
+
+from dgr2cli import main as cli
+from model_store import (
+    CheckpointError,
+    ModelStore,
+    Provenance,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from model_store.init import init_pair
+
+
+@pytest.fixture()
+def ckpt(tmp_path, tiny, catalog):
+    model, vocab = tiny
+    return save_checkpoint(tmp_path / "m" / "v1", model, vocab, catalog,
+                           Provenance(stage="test", parent="none", metrics={"ndcg@10": 0.5}))
+
+
+def test_round_trip(ckpt, tiny):
+    model, _ = tiny
+    loaded = load_checkpoint(ckpt)
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    assert torch.equal(loaded.model(ids), model(ids))
+    m = loaded.manifest
+    assert m["stage"] == "test" and m["metrics"] == {"ndcg@10": 0.5} and set(m["files"]) >= {"config.json"}
+    assert json.loads((ckpt / "config.json").read_text())["model_type"] == "qwen3"
+    assert len(loaded.catalog) == 60
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "catalog.jsonl", "config.json"])
+def test_tampered_file_is_refused_by_name(ckpt, name):
+    data = bytearray((ckpt / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (ckpt / name).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        load_checkpoint(ckpt)
+
+
+def test_truncated_file_is_refused(ckpt):
+    w = ckpt / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors .* truncated"):
+        verify_checkpoint(ckpt)
+
+
+def test_missing_files_are_refused(ckpt):
+    (ckpt / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        verify_checkpoint(ckpt)
+    (ckpt / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="manifest.json"):
+        verify_checkpoint(ckpt)
+
+
+def test_store_aliases_and_path_safety(tmp_path, catalog):
+    store = ModelStore(tmp_path)
+    paths = init_pair(store, "demo", catalog)
+    assert store.resolve("demo", "ar") == paths["ar"].resolve()
+    assert store.resolve("demo", "diffusion") == paths["diffusion"].resolve()
+    assert load_checkpoint(paths["diffusion"]).config.decoder == "diffusion"
+    assert store.names() == ["demo"] and len(store.versions("demo")) == 2
+    for bad in ["../demo", "..", "/etc", "demo/../../x", ".hidden", "a b", ""]:
+        with pytest.raises(CheckpointError):
+            store.resolve(bad, "ar")
+        with pytest.raises(CheckpointError):
+            store.resolve("demo", bad)
+    with pytest.raises(CheckpointError, match="no version"):
+        store.resolve("demo", "nope")
+    (tmp_path / "link").symlink_to("/tmp")
+    with pytest.raises(CheckpointError, match="escapes"):
+        store.versions("link")
+
+
+def test_cli_init_list_verify(tmp_path, capsys):
+    assert cli(["model", "init", "--store", str(tmp_path), "--name", "x"]) == 0
+    assert cli(["model", "verify", "x:diffusion", "--store", str(tmp_path)]) == 0
+    assert '"decoder": "diffusion"' in capsys.readouterr().out
+    (next((tmp_path / "x").glob("*-ar")) / "config.json").write_text("{}")
+    assert cli(["model", "verify", "x:ar", "--store", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
