@@ -127,27 +127,31 @@ def _pow2_at_least(n: int, floor: int) -> int:
 
 
 def block_attention_triton(q, k_cache, v_cache, lens, causal):
-    """Flash-attention style kernel for :func:`block_attention_ref`; no host sync (lens stay on device)."""
+    """Flash-attention style kernel for :func:`block_attention_ref`: one program per (tile of query rows,
+    sequence, KV head), keys read in tiles up to ``lens[b] + S`` only; no host sync."""
     if triton is None:
         raise RuntimeError("block_attention_triton needs the triton package (use the torch backend)")
     B, S, Hq, D = q.shape
     T, Hkv = k_cache.shape[1], k_cache.shape[2]
     group = Hq // Hkv
     out = torch.empty((B, S, Hq, D), device=q.device, dtype=q.dtype)
+    if out.numel() == 0:
+        return out
     # tl.dot wants every dim >= 16; 16-bit inputs of one dtype go to the tensor cores as they are,
     # anything else (fp32, mixed dtypes) is computed in exact fp32 to match the reference.
     same16 = q.dtype in (torch.float16, torch.bfloat16) and k_cache.dtype == v_cache.dtype == q.dtype
     # Triton's CPU interpreter (3.9) multiplies the raw bits of bf16 in tl.dot: upcast there instead.
     same16 &= not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
-    block_m = _pow2_at_least(min(S * group, 64), 16)
-    block_d = _pow2_at_least(D, 16)
+    block_m = _pow2_at_least(min(S * group, 64), 16)  # rows = S * group (query position, head in group)
+    block_d = _pow2_at_least(D, 16)  # D padded with masks
+    block_n = 64 if same16 else 32  # fp32 K/V tiles are twice as big: keep the pipelined copies in shared memory
     grid = (triton.cdiv(S * group, block_m), B * Hkv)
     _block_attention_kernel[grid](
         q, k_cache, v_cache, out, lens, causal,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         S, T, D, 1.4426950408889634 / math.sqrt(D),  # scale folded with log2(e) for exp2
         GROUP=group, HKV=Hkv, DOT_FP32=not same16,
-        BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, num_warps=4,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
     )
     return out
 

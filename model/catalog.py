@@ -21,6 +21,12 @@ class Item:
     brand: str | None = None
     category: str | None = None  # leaf category name
     pop: int = 0  # popularity bucket in [0, POP_BUCKETS)
+    # items that co-occur with this one in other users' training sequences (see recipe.traces):
+    # the prompt marks a candidate linked to a history item, which the trace cites as evidence
+    links: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "links", tuple(self.links))
 
 
 class Catalog:
@@ -35,6 +41,7 @@ class Catalog:
         self.brands: list[str] = sorted({it.brand for it in items if it.brand})
         self.categories: list[str] = sorted({it.category for it in items if it.category})
         self.brand_index = {b: i for i, b in enumerate(self.brands)}
+        self._links = {it.id: frozenset(it.links) for it in items if it.links}
         self.category_index = {c: i for i, c in enumerate(self.categories)}
 
     def __len__(self) -> int:
@@ -46,13 +53,19 @@ class Catalog:
     def get(self, item_id: str) -> Item | None:
         return self.items.get(item_id)
 
+    def linked(self, a: str, b: str) -> bool:
+        """Whether items ``a`` and ``b`` co-occur often enough in training data to be linked."""
+        return b in self._links.get(a, ())
+
     def ids(self) -> list[str]:
         return list(self.items)
 
     def save(self, path: str | Path) -> None:
         with open(path, "w", encoding="utf-8") as f:
             for it in self.items.values():
-                f.write(json.dumps(asdict(it), ensure_ascii=False) + "\n")
+                row = asdict(it)
+                row["links"] = list(it.links)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Catalog:

@@ -2,8 +2,10 @@
 
 A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eos>`` where
 
-  prompt = <history> item* </history> <candidates> (<cK> item)* </candidates> <think>
+  prompt = <history> item* </history> <candidates> (<cK> item link)* </candidates> <think>
   item   = <item:ID> <brand:i> <cat:i> <popN>
+  link   = <hI>, the most recent history item the candidate co-occurs with in other users' training
+           sequences (catalog links), or <r:none>
 
 Items outside the catalog are rendered from whatever features the caller gives (brand and category
 names the vocabulary knows; ``<unk_item>``/``<unk_brand>``/``<unk_cat>`` otherwise, ``<pop0>``
@@ -14,11 +16,11 @@ since they have no training interactions): they are ranked, never rejected.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from model.catalog import Catalog
-from model.tokenizer import MAX_HISTORY, MAX_SLOTS, Vocab, item_token, slot_token
+from model.tokenizer import MAX_HISTORY, MAX_SLOTS, Vocab, history_token, item_token, slot_token
 
 ItemRef = str | Mapping[str, object]
 
@@ -52,12 +54,26 @@ class RenderedPrompt:
     history_used: int = 0
 
 
+Linked = Callable[[str, str], bool]
+
+
+def link_token(history_ids: Sequence[str], candidate: str, linked: Linked) -> str:
+    """``<hI>`` for the most recent history item linked to ``candidate``, else ``<r:none>``."""
+    for r, h in enumerate(reversed(history_ids)):
+        if linked(h, candidate):
+            return history_token(r)
+    return "<r:none>"
+
+
 def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], candidates: Sequence[ItemRef],
-                  max_history: int = MAX_HISTORY) -> RenderedPrompt:
-    """Token ids of the prompt; ``history`` is oldest first and is cut to its ``max_history`` most recent."""
+                  max_history: int = MAX_HISTORY, linked: Linked | None = None) -> RenderedPrompt:
+    """Token ids of the prompt; ``history`` is oldest first and is cut to its ``max_history`` most recent.
+
+    ``linked`` overrides the catalog's item links (training removes the user's own co-occurrences).
+    """
     if not 1 <= len(candidates) <= MAX_SLOTS:
         raise ValueError(f"need 1..{MAX_SLOTS} candidates, got {len(candidates)}")
-    history = list(history)[-max_history:] if max_history > 0 else []
+    history = list(history)[-min(max_history, MAX_HISTORY):] if max_history > 0 else []
     tokens, unknown = ["<history>"], []
     for ref in history:
         toks, unk = item_tokens(ref, catalog)
@@ -65,9 +81,11 @@ def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], ca
         if unk:
             unknown.append(item_id_of(ref))
     tokens += ["</history>", "<candidates>"]
+    history_ids = [item_id_of(ref) for ref in history]
+    linked = linked or catalog.linked
     for k, ref in enumerate(candidates):
         toks, unk = item_tokens(ref, catalog)
-        tokens += [slot_token(k), *toks]
+        tokens += [slot_token(k), *toks, link_token(history_ids, item_id_of(ref), linked)]
         if unk:
             unknown.append(item_id_of(ref))
     tokens += ["</candidates>", "<think>"]

@@ -8,7 +8,7 @@ spaces and round-trips through ``encode``/``decode``. Layout (ids in this order)
   structure     <history> </history> <candidates> </candidates> <think> </think> <answer> </answer>
                 <unk_item> <unk_brand> <unk_cat>
   slots         <c1> .. <c100>           candidate names (RankGPT-style): the answer vocabulary
-  trace         <r:brand> <r:cat> <r:pop> <r:none>, <h1> .. <h50> (history item by recency),
+  trace         <r:brand> <r:cat> <r:co> <r:none>, <h1> .. <h50> (history item by recency),
                 <v0> .. <v9> (evidence strength)
   features      <pop0> .. <pop9>, <brand:i>, <cat:i> (index into the catalog's sorted names),
                 <item:ID> for every catalog item
@@ -32,7 +32,7 @@ EVIDENCE_LEVELS = 10
 SPECIAL = ["<pad>", "<eos>", "<mask>", "<unk>"]
 STRUCTURE = ["<history>", "</history>", "<candidates>", "</candidates>", "<think>", "</think>",
              "<answer>", "</answer>", "<unk_item>", "<unk_brand>", "<unk_cat>"]
-RELATIONS = ["<r:brand>", "<r:cat>", "<r:pop>", "<r:none>"]
+RELATIONS = ["<r:brand>", "<r:cat>", "<r:co>", "<r:none>"]
 _ITEM_ID = re.compile(r"^[^\s<>]+$")
 
 

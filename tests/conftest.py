@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+# Triton kernels run interpreted on CPU; this must be set before triton is first imported.
+if os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cuda":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 

@@ -1,42 +1,23 @@
 """Kernel tests: each Triton kernel against its ``_ref`` and a float64 ground truth.
 
 ``DGR2_TEST_DEVICE=cuda`` runs them compiled on the GPU (larger shapes too); otherwise they run on
-CPU tensors through Triton's interpreter, which ``triton.jit`` picks at decoration time, hence the
-environment is set here, before the kernel modules are (re)imported.
+CPU tensors through Triton's interpreter.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 
 import pytest
 import torch
 
 DEVICE = os.environ.get("DGR2_TEST_DEVICE", "cpu")
-KERNEL_MODULES = ("kernels.block_attention", "kernels.unmask_select", "kernels.answer_scores")
 
 
-def _reimport_triton_interpreted() -> None:
-    """tests/conftest.py imports the model, hence kernels and triton, before this file runs, and
-    triton decorates its own library functions (tl.sum, ...) for the GPU at import. Drop triton's
-    Python modules (its compiled ``triton._C`` cannot load twice and is mode-independent) and
-    re-import the kernel modules, so that triton and our kernels come back interpreted.
-    Setting TRITON_INTERPRET=1 at the top of tests/conftest.py would make this a no-op."""
-    for name in [m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")]:
-        del sys.modules[name]
-    for name in KERNEL_MODULES:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-
-
+# tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton (triton.jit reads it
+# when a kernel is decorated), so CPU tensors go through the interpreter.
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    os.environ["TRITON_INTERPRET"] = "1"  # harmless elsewhere: CPU tensors can only be interpreted
-    if "triton" in sys.modules:
-        _reimport_triton_interpreted()
-
-ON_GPU = DEVICE != "cpu"
+    raise RuntimeError("kernel tests on CPU need TRITON_INTERPRET=1 set before triton is imported")
 
 
 @pytest.fixture

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import ON_GPU
 
 from kernels.block_attention import block_attention_ref, block_attention_triton, visible_keys
 
 pytest.importorskip("triton")
+ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 

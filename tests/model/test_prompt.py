@@ -19,7 +19,7 @@ def test_prompt_layout(tiny, catalog):
     assert t[t.index("<candidates>") + 1] == "<c1>"
     assert f"<item:{ids[10]}>" in t and f"<item:{ids[2]}>" in t
     assert p.num_slots == 2 and p.unknown_items == [] and "<unk>" not in t
-    assert len(t) == 1 + 3 * 4 + 2 + 2 * 5 + 2
+    assert len(t) == 1 + 3 * 4 + 2 + 2 * 6 + 2  # history items: 4 tokens; candidates: slot + 4 + link
 
 
 def test_history_keeps_most_recent(tiny, catalog):
@@ -40,9 +40,19 @@ def test_unknown_items_rendered_from_given_features(tiny, catalog):
     t = toks(vocab, p)
     assert p.unknown_items == ["NOPE-1", "NOPE-2"]
     i = t.index("<c2>")
-    assert t[i + 1: i + 5] == ["<unk_item>", "<brand:1>", "<cat:2>", "<pop0>"]
+    assert t[i + 1: i + 6] == ["<unk_item>", "<brand:1>", "<cat:2>", "<pop0>", "<r:none>"]
     j = t.index("<c1>")
-    assert t[j + 1: j + 5] == ["<unk_item>", "<unk_brand>", "<unk_cat>", "<pop0>"]
+    assert t[j + 1: j + 6] == ["<unk_item>", "<unk_brand>", "<unk_cat>", "<pop0>", "<r:none>"]
+
+
+def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog):
+    _, vocab = tiny
+    ids = catalog.ids()
+    history, cand = ids[:4], ids[30]
+    linked = {(ids[1], cand), (ids[2], cand)}
+    p = render_prompt(vocab, catalog, history, [cand], linked=lambda h, c: (h, c) in linked)
+    t = toks(vocab, p)
+    assert t[t.index("<c1>") + 5] == "<h2>"  # ids[2] is the second most recent of four
 
 
 def test_candidate_count_bounds(tiny, catalog):

@@ -1,0 +1,176 @@
+"""Amazon Beauty: loading, leave-one-out splits and candidate lists.
+
+Reads the folder described in ``shared/data/amazon-beauty/README.md`` (``Beauty.txt`` and
+``items.jsonl``) from ``--data-dir`` or ``$DGR2_DATA_DIR``; the data is never committed.
+
+Protocol (S3-Rec, P5 and the Diffusion-GR2 paper all use it):
+* leave-one-out: a user's last item is the test target, the second last the validation target;
+  training examples are every prefix that ends before the validation item (target = next item);
+* K candidates (default 100): the target plus K-1 negatives drawn uniformly from the items outside
+  the user's whole sequence, seeded (``neg_seed``), the same negatives for validation and test;
+  the candidate order is shuffled so the target's slot is uniform.
+Item features: the catalog's brand, leaf category, and a popularity bucket counted on training
+interactions only (everything before each user's validation item).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.catalog import Catalog, Item, popularity_buckets
+
+DATA_ENV = "DGR2_DATA_DIR"
+REQUIRED = ("Beauty.txt", "items.jsonl")
+
+
+class DataError(ValueError):
+    """The data folder is missing files or holds malformed ones (the message says which)."""
+
+
+@dataclass
+class Example:
+    user: str
+    history: list[str]  # item ids, oldest first
+    target: str
+    candidates: list[str]  # includes the target, shuffled
+
+    @property
+    def target_slot(self) -> int:
+        return self.candidates.index(self.target)
+
+
+@dataclass
+class BeautyData:
+    catalog: Catalog
+    sequences: dict[str, list[str]]  # user -> item ids (ASINs), oldest first
+    item_ids: list[str]  # every catalog item id, the negative pool
+    data_hash: str  # sha256 over the input files, recorded in checkpoint manifests
+
+    def train_counts(self) -> Counter:
+        return Counter(i for seq in self.sequences.values() for i in seq[:-2])
+
+
+def data_dir(given: str | os.PathLike | None) -> Path:
+    path = given or os.environ.get(DATA_ENV)
+    if not path:
+        raise DataError(f"no data folder: pass --data-dir or set {DATA_ENV}")
+    path = Path(path)
+    missing = [f for f in REQUIRED if not (path / f).is_file()]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)} (see shared/data/amazon-beauty/README.md)")
+    return path
+
+
+def _hash(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _read_items(path: Path) -> dict[int, dict]:
+    items = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                items[int(row["item_id"])] = row
+                str(row["asin"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise DataError(f"items.jsonl line {n} is malformed: {e}") from None
+    return items
+
+
+def _read_sequences(path: Path) -> dict[str, list[int]]:
+    seqs = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                seqs[parts[0]] = [int(x) for x in parts[1:]]
+            except ValueError:
+                raise DataError(f"Beauty.txt line {n} is malformed: expected integer ids") from None
+            if len(seqs[parts[0]]) < 3:
+                raise DataError(f"Beauty.txt line {n}: user {parts[0]} has fewer than 3 items (leave-one-out needs 3)")
+    return seqs
+
+
+def leaf_category(row: dict) -> str | None:
+    paths = row.get("categories") or []
+    return paths[0][-1] if paths and paths[0] else None
+
+
+def load_beauty(given_dir: str | os.PathLike | None = None) -> BeautyData:
+    path = data_dir(given_dir)
+    rows = _read_items(path / "items.jsonl")
+    raw_seqs = _read_sequences(path / "Beauty.txt")
+    unknown = {i for s in raw_seqs.values() for i in s} - rows.keys()
+    if unknown:
+        raise DataError(f"Beauty.txt uses item ids missing from items.jsonl, e.g. {sorted(unknown)[:3]}")
+    asin = {i: str(r["asin"]) for i, r in rows.items()}
+    sequences = {u: [asin[i] for i in s] for u, s in raw_seqs.items()}
+    counts = Counter(i for s in sequences.values() for i in s[:-2])
+    pop = popularity_buckets({asin[i]: counts.get(asin[i], 0) for i in rows})
+    items = [Item(id=asin[i], title=r.get("title"), brand=r.get("brand") or None, category=leaf_category(r),
+                  pop=pop[asin[i]]) for i, r in sorted(rows.items())]
+    return BeautyData(Catalog(items), sequences, [asin[i] for i in sorted(rows)],
+                      _hash([path / f for f in REQUIRED]))
+
+
+def load_catalog(given_dir: str | os.PathLike | None = None) -> Catalog:
+    return load_beauty(given_dir).catalog
+
+
+def sample_negatives(rng: random.Random, pool: list[str], exclude: set[str], n: int) -> list[str]:
+    """``n`` distinct items drawn uniformly from ``pool`` minus ``exclude`` (rejection sampling)."""
+    if len(pool) - len(exclude) < n:
+        raise DataError(f"only {len(pool) - len(exclude)} items available for {n} negatives")
+    out: list[str] = []
+    chosen: set[str] = set()
+    while len(out) < n:
+        item = pool[rng.randrange(len(pool))]
+        if item not in exclude and item not in chosen:
+            chosen.add(item)
+            out.append(item)
+    return out
+
+
+def eval_examples(sequences: dict[str, list[str]], pool: list[str], split: str, num_candidates: int = 100,
+                  neg_seed: int = 12345, limit: int | None = None) -> list[Example]:
+    """One example per user: target = last item (test) or second last (valid)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, not {split!r}")
+    out = []
+    for user, seq in sequences.items():
+        if limit is not None and len(out) >= limit:
+            break
+        rng = random.Random(f"{neg_seed}:{user}")  # same negatives for valid and test, per user
+        negatives = sample_negatives(rng, pool, set(seq), num_candidates - 1)
+        cut = len(seq) - 1 if split == "test" else len(seq) - 2
+        candidates = [seq[cut], *negatives]
+        random.Random(f"{neg_seed}:{user}:{split}:order").shuffle(candidates)
+        out.append(Example(user, seq[:cut], seq[cut], candidates))
+    return out
+
+
+def train_prefixes(sequences: dict[str, list[str]]) -> list[tuple[str, int]]:
+    """(user, cut) for every training example: history ``seq[:cut]``, target ``seq[cut]``, ``1 <= cut <= n-3``."""
+    return [(user, cut) for user, seq in sequences.items() for cut in range(1, len(seq) - 2)]
+
+
+def train_example(sequences: dict[str, list[str]], pool: list[str], user: str, cut: int, num_candidates: int,
+                  rng: random.Random) -> Example:
+    """A training example with fresh negatives (outside the user's whole sequence, so never a future item)."""
+    seq = sequences[user]
+    negatives = sample_negatives(rng, pool, set(seq), num_candidates - 1)
+    candidates = [seq[cut], *negatives]
+    rng.shuffle(candidates)
+    return Example(user, seq[:cut], seq[cut], candidates)
