@@ -16,6 +16,8 @@ import sys
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS = {
     "serve": ("service.cli", "run the re-ranking service (FastAPI + uvicorn)"),
+    "train": ("recipe.cli", "run a stage of the training recipe"),
+    "eval": ("recipe.evaluate", "evaluate a checkpoint on the leave-one-out split"),
 }
 
 

@@ -19,32 +19,33 @@ TRACE, ANSWER, DONE = 0, 1, 2
 
 
 class AnswerConstraint:
-    """Per-row phase and used slots; turns logits into the allowed next tokens."""
+    """Per-row phase and used slots; masks output-vocabulary logits (columns) to the allowed next tokens."""
 
-    def __init__(self, vocab: Vocab, batch: Batch, vocab_size: int) -> None:
+    def __init__(self, vocab: Vocab, batch: Batch, n_out: int) -> None:
         dev, B = batch.dev, batch.alive.numel()
-        self.vocab, self.slot_ids = vocab, batch.slot_ids
+        self.vocab, self.head = vocab, batch.head
+        self.slot_cols = batch.slot_cols
+        self.slot_ids = batch.head.token(batch.slot_cols)
         self.k = batch.k.clone()
         self.phase = torch.zeros(B, dtype=torch.long, device=dev)
         self.used = torch.zeros(B, batch.kmax, dtype=torch.bool, device=dev)
         self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
         in_request = torch.arange(batch.kmax, device=dev)[None, :] < self.k[:, None]  # [B, Kmax]
-        self.never = torch.zeros(B, vocab_size, dtype=torch.bool, device=dev)
-        self.never[:, [vocab.pad, vocab.mask]] = True
-        self.never[:, self.slot_ids] = ~in_request
+        self.never = torch.zeros(B, n_out, dtype=torch.bool, device=dev)
+        self.never[:, self.slot_cols] = ~in_request
         self.in_request = in_request
 
     def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
-        v = self.vocab
+        v, col = self.vocab, self.head.col
         disallow = self.never.clone()
         open_slots = self.in_request & ~self.used
         answer_allow = torch.zeros_like(disallow)
-        answer_allow[:, self.slot_ids] = open_slots
-        answer_allow[:, v.end_answer] = ~open_slots.any(dim=1)
+        answer_allow[:, self.slot_cols] = open_slots
+        answer_allow[:, col(v.end_answer)] = ~open_slots.any(dim=1)
         only = torch.zeros_like(disallow)
         only_eos, only_answer = only.clone(), only.clone()
-        only_eos[:, v.eos] = True
-        only_answer[:, v.answer] = True
+        only_eos[:, col(v.eos)] = True
+        only_answer[:, col(v.answer)] = True
         in_trace = self.phase == TRACE
         force_answer = in_trace & ((self.prev == v.end_think) | (remaining <= self.k + 3))
         disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, disallow)
@@ -76,7 +77,7 @@ def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_sl
         scores = batch.scores(logits[:, None])[:, 0]  # the model's own belief, before constraints
         if constraint is not None:
             logits = constraint.apply(logits, cfg.max_new_tokens - t)
-        nxt = logits.argmax(dim=-1)  # [b]
+        nxt = batch.head.token(logits.argmax(dim=-1))  # [b] token ids
         batch.out_tokens[rows_alive, t] = nxt
         batch.out_scores[rows_alive, t] = scores
         batch.length[rows_alive] = t + 1
@@ -93,7 +94,6 @@ def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_sl
                 nxt = nxt[rows]
                 if constraint is not None:
                     constraint.keep(rows)
-        logits = model(nxt[:, None], cache=batch.cache)[:, 0]
+        logits = batch.logits(nxt[:, None])[:, 0]
         batch.cache.commit(1)
-        batch.passes[batch.alive] += 1
     return batch.results()

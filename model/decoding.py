@@ -14,6 +14,7 @@ import torch
 
 from kernels import answer_scores
 from model.kv_cache import KVCache
+from model.output_head import OutputHead
 from model.tokenizer import Vocab
 from model.transformer import Transformer
 
@@ -67,15 +68,21 @@ class Batch:
         self.cache = KVCache(model.config, B, capacity, dev, model.model.embed_tokens.weight.dtype)
         self.alive = torch.arange(B, device=dev)
         self.k = torch.tensor(num_slots, device=dev)
-        self.slot_ids = vocab.slot_ids_tensor[: self.kmax].to(dev)
+        self.head = OutputHead(model, vocab)
+        self.slot_cols = self.head.cols(vocab.slot_ids[: self.kmax])  # logit columns of <c1>..<cKmax>
         self.out_tokens = torch.full((B, max_new + block), vocab.pad, dtype=torch.long, device=dev)
         self.out_scores = torch.zeros((B, max_new + block, self.kmax), dtype=torch.float32, device=dev)
         self.length = torch.zeros(B, dtype=torch.long, device=dev)  # final continuation length
         self.passes = torch.zeros(B, dtype=torch.long, device=dev)
         self.prompts = prompts
 
+    def logits(self, block: torch.Tensor, causal: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward pass of a block ``[b, S]`` against the cache: output-vocabulary logits ``[b, S, n_out]``."""
+        self.passes[self.alive] += 1
+        return self.head(self.model.hidden_states(block, cache=self.cache, causal=causal))
+
     def prefill(self) -> torch.Tensor:
-        """Causal pass over the right-padded prompts; returns the logits that predict token 0 ``[B, V]``."""
+        """Causal pass over the right-padded prompts; returns the logits that predict token 0 ``[B, n_out]``."""
         B = len(self.prompts)
         ids = torch.full((B, self.prompt_len), self.vocab.pad, dtype=torch.long)
         for i, p in enumerate(self.prompts):
@@ -84,12 +91,13 @@ class Batch:
         h = self.model.hidden_states(ids.to(self.dev), cache=self.cache)  # [B, L, H]
         self.cache.commit(lens)
         self.passes += 1
-        last = h[torch.arange(B, device=self.dev), lens - 1]  # only the last position needs logits
-        return self.model.lm_head(last).float()
+        return self.head(h[torch.arange(B, device=self.dev), lens - 1])  # only the last position needs logits
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Slot log-probs ``[b, N, Kmax]`` of logits ``[b, N, V]`` for the rows still alive."""
-        return answer_scores(logits, self.slot_ids, self.k[self.alive])
+    def scores(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Slot log-probs ``[n, N, Kmax]`` of logits ``[n, N, n_out]``; ``rows`` index the alive rows
+        the logits belong to (default: all of them, in order)."""
+        alive = self.alive if rows is None else self.alive[rows]
+        return answer_scores(logits, self.slot_cols, self.k[alive])
 
     def drop_finished(self, keep: torch.Tensor) -> torch.Tensor:
         """Remove rows where ``keep`` is False; returns the kept row indices (to index row-shaped state)."""

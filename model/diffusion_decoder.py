@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from kernels import answer_scores, unmask_select
+from kernels import unmask_select
 from model.decoding import Batch, DecodeConfig, SequenceResult
 from model.tokenizer import Vocab
 from model.transformer import Transformer
@@ -44,8 +44,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
 
     while True:
         block_in = torch.where(masked, vocab.mask, tokens)
-        logits = model(block_in, cache=batch.cache, causal=committing)  # [b, S, V]
-        batch.passes[batch.alive] += 1
+        logits = batch.logits(block_in, causal=committing)  # [b, S, n_out]
 
         # rows that committed their finished block this pass start a fresh one
         batch.cache.commit(torch.where(committing, S, 0))
@@ -55,15 +54,17 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
 
         # rows that denoise: next-token shift, then the threshold rule on the still-masked positions
         denoise = ~committing
-        shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, V]
-        cand, _, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
+        shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
+        cand_cols, _, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
+        cand = batch.head.token(cand_cols)
         tokens = torch.where(unmask, cand, tokens)
         masked = masked & ~unmask
         rows, cols = unmask.nonzero(as_tuple=True)
         pos = offset[rows] + cols
         orig = batch.alive[rows]
         batch.out_tokens[orig, pos] = cand[rows, cols]
-        batch.out_scores[orig, pos] = _scores_at(batch, shifted, rows, cols)
+        # one "sequence" per decided position, so each gets its own K
+        batch.out_scores[orig, pos] = batch.scores(shifted[rows, cols][:, None], rows)[:, 0]
         for r, n in zip(batch.alive[denoise].tolist(), unmask[denoise].sum(1).tolist(), strict=True):
             steps_log[r].append(n)
 
@@ -90,8 +91,3 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         r.unmasked_per_step = log
     return results
 
-
-def _scores_at(batch: Batch, shifted: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Slot log-probs of the decided positions only (``[n, Kmax]``), with each row's own K."""
-    picked = shifted[rows, cols][:, None]  # [n, 1, V]: one "sequence" per decided position, each with its K
-    return answer_scores(picked, batch.slot_ids, batch.k[batch.alive[rows]])[:, 0]

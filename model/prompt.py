@@ -66,10 +66,11 @@ def link_token(history_ids: Sequence[str], candidate: str, linked: Linked) -> st
 
 
 def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], candidates: Sequence[ItemRef],
-                  max_history: int = MAX_HISTORY, linked: Linked | None = None) -> RenderedPrompt:
+                  max_history: int = MAX_HISTORY) -> RenderedPrompt:
     """Token ids of the prompt; ``history`` is oldest first and is cut to its ``max_history`` most recent.
 
-    ``linked`` overrides the catalog's item links (training removes the user's own co-occurrences).
+    ``catalog`` may be any object with the catalog's lookups (training passes a per-user view that
+    leaves the user's own interactions out of popularity and links).
     """
     if not 1 <= len(candidates) <= MAX_SLOTS:
         raise ValueError(f"need 1..{MAX_SLOTS} candidates, got {len(candidates)}")
@@ -82,10 +83,9 @@ def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], ca
             unknown.append(item_id_of(ref))
     tokens += ["</history>", "<candidates>"]
     history_ids = [item_id_of(ref) for ref in history]
-    linked = linked or catalog.linked
     for k, ref in enumerate(candidates):
         toks, unk = item_tokens(ref, catalog)
-        tokens += [slot_token(k), *toks, link_token(history_ids, item_id_of(ref), linked)]
+        tokens += [slot_token(k), *toks, link_token(history_ids, item_id_of(ref), catalog.linked)]
         if unk:
             unknown.append(item_id_of(ref))
     tokens += ["</candidates>", "<think>"]

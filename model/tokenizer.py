@@ -20,7 +20,6 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from model.catalog import POP_BUCKETS, Catalog
@@ -114,8 +113,14 @@ class Vocab:
         return self._slot_of.get(int(token_id))
 
     @cached_property
-    def slot_ids_tensor(self) -> torch.Tensor:
-        return torch.tensor(self.slot_ids, dtype=torch.long)
+    def output_ids(self) -> list[int]:
+        """Every token a completion can contain (trace, answer, ``<eos>``): the decoders' output vocabulary.
+
+        Item, brand, category and popularity tokens only ever appear in prompts, so neither training
+        nor decoding spends a softmax over them (see :mod:`model.output_head`)."""
+        tokens = ["</think>", "<answer>", "</answer>", "<eos>", *RELATIONS]
+        tokens += [history_token(i) for i in range(MAX_HISTORY)] + [f"<v{i}>" for i in range(EVIDENCE_LEVELS)]
+        return sorted({self._to_id[t] for t in tokens} | set(self.slot_ids))
 
     def save(self, path: str | Path) -> None:
         self.tokenizer.save(str(path))

@@ -9,8 +9,11 @@ Protocol (S3-Rec, P5 and the Diffusion-GR2 paper all use it):
 * K candidates (default 100): the target plus K-1 negatives drawn uniformly from the items outside
   the user's whole sequence, seeded (``neg_seed``), the same negatives for validation and test;
   the candidate order is shuffled so the target's slot is uniform.
-Item features: the catalog's brand, leaf category, and a popularity bucket counted on training
-interactions only (everything before each user's validation item).
+Item features: the catalog's brand, leaf category, a popularity bucket and co-occurrence links,
+all counted on training interactions only (everything before each user's validation item).
+Two items are linked when they occur within ``WINDOW`` positions of each other in at least
+``LINK_MIN`` training sequence windows; training examples subtract the user's own sequence first
+(:func:`linked_without`), so a link never hints at a target through the example itself.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import json
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from model.catalog import Catalog, Item, popularity_buckets
 
 DATA_ENV = "DGR2_DATA_DIR"
 REQUIRED = ("Beauty.txt", "items.jsonl")
+WINDOW = 5
+LINK_MIN = 2
 
 
 class DataError(ValueError):
@@ -51,9 +57,59 @@ class BeautyData:
     sequences: dict[str, list[str]]  # user -> item ids (ASINs), oldest first
     item_ids: list[str]  # every catalog item id, the negative pool
     data_hash: str  # sha256 over the input files, recorded in checkpoint manifests
+    pairs: Counter  # co-occurrence counts over training parts (see module docstring)
+    counts: Counter  # interactions per item over training parts
 
-    def train_counts(self) -> Counter:
-        return Counter(i for seq in self.sequences.values() for i in seq[:-2])
+
+class UserView:
+    """The catalog as one user's training examples must see it: that user's own training
+    interactions left out of popularity and links, so neither hints at a training target."""
+
+    def __init__(self, catalog: Catalog, counts: Counter, pairs: Counter, own_sequence: Sequence[str]) -> None:
+        self.catalog, self.counts, self.pairs = catalog, counts, pairs
+        self.own = set(own_sequence)
+        self.own_pairs = pair_counts([own_sequence])
+        self.brand_index, self.category_index = catalog.brand_index, catalog.category_index
+
+    def get(self, item_id: str) -> Item | None:
+        item = self.catalog.get(item_id)
+        if item is None or item_id not in self.own:
+            return item
+        pop = popularity_buckets({item_id: self.counts.get(item_id, 0) - 1})[item_id]
+        return replace(item, pop=pop)
+
+    def linked(self, a: str, b: str) -> bool:
+        return self.pairs.get((a, b), 0) - self.own_pairs.get((a, b), 0) >= LINK_MIN
+
+
+def pair_counts(sequences: Sequence[Sequence[str]]) -> Counter:
+    """Ordered pair counts ``(a, b)``: b within ``WINDOW`` positions of a in one sequence."""
+    pairs: Counter = Counter()
+    for seq in sequences:
+        for i, a in enumerate(seq):
+            for j in range(max(0, i - WINDOW), min(len(seq), i + WINDOW + 1)):
+                if j != i:
+                    pairs[(a, seq[j])] += 1
+    return pairs
+
+
+def links_from(pairs: Counter) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for (a, b), n in pairs.items():
+        if n >= LINK_MIN:
+            out.setdefault(a, []).append(b)
+    return {a: sorted(bs) for a, bs in out.items()}
+
+
+def with_features(items: list[Item], train_sequences: dict[str, list[str]]) -> tuple[Catalog, Counter, Counter]:
+    """The catalog with popularity buckets and links counted on ``train_sequences``."""
+    counts = Counter(i for s in train_sequences.values() for i in s)
+    pop = popularity_buckets({it.id: counts.get(it.id, 0) for it in items})
+    pairs = pair_counts(list(train_sequences.values()))
+    links = links_from(pairs)
+    catalog = Catalog([Item(it.id, it.title, it.brand, it.category, pop[it.id], tuple(links.get(it.id, ())))
+                       for it in items])
+    return catalog, pairs, counts
 
 
 def data_dir(given: str | os.PathLike | None) -> Path:
@@ -117,12 +173,11 @@ def load_beauty(given_dir: str | os.PathLike | None = None) -> BeautyData:
         raise DataError(f"Beauty.txt uses item ids missing from items.jsonl, e.g. {sorted(unknown)[:3]}")
     asin = {i: str(r["asin"]) for i, r in rows.items()}
     sequences = {u: [asin[i] for i in s] for u, s in raw_seqs.items()}
-    counts = Counter(i for s in sequences.values() for i in s[:-2])
-    pop = popularity_buckets({asin[i]: counts.get(asin[i], 0) for i in rows})
-    items = [Item(id=asin[i], title=r.get("title"), brand=r.get("brand") or None, category=leaf_category(r),
-                  pop=pop[asin[i]]) for i, r in sorted(rows.items())]
-    return BeautyData(Catalog(items), sequences, [asin[i] for i in sorted(rows)],
-                      _hash([path / f for f in REQUIRED]))
+    items = [Item(id=asin[i], title=r.get("title"), brand=r.get("brand") or None, category=leaf_category(r))
+             for i, r in sorted(rows.items())]
+    catalog, pairs, counts = with_features(items, {u: s[:-2] for u, s in sequences.items()})
+    return BeautyData(catalog, sequences, [asin[i] for i in sorted(rows)], _hash([path / f for f in REQUIRED]),
+                      pairs, counts)
 
 
 def load_catalog(given_dir: str | os.PathLike | None = None) -> Catalog:

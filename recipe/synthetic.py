@@ -11,7 +11,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from model.catalog import Catalog, Item, popularity_buckets
+from model.catalog import Catalog, Item
+from recipe.data import with_features
 
 
 @dataclass
@@ -19,6 +20,12 @@ class SyntheticData:
     catalog: Catalog
     sequences: dict[str, list[str]]  # user id -> item ids, oldest first
     preference: dict[str, tuple[str, str]]  # user id -> (brand, category)
+    pairs: Counter  # co-occurrence counts over the training parts
+    counts: Counter  # interactions per item over the training parts
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.catalog.ids()
 
 
 def synthetic_data(n_items: int = 60, n_users: int = 200, n_brands: int = 6, n_categories: int = 5,
@@ -42,7 +49,5 @@ def synthetic_data(n_items: int = 60, n_users: int = 200, n_brands: int = 6, n_c
             if pick not in seq:
                 seq.append(pick)
         sequences[user], preference[user] = seq, (brand, cat)
-    counts = Counter(i for seq in sequences.values() for i in seq[:-2])  # training part only
-    pop = popularity_buckets({it.id: counts.get(it.id, 0) for it in raw})
-    items = [Item(it.id, it.title, it.brand, it.category, pop[it.id]) for it in raw]
-    return SyntheticData(Catalog(items), sequences, preference)
+    catalog, pairs, counts = with_features(raw, {u: s[:-2] for u, s in sequences.items()})  # training parts only
+    return SyntheticData(catalog, sequences, preference, pairs, counts)

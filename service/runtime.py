@@ -14,6 +14,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import torch
+
 from model_store import ModelStore
 from service.ab import ABRouter
 from service.batcher import Batcher
@@ -42,10 +44,14 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock: asyncio.Lock | None = None
         self._drained: asyncio.Task[None] | None = None
+        self._threads_before: int | None = None
 
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
         s = self.settings
+        if s.torch_threads is not None:  # process-wide; put back by stop() for embedders and tests
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(s.torch_threads)
         models = await asyncio.to_thread(self._load, {d: s.ref(d) for d in DECODERS})
         self._install(models)
         self._reload_lock = asyncio.Lock()
@@ -77,7 +83,13 @@ class Runtime:
         """Stop admitting, then decode everything admitted (bounded by ``drain_timeout_s``). Idempotent."""
         if self._drained is None:
             self._drained = asyncio.get_running_loop().create_task(self._drain())
-        await asyncio.shield(self._drained)
+        await asyncio.wait([self._drained])  # returns (does not raise) if the drain was abandoned
+
+    def abandon_drain(self) -> None:
+        """Stop waiting for admitted requests (a second signal); :meth:`stop` then answers them 503."""
+        self.draining = True
+        if self._drained is not None:
+            self._drained.cancel()
 
     async def _drain(self) -> None:
         self.draining = True
@@ -96,6 +108,8 @@ class Runtime:
             await b.stop()
         for t in list(self._tasks):
             t.cancel()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run background work (warm-up, shadow decodes) and keep a reference until it ends."""
@@ -126,7 +140,8 @@ class Runtime:
         """
         assert self._reload_lock is not None, "reload before start"
         async with self._reload_lock:  # two reloads at once would race on which set wins
-            self.check_serving()
+            if self.draining:
+                raise Unavailable("the service is draining for shutdown", code="draining")
             old = self.models.current
             previous = old.versions() if old else {}
             wanted = {d: refs.get(d) or (old.engines[d].ref if old else self.settings.ref(d)) for d in DECODERS}
@@ -138,5 +153,6 @@ class Runtime:
                 raise ReloadFailed(f"reload failed; still serving {previous}: "
                                    f"{public_message(str(e)) or type(e).__name__}") from None
             self._install(new)
+            self.ready, self.warm_error = True, None  # the new set is warmed: also recovers a failed start-up
             log.info("reloaded: %s -> %s", previous, new.versions())
             return previous, new.versions(), time.perf_counter() - start

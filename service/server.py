@@ -3,7 +3,8 @@
 Plain uvicorn closes its listening socket first, so requests that arrive during shutdown are
 refused at the TCP level and the load balancer learns nothing. Here the first signal flips the
 service to draining (``/readyz`` and new requests answer 503, every admitted request is still
-decoded and answered), and only then does uvicorn shut down. A second signal exits at once.
+decoded and answered), and only then does uvicorn shut down. A second signal abandons the drain
+(whatever is still queued gets 503) and exits at once.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_requested or self._loop is None:
+        if self._loop is None:
             super().handle_exit(sig, frame)
             return
+        if self._drain_requested:  # second signal: give up on the drain and stop now
+            super().handle_exit(sig, frame)
+            self.force_exit = True
+            self._loop.call_soon_threadsafe(self.runtime.abandon_drain)
+            return
         self._drain_requested = True
-        self._captured_signals.append(sig)  # uvicorn re-raises it after a clean stop, as it would have
+        if hasattr(self, "_captured_signals"):  # uvicorn re-raises captured signals after a clean stop
+            self._captured_signals.append(sig)
         self._loop.call_soon_threadsafe(self._begin_drain)
 
     def request_shutdown(self) -> None:

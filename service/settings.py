@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset disables /admin "
                                                             "(prefer the env var: flags show in ps)")
     device: str = Field("cpu", description="torch device the models run on, e.g. cpu or cuda")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads (unset: torch's "
+                                      "default); 1 avoids OpenMP oversubscription when both decoder threads "
+                                      "run at once or the box is shared")
     drain_timeout_s: float = Field(30.0, ge=0.0, description="longest a graceful shutdown waits for "
                                                              "admitted requests")
     log_level: str = Field("info", description="uvicorn log level")

@@ -49,8 +49,16 @@ def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog)
     _, vocab = tiny
     ids = catalog.ids()
     history, cand = ids[:4], ids[30]
-    linked = {(ids[1], cand), (ids[2], cand)}
-    p = render_prompt(vocab, catalog, history, [cand], linked=lambda h, c: (h, c) in linked)
+    links = {(ids[1], cand), (ids[2], cand)}
+
+    class Linked:  # the catalog, with the links of this test
+        get, brand_index, category_index = catalog.get, catalog.brand_index, catalog.category_index
+
+        @staticmethod
+        def linked(h, c):
+            return (h, c) in links
+
+    p = render_prompt(vocab, Linked, history, [cand])
     t = toks(vocab, p)
     assert t[t.index("<c1>") + 5] == "<h2>"  # ids[2] is the second most recent of four
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from model_store import ModelStore
 from model_store.init import init_pair
@@ -30,6 +31,16 @@ from service.settings import Settings
 MODEL = "test-gr2"
 CANDIDATES = [f"S{i:04d}" for i in range(12)]
 HISTORY = ["S0051", "S0027", "S0032", "S0021"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy 2-core box two decoder threads
+    each spinning two OpenMP workers can slow a decode tenfold; restored for the other test packages."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)

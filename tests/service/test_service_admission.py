@@ -21,7 +21,7 @@ def _post(url: str, body: dict, timeout: float = 30.0) -> httpx.Response:
 
 def test_429_when_the_queue_is_full(shared_store, h, monkeypatch):
     with h.running(h.settings_for(shared_store, queue_limit=2, max_batch_size=1, max_wait_ms=0)) as srv:
-        srv.slow_down(monkeypatch, "ar", 0.4)
+        srv.slow_down(monkeypatch, "ar", 0.6)
         body = {"candidates": ["S0001", "S0002"], "decoder": "ar"}
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(lambda _: _post(srv.url, body), range(8)))

@@ -70,24 +70,6 @@ def test_split_parsing_and_settings(monkeypatch):
     assert "hunter2" not in repr(Settings(admin_token="hunter2"))
 
 
-def test_cli_flags_mirror_settings(capsys):
-    import argparse
-
-    from service import cli
-
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    flags = {a.dest for a in parser._actions} - {"help"}
-    assert flags == set(Settings.model_fields)
-    assert cli.run(parser.parse_args(["--ab-split", "beam=1"])) == 2
-    assert "ab-split" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        from dgr2cli import main
-
-        main(["serve", "--help"])
-    assert exit_.value.code == 0 and "--max-batch-size" in capsys.readouterr().out
-
-
 def test_public_message_strips_paths():
     msg = public_message("cannot open /srv/models/beauty/v1/model.safetensors: 'C:\\x\\y\\z.bin' denied")
     assert "/srv" not in msg and "model.safetensors" in msg and "\\x" not in msg

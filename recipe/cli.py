@@ -1,0 +1,22 @@
+"""``dgr2 train <stage>``: one subcommand per recipe stage, each a module with ``add_arguments`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+STAGES = {
+    "ar": ("recipe.train_ar", "train the AR re-ranker from scratch (SFT on traces and rankings)"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="stage", required=True)
+    for name, (module, help_text) in STAGES.items():
+        sp = sub.add_parser(name, help=help_text, description=importlib.import_module(module).__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        importlib.import_module(module).add_arguments(sp)
+
+
+def run(args: argparse.Namespace) -> int:
+    return importlib.import_module(STAGES[args.stage][0]).run(args)

@@ -1,0 +1,113 @@
+"""``dgr2 eval``: rank held-out users' candidates with a checkpoint and report the metrics.
+
+    dgr2 eval --checkpoint beauty-gr2:ar --decoder ar --data-dir DIR --split test \\
+        --candidates 100 --neg-seed 12345 --json
+
+Metrics are computed on the guarded ranking; ``valid_raw`` (and the invalid fractions by kind) on
+the answer as decoded. A tqdm bar goes to stderr and the JSON alone to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from model.decoding import DecodeConfig
+from model.engine import RankRequest, Reranker
+from recipe.data import Example, eval_examples
+from recipe.metrics import summarize
+from recipe.traces import DEFAULT_TRACE_LEN
+
+
+def decode_budget(trace_len: int, num_candidates: int) -> int:
+    """Tokens a full completion needs: trace, </think> <answer>, K slots, </answer> <eos>, and slack."""
+    return trace_len + num_candidates + 8
+
+
+def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
+             progress: bool = True) -> dict:
+    ranks, valid, passes, generated = [], 0, 0, 0
+    kinds = {"duplicates": 0, "missing": 0, "out_of_set": 0, "malformed": 0}
+    decode_s = 0.0
+    bar = tqdm(total=len(examples), desc=f"eval {reranker.decoder}", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start: start + batch_size]
+        t0 = time.perf_counter()
+        results = reranker.rank([RankRequest(e.history, e.candidates) for e in chunk])
+        decode_s += time.perf_counter() - t0
+        for ex, res in zip(chunk, results, strict=True):
+            ranks.append(res.order.index(ex.target_slot))
+            valid += res.report.valid_as_decoded
+            for kind in kinds:
+                kinds[kind] += bool(getattr(res.report, kind))
+            passes += res.forward_passes
+            generated += res.generated_tokens
+        bar.update(len(chunk))
+        bar.set_postfix(ndcg10=f"{summarize(ranks)['ndcg@10']:.4f}", valid=f"{valid / len(ranks):.3f}")
+    bar.close()
+    n = len(ranks)
+    return {
+        "n": n,
+        **summarize(ranks),
+        "valid_raw": round(valid / n, 6),
+        "invalid_raw": {k: round(v / n, 6) for k, v in kinds.items()},
+        "tokens_per_forward": round(generated / max(passes, 1), 4),
+        "decode_tokens_per_s": round(generated / max(decode_s, 1e-9), 2),
+        "generated_tokens_mean": round(generated / n, 2),
+        "decode_seconds": round(decode_s, 3),
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
+    p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
+    p.add_argument("--decoder", choices=["ar", "diffusion"], default=None,
+                   help="decoder to use (default: the checkpoint's own)")
+    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default: $DGR2_DATA_DIR)")
+    p.add_argument("--synthetic", action="store_true", help="evaluate on the generated synthetic data instead")
+    p.add_argument("--split", choices=["valid", "test"], default="test", help="leave-one-out split")
+    p.add_argument("--candidates", type=int, default=100, help="candidates per user: target + K-1 negatives")
+    p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    p.add_argument("--batch-size", type=int, default=32, help="requests decoded together")
+    p.add_argument("--block-size", type=int, default=None, help="diffusion block size (default: checkpoint's)")
+    p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
+    p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
+                   help="trace length the model was trained with (sets the decode budget)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgr2cli import resolve_checkpoint
+    from model_store import load_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
+    source = load_source(args.data_dir, args.synthetic)
+    examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
+                             args.limit)
+    decoder = args.decoder or ckpt.config.decoder
+    cfg = DecodeConfig(max_new_tokens=decode_budget(args.trace_len, args.candidates),
+                       block_size=args.block_size or ckpt.config.block_size,
+                       threshold=args.threshold if args.threshold is not None else ckpt.config.threshold)
+    result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
+    result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
+                  neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
+                  max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def load_source(data_dir: str | None, synthetic: bool):
+    if synthetic:
+        from recipe.synthetic import synthetic_data
+
+        return synthetic_data()
+    from recipe.data import load_beauty
+
+    return load_beauty(data_dir)

@@ -1,0 +1,29 @@
+"""Put a trained model into the model store: a new version folder, its manifest, and an alias."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from model.catalog import Catalog
+from model.tokenizer import Vocab
+from model.transformer import Transformer
+from model_store import DEFAULT_MODEL, DEFAULT_ROOT, ModelStore, Provenance, save_checkpoint
+
+
+def store_at(root: str | None) -> ModelStore:
+    return ModelStore(root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
+
+
+def publish(root: str | None, name: str | None, version: str, alias: str, model: Transformer, vocab: Vocab,
+            catalog: Catalog, provenance: Provenance, decoder: str = "ar", dtype: torch.dtype = torch.float32) -> Path:
+    """Save ``model`` as ``<name>/<version>`` for ``decoder`` (replacing an earlier save of that
+    version) and point ``alias`` at it."""
+    store = store_at(root)
+    name = name or DEFAULT_MODEL
+    model.config = model.config.replace(decoder=decoder)
+    path = save_checkpoint(store.version_dir(name, version), model, vocab, catalog, provenance, dtype=dtype)
+    store.set_alias(name, alias, version)
+    return path

@@ -1,0 +1,95 @@
+"""Leave-one-out splits, candidate lists and traces: protocol and no leakage."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from model.tokenizer import Vocab, build_tokenizer
+from recipe.data import DataError, UserView, eval_examples, load_beauty, train_example, train_prefixes
+from recipe.sft import TrainStream, encode
+from recipe.traces import evidence, render_trace, sft_target
+
+
+def test_leave_one_out_and_candidates(synth):
+    seqs, pool = synth.sequences, synth.item_ids
+    test = eval_examples(seqs, pool, "test", num_candidates=20, neg_seed=7)
+    valid = eval_examples(seqs, pool, "valid", num_candidates=20, neg_seed=7)
+    for t, v in zip(test, valid, strict=True):
+        seq = seqs[t.user]
+        assert t.target == seq[-1] and t.history == seq[:-1]
+        assert v.target == seq[-2] and v.history == seq[:-2]
+        assert len(set(t.candidates)) == 20 and t.target in t.candidates
+        assert not (set(t.candidates) - {t.target}) & set(seq), "a negative from the user's own sequence"
+        assert set(t.candidates) - {t.target} == set(v.candidates) - {v.target}, "valid/test share negatives"
+    again = eval_examples(seqs, pool, "test", num_candidates=20, neg_seed=7)
+    assert [e.candidates for e in again] == [e.candidates for e in test]
+    other = eval_examples(seqs, pool, "test", num_candidates=20, neg_seed=8)
+    assert [e.candidates for e in other] != [e.candidates for e in test]
+
+
+def test_target_slot_is_uniform(synth):
+    seqs = {f"{u}-{i}": s for i in range(5) for u, s in synth.sequences.items()}
+    slots = Counter(e.target_slot for e in eval_examples(seqs, synth.item_ids, "test", num_candidates=10))
+    assert len(slots) == 10 and min(slots.values()) > 0.6 * len(seqs) / 10
+
+
+def test_no_test_target_in_training_examples_or_traces(tiny, synth):
+    """Training prefixes stop before the validation item, so neither the test nor the validation
+    target of a user ever appears in that user's training histories, targets or traces."""
+    _, vocab = tiny
+    for user, cut in train_prefixes(synth.sequences):
+        seq = synth.sequences[user]
+        assert cut <= len(seq) - 3
+        ex = train_example(synth.sequences, synth.item_ids, user, cut, 10, random.Random(cut))
+        assert seq[-1] not in ex.history + [ex.target] and seq[-2] not in ex.history + [ex.target]
+        if seq[-1] in ex.candidates:
+            pytest.fail("the test target was drawn as a negative")
+    stream = TrainStream(vocab, synth, num_candidates=10, trace_len=40, seed=0)
+    for enc in stream.global_batch(0, 32):
+        text = vocab.decode(enc.ids)
+        prompt = vocab.decode(enc.ids[: enc.prompt_len])
+        assert text.startswith(prompt)
+    # the training popularity of a user's own items leaves that user out
+    user = next(iter(synth.sequences))
+    seq = synth.sequences[user]
+    view = UserView(synth.catalog, synth.counts, synth.pairs, seq[:-2])
+    assert view.get(seq[0]).pop <= synth.catalog.get(seq[0]).pop
+    assert view.get(seq[-1]) == synth.catalog.get(seq[-1])  # the test target is not a training item
+
+
+def test_trace_is_content_dependent_and_bounded(synth):
+    ex = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=15)[0]
+    evs = evidence(synth.catalog, ex.history, ex.candidates)
+    for n in (8, 32, 64):
+        trace = render_trace(evs, n)
+        assert 0 < len(trace) <= n
+    trace, ranking = sft_target(evs, ex.target_slot, 64)
+    assert ranking[0] == ex.target_slot and sorted(ranking) == list(range(15))
+    assert any(t in trace for t in ("<r:brand>", "<r:cat>")), "synthetic users share brand/category"
+    other = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=15)[1]
+    assert render_trace(evidence(synth.catalog, other.history, other.candidates), 64) != render_trace(evs, 64)
+
+
+def test_missing_or_malformed_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("DGR2_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="DGR2_DATA_DIR"):
+        load_beauty(None)
+    with pytest.raises(DataError, match="Beauty.txt"):
+        load_beauty(tmp_path)
+    (tmp_path / "Beauty.txt").write_text("1 1 2 3\n2 x y z\n")
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps({"item_id": i, "asin": f"A{i}"}) for i in (1, 2, 3)))
+    with pytest.raises(DataError, match="line 2"):
+        load_beauty(tmp_path)
+
+
+def test_beauty_protocol(beauty_dir):
+    data = load_beauty(beauty_dir)
+    assert len(data.sequences) == 22363 and len(data.catalog) == 12101
+    assert sum(len(s) for s in data.sequences.values()) == 198502
+    assert len(train_prefixes(data.sequences)) == 153776 - 22363  # every training item but the first of each user
+    ex = eval_examples(data.sequences, data.item_ids, "test", limit=50)
+    assert all(len(set(e.candidates)) == 100 for e in ex)
+    enc = encode(Vocab(build_tokenizer(data.catalog)), data, ex[0])
+    assert enc.prompt_len > 500  # 100 candidates of 6 tokens
