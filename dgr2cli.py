@@ -40,6 +40,17 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--store", default=None, help=store_help)
     ls.set_defaults(func=_model_list)
 
+    ship = msub.add_parser("ship", help="copy a checkpoint into a store in shipping form (bf16, no titles)")
+    ship.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in --from-store, or a checkpoint folder")
+    ship.add_argument("--from-store", default=None, help="store holding the source (default: the shipped store)")
+    ship.add_argument("--store", default=None, help=store_help + "; the destination")
+    ship.add_argument("--name", default=None, help="model name at the destination (default: the shipped name)")
+    ship.add_argument("--version", required=True, help="version name at the destination")
+    ship.add_argument("--alias", action="append", default=[], help="alias to point at the copy (repeatable)")
+    ship.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                      help="weight dtype on disk (loading converts to float32 on CPU)")
+    ship.set_defaults(func=_model_ship)
+
     ver = msub.add_parser("verify", help="verify a checkpoint's hashes and that it loads")
     ver.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
     ver.add_argument("--store", default=None, help=store_help)
@@ -87,6 +98,19 @@ def _model_list(args) -> int:
     store = _store(args)
     out = {name: {"versions": store.versions(name), "aliases": store.aliases(name)} for name in store.names()}
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _model_ship(args) -> int:
+    import torch
+
+    from model_store import DEFAULT_MODEL
+    from model_store.export import export_checkpoint
+
+    src = resolve_checkpoint(args.checkpoint, args.from_store)
+    path = export_checkpoint(src, _store(args), args.name or DEFAULT_MODEL, args.version, args.alias,
+                             dtype=getattr(torch, args.dtype))
+    print(json.dumps({"path": str(path), "aliases": args.alias}, indent=2))
     return 0
 
 

@@ -32,6 +32,12 @@ class DecodeConfig:
             raise ValueError("max_new_tokens and block_size must be positive")
 
 
+def completion_budget(trace_len: int, num_candidates: int) -> int:
+    """Tokens a full completion needs: the trace, ``</think> <answer>``, K slots, ``</answer> <eos>``,
+    and a little slack."""
+    return trace_len + num_candidates + 8
+
+
 @dataclass
 class SequenceResult:
     tokens: list[int]  # the continuation after the prompt, up to and including <eos> when it stopped

@@ -7,13 +7,13 @@ of HTTP or training. A result's ``order`` is always a permutation of the request
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from model.ar_decoder import decode_ar
 from model.catalog import Catalog
-from model.decoding import DecodeConfig, SequenceResult
+from model.decoding import DecodeConfig, SequenceResult, completion_budget
 from model.diffusion_decoder import decode_diffusion
 from model.guard import GuardReport, guard
 from model.prompt import AnswerParse, ItemRef, parse_answer, render_prompt
@@ -60,18 +60,26 @@ def relevance_scores(parse: AnswerParse, position_logprobs: np.ndarray) -> np.nd
 
 class Reranker:
     def __init__(self, model: Transformer, vocab: Vocab, catalog: Catalog, decoder: str = "ar",
-                 decode: DecodeConfig | None = None, max_history: int = MAX_HISTORY) -> None:
+                 decode: DecodeConfig | None = None, max_history: int = MAX_HISTORY,
+                 trace_len: int | None = None) -> None:
+        """``trace_len``: the trace length the model was trained with; when known, each batch's decode
+        budget is capped at what a full completion for its largest K needs."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
         self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
         self.decode = decode or DecodeConfig(block_size=model.config.block_size, threshold=model.config.threshold)
         self.max_history = max_history
+        self.trace_len = trace_len
 
     def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         prompts = [render_prompt(self.vocab, self.catalog, r.history, r.candidates, self.max_history)
                    for r in requests]
+        cfg = self.decode
+        if self.trace_len is not None:
+            budget = completion_budget(self.trace_len, max(p.num_slots for p in prompts))
+            cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, budget))
         outs = DECODERS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
-                                      [p.num_slots for p in prompts], self.decode)
+                                      [p.num_slots for p in prompts], cfg)
         results = []
         for prompt, out in zip(prompts, outs, strict=True):
             parse = parse_answer(self.vocab, out.tokens, prompt.num_slots)

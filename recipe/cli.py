@@ -7,6 +7,7 @@ import importlib
 
 STAGES = {
     "ar": ("recipe.train_ar", "train the AR re-ranker from scratch (SFT on traces and rankings)"),
+    "cft": ("recipe.train_cft", "conversion fine-tuning: AR weights -> block-diffusion re-ranker"),
 }
 
 

@@ -17,16 +17,11 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from model.decoding import DecodeConfig
+from model.decoding import DecodeConfig, completion_budget
 from model.engine import RankRequest, Reranker
 from recipe.data import Example, eval_examples
 from recipe.metrics import summarize
 from recipe.traces import DEFAULT_TRACE_LEN
-
-
-def decode_budget(trace_len: int, num_candidates: int) -> int:
-    """Tokens a full completion needs: trace, </think> <answer>, K slots, </answer> <eos>, and slack."""
-    return trace_len + num_candidates + 8
 
 
 def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
@@ -92,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
                              args.limit)
     decoder = args.decoder or ckpt.config.decoder
-    cfg = DecodeConfig(max_new_tokens=decode_budget(args.trace_len, args.candidates),
+    cfg = DecodeConfig(max_new_tokens=completion_budget(args.trace_len, args.candidates),
                        block_size=args.block_size or ckpt.config.block_size,
                        threshold=args.threshold if args.threshold is not None else ckpt.config.threshold)
     result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)

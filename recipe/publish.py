@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,13 +18,15 @@ def store_at(root: str | None) -> ModelStore:
     return ModelStore(root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
 
 
-def publish(root: str | None, name: str | None, version: str, alias: str, model: Transformer, vocab: Vocab,
-            catalog: Catalog, provenance: Provenance, decoder: str = "ar", dtype: torch.dtype = torch.float32) -> Path:
+def publish(root: str | None, name: str | None, version: str, aliases: Sequence[str], model: Transformer,
+            vocab: Vocab, catalog: Catalog, provenance: Provenance, decoder: str = "ar",
+            dtype: torch.dtype = torch.float32) -> Path:
     """Save ``model`` as ``<name>/<version>`` for ``decoder`` (replacing an earlier save of that
-    version) and point ``alias`` at it."""
+    version) and point each of ``aliases`` at it."""
     store = store_at(root)
     name = name or DEFAULT_MODEL
     model.config = model.config.replace(decoder=decoder)
     path = save_checkpoint(store.version_dir(name, version), model, vocab, catalog, provenance, dtype=dtype)
-    store.set_alias(name, alias, version)
+    for alias in aliases:
+        store.set_alias(name, alias, version)
     return path

@@ -34,20 +34,19 @@ def synthetic_data(n_items: int = 60, n_users: int = 200, n_brands: int = 6, n_c
     brands = [f"brand{b}" for b in range(n_brands)]
     categories = [f"category{c}" for c in range(n_categories)]
     raw = [Item(id=f"S{i:04d}", title=f"synthetic item {i}", brand=brands[i % n_brands],
-                category=categories[(i // n_brands) % n_categories]) for i in range(n_items)]
+                category=categories[(i * 7 + i // n_brands) % n_categories]) for i in range(n_items)]
     sequences, preference = {}, {}
     for u in range(n_users):
         user = f"U{u:05d}"
         brand, cat = rng.choice(brands), rng.choice(categories)
         liked = [it.id for it in raw if it.brand == brand or it.category == cat]
         others = [it.id for it in raw if it.id not in set(liked)]
-        n = rng.randint(min_len, max_len)
+        n = min(rng.randint(min_len, max_len), len(raw))
         seq: list[str] = []
         while len(seq) < n:
             pool = liked if rng.random() < p_preferred else others
-            pick = rng.choice(pool)
-            if pick not in seq:
-                seq.append(pick)
+            fresh = [i for i in pool if i not in seq] or [i for i in liked + others if i not in seq]
+            seq.append(rng.choice(fresh))
         sequences[user], preference[user] = seq, (brand, cat)
     catalog, pairs, counts = with_features(raw, {u: s[:-2] for u, s in sequences.items()})  # training parts only
     return SyntheticData(catalog, sequences, preference, pairs, counts)

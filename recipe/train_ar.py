@@ -12,24 +12,20 @@ to the model store with a manifest and the alias ``ar``.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
-from model.decoding import DecodeConfig
+from model.decoding import DecodeConfig, completion_budget
 from model.engine import Reranker
 from model.output_head import OutputHead
-from model.transformer import Transformer
 from recipe.data import eval_examples
-from recipe.evaluate import decode_budget, evaluate, load_source
+from recipe.evaluate import evaluate, load_source
 from recipe.sft import TrainStream, collate
 from recipe.traces import DEFAULT_TRACE_LEN
-from recipe.trainer import RunDir, add_common_arguments, lr_at, setup_distributed, teardown_distributed
+from recipe.trainer import Dist, Stage, add_common_arguments, run_stage, setup_distributed, teardown_distributed
 
-DEFAULTS = {"steps": 600, "lr": 2e-3, "preset": "small"}
+DEFAULTS = {"steps": 1800, "lr": 2e-3, "preset": "small"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,10 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
 
 
-def sequence_loss(hidden, head: OutputHead, ids, targets, weights, total_weight: torch.Tensor) -> torch.Tensor:
-    """Weighted next-token cross-entropy over the global batch, on the output vocabulary, with logits
-    only where the weight is non-zero."""
-    h = hidden(ids)
+def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                total_weight: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy on the output vocabulary, with logits only where the weight is non-zero."""
     sel = weights > 0
     cols = head.col_of[targets[sel]]
     if bool((cols < 0).any()):
@@ -51,27 +46,16 @@ def sequence_loss(hidden, head: OutputHead, ids, targets, weights, total_weight:
     return (ce * weights[sel]).sum() / total_weight
 
 
-class HiddenStates(torch.nn.Module):
-    """DDP synchronises gradients through ``forward``: route it to the hidden states, so the loss
-    computes logits only at the positions it needs."""
-
-    def __init__(self, model: Transformer) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.hidden_states(ids)
+def global_weight(d: Dist, weights: torch.Tensor) -> torch.Tensor:
+    """The global batch's total loss weight, divided by the world size because DDP averages over ranks."""
+    return d.sum(weights.sum().clone()) / d.world
 
 
-def validate(model: Transformer, vocab, source, args, trace_len: int) -> dict:
+def validate_with(model, vocab, source, args, decoder: str, trace_len: int, **decode) -> dict:
     examples = eval_examples(source.sequences, source.item_ids, "valid", args.candidates, args.neg_seed,
                              args.val_users)
-    cfg = DecodeConfig(max_new_tokens=decode_budget(trace_len, args.candidates))
-    model.eval()
-    try:
-        return evaluate(Reranker(model, vocab, source.catalog, "ar", cfg), examples, batch_size=50, progress=False)
-    finally:
-        model.train()
+    cfg = DecodeConfig(max_new_tokens=completion_budget(trace_len, args.candidates), **decode)
+    return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,62 +64,24 @@ def run(args: argparse.Namespace) -> int:
     from recipe.publish import publish
 
     d = setup_distributed()
-    steps = args.steps or DEFAULTS["steps"]
-    lr = args.lr or DEFAULTS["lr"]
     trace_len = args.trace_len or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)
     model, vocab = new_model(source.catalog, args.preset, seed=args.seed)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    run_dir = RunDir(args.run_dir, d.main)
-    state = None if args.fresh else run_dir.load_state()
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        if d.main:
-            print(f"resuming {args.run_dir} at step {start}", flush=True)
-    hidden = DDP(HiddenStates(model)) if d.world > 1 else model.hidden_states
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     head = OutputHead(model, vocab, differentiable=True)
-    t_start = time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train ar", disable=not d.main,
-               dynamic_ncols=True)
-    step = start
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, args.warmup)
-        ids, targets, weights = collate(stream.global_batch(step, args.batch_size)[d.rank:: d.world], vocab.pad,
-                                        args.rank_weight)
-        total = d.sum(weights.sum().clone()) / d.world  # DDP averages over ranks: scale back to a global mean
-        loss = sequence_loss(hidden, head, ids, targets, weights, total)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss_value = d.sum(loss.detach().clone()).item() / d.world
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        record = {"stage": "ar", "step": step + 1, "loss": round(loss_value, 5), "lr": round(g["lr"], 7)}
-        out_of_time = args.time_budget_min and time.time() - t_start > args.time_budget_min * 60
-        done = step + 1 == steps or bool(d.sum(torch.tensor(float(bool(out_of_time)))).item())
-        if d.main and ((step + 1) % args.eval_every == 0 or done):
-            val = validate(model, vocab, source, args, trace_len)
-            record.update({"val_ndcg@10": val["ndcg@10"], "val_valid_raw": val["valid_raw"]})
-            bar.write(f"step {step + 1}: loss {loss_value:.4f} val ndcg@10 {val['ndcg@10']:.4f}")
-        run_dir.log(record)
-        if (step + 1) % args.save_every == 0 or done:
-            run_dir.save_state({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1})
-        if done:
-            break
-    bar.close()
-    if d.main:
-        final = validate(model, vocab, source, args, trace_len)
+
+    def loss(step: int, hidden) -> torch.Tensor:
+        batch = stream.global_batch(step, args.batch_size)[d.rank:: d.world]
+        ids, targets, weights = collate(batch, vocab.pad, args.rank_weight)
+        return weighted_ce(head, hidden(ids), targets, weights, global_weight(d, weights))
+
+    def publish_ar(metrics: dict, steps: int):
         prov = Provenance(stage="ar", data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": final, "steps": step + 1, "trace_len": trace_len})
-        path = publish(args.store, args.name, f"ar-{args.preset}-s{args.seed}", "ar", model, vocab,
+                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len})
+        return publish(args.store, args.name, f"ar-{args.preset}-s{args.seed}", ["ar"], model, vocab,
                        source.catalog, prov)
-        print(f"saved {path}", flush=True)
-    d.barrier()
+
+    stage = Stage("ar", model, loss, lambda: validate_with(model, vocab, source, args, "ar", trace_len), publish_ar)
+    run_stage(stage, args, d, args.steps or DEFAULTS["steps"], args.lr or DEFAULTS["lr"], args.warmup)
     teardown_distributed()
     return 0

@@ -13,11 +13,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 
 @dataclass
@@ -113,3 +116,83 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     run.add_argument("--eval-every", type=int, default=100, help="steps between validation runs")
     run.add_argument("--val-users", type=int, default=200, help="validation users per validation run")
     run.add_argument("--fresh", action="store_true", help="ignore a saved state in --run-dir and start over")
+
+
+class HiddenStates(torch.nn.Module):
+    """DDP synchronises gradients through ``forward``: route it to the hidden states, so each loss
+    computes logits only at the positions it needs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, positions=None, mask=None):
+        return self.model.hidden_states(ids, positions=positions, mask=mask)
+
+
+@dataclass
+class Stage:
+    """One recipe stage as the loop sees it. ``loss(step, hidden)`` returns this rank's share of the
+    global-batch loss (already divided by the global weight); ``validate()`` returns metrics with at
+    least ``ndcg@10`` and ``valid_raw``; ``publish(metrics, steps)`` stores the result and returns its path."""
+
+    name: str
+    model: torch.nn.Module
+    loss: Callable[[int, Callable], torch.Tensor]
+    validate: Callable[[], dict]
+    publish: Callable[[dict, int], Path]
+
+
+def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: float, warmup: int = 30) -> Path | None:
+    """The training loop every stage shares: resume, schedule, clip, log, validate, save, publish."""
+    model = stage.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    run_dir = RunDir(args.run_dir, d.main)
+    state = None if args.fresh else run_dir.load_state()
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+        if d.main:
+            print(f"resuming {args.run_dir} at step {start}", flush=True)
+    hidden = DDP(HiddenStates(model)) if d.world > 1 else model.hidden_states
+    t_start = time.time()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {stage.name}", disable=not d.main,
+               dynamic_ncols=True)
+    step = start
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        loss = stage.loss(step, hidden)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_value = d.sum(loss.detach().clone()).item() / d.world  # ranks hold world-scaled shares
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        record = {"stage": stage.name, "step": step + 1, "loss": round(loss_value, 5), "lr": round(g["lr"], 7)}
+        out_of_time = bool(args.time_budget_min) and time.time() - t_start > args.time_budget_min * 60
+        done = step + 1 == steps or bool(d.sum(torch.tensor(float(out_of_time))).item())
+        if d.main and ((step + 1) % args.eval_every == 0 or done):
+            model.eval()
+            val = stage.validate()
+            model.train()
+            record.update({"val_ndcg@10": val["ndcg@10"], "val_valid_raw": val["valid_raw"],
+                           "val_tokens_per_forward": val.get("tokens_per_forward")})
+            bar.write(f"step {step + 1}: loss {loss_value:.4f} val ndcg@10 {val['ndcg@10']:.4f} "
+                      f"valid {val['valid_raw']:.3f}")
+        run_dir.log(record)
+        if (step + 1) % args.save_every == 0 or done:
+            run_dir.save_state({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1})
+        if done:
+            break
+    bar.close()
+    path = None
+    if d.main:
+        model.eval()
+        path = stage.publish(stage.validate(), step + 1)
+        print(f"saved {path}", flush=True)
+    d.barrier()
+    return path

@@ -60,7 +60,7 @@ def load_engine(store: ModelStore, name: str, decoder: str, ref: str, *, device:
     decode = DecodeConfig(max_new_tokens=max_new_tokens, block_size=ckpt.config.block_size,
                           threshold=ckpt.config.threshold)
     reranker = Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder=decoder, decode=decode,
-                        max_history=max_history)
+                        max_history=max_history, trace_len=ckpt.manifest.get("metrics", {}).get("trace_len"))
     return Engine(decoder, ref, path.name, ckpt.manifest.get("stage"), path, reranker)
 
 

@@ -1,0 +1,33 @@
+"""Copy a checkpoint into another store in shipping form: bf16 weights, item titles dropped.
+
+The shipped AR + diffusion pair must fit 25 MB together; titles are never rendered into prompts,
+so dropping them changes nothing the model sees. The copy keeps the source's stage, data hash and
+metrics and names the source as its parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from model.catalog import Catalog
+from model_store.checkpoint import Provenance, load_checkpoint, save_checkpoint
+from model_store.registry import ModelStore
+
+
+def export_checkpoint(src: str | Path, store: ModelStore, name: str, version: str, aliases: Sequence[str],
+                      dtype: torch.dtype = torch.bfloat16, strip_titles: bool = True) -> Path:
+    ckpt = load_checkpoint(src)
+    catalog = ckpt.catalog
+    if strip_titles:
+        catalog = Catalog([dataclasses.replace(it, title=None) for it in catalog.items.values()])
+    m = ckpt.manifest
+    prov = Provenance(stage=m.get("stage", "unknown"), parent=f"{Path(src).parent.name}/{Path(src).name}",
+                      data_hash=m.get("data_hash"), metrics=m.get("metrics", {}))
+    path = save_checkpoint(store.version_dir(name, version), ckpt.model, ckpt.vocab, catalog, prov, dtype=dtype)
+    for alias in aliases:
+        store.set_alias(name, alias, version)
+    return path
