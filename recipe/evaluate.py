@@ -59,8 +59,28 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
     }
 
 
+def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
+    """Rank of each target under a non-learned baseline on the same candidate lists.
+
+    ``pop``: training-interaction count (PopRec); ``evidence``: the trace's evidence score
+    (brand, category and co-occurrence matches with the history, plus popularity).
+    """
+    from recipe.traces import evidence, heuristic_order
+
+    ranks = []
+    for ex in examples:
+        if name == "pop":
+            order = sorted(range(len(ex.candidates)), key=lambda k: (-source.counts.get(ex.candidates[k], 0), k))
+        else:
+            order = heuristic_order(evidence(source.catalog, ex.history, ex.candidates))
+        ranks.append(order.index(ex.target_slot))
+    return ranks
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
+    p.add_argument("--checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
+    p.add_argument("--baseline", choices=["pop", "evidence"], default=None,
+                   help="score a non-learned baseline on the same candidate lists instead of a checkpoint")
     p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
     p.add_argument("--decoder", choices=["ar", "diffusion"], default=None,
                    help="decoder to use (default: the checkpoint's own)")
@@ -82,10 +102,18 @@ def run(args: argparse.Namespace) -> int:
     from dgr2cli import resolve_checkpoint
     from model_store import load_checkpoint
 
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
+    if bool(args.checkpoint) == bool(args.baseline):
+        raise SystemExit("dgr2 eval: give exactly one of --checkpoint or --baseline")
     source = load_source(args.data_dir, args.synthetic)
     examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
                              args.limit)
+    if args.baseline:
+        result = {"n": len(examples), **summarize(baseline_ranks(args.baseline, source, examples)),
+                  "baseline": args.baseline, "split": args.split, "candidates": args.candidates,
+                  "neg_seed": args.neg_seed}
+        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+        return 0
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
     decoder = args.decoder or ckpt.config.decoder
     cfg = DecodeConfig(max_new_tokens=completion_budget(args.trace_len, args.candidates),
                        block_size=args.block_size or ckpt.config.block_size,

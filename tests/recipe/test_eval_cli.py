@@ -1,0 +1,29 @@
+"""``dgr2 eval``: one JSON object on stdout with the documented fields, for checkpoints and baselines."""
+
+import json
+
+from dgr2cli import main as cli
+from model_store import ModelStore
+from model_store.init import init_pair
+
+FIELDS = {"n", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward",
+          "decode_tokens_per_s", "decoder", "split", "candidates", "neg_seed"}
+
+
+def test_eval_json_for_both_decoders(tmp_path, synth, capsys):
+    init_pair(ModelStore(tmp_path), "beauty-gr2", synth.catalog)
+    for decoder in ("ar", "diffusion"):
+        rc = cli(["eval", "--checkpoint", f"beauty-gr2:{decoder}", "--store", str(tmp_path), "--synthetic",
+                  "--split", "test", "--candidates", "6", "--limit", "8", "--trace-len", "8", "--batch-size", "4",
+                  "--json"])
+        assert rc == 0
+        out = json.loads(capsys.readouterr().out)
+        assert FIELDS <= set(out) and out["n"] == 8 and out["decoder"] == decoder
+        assert 0.0 <= out["valid_raw"] <= 1.0 and out["tokens_per_forward"] > 0
+
+
+def test_eval_baselines(capsys):
+    for name in ("pop", "evidence"):
+        assert cli(["eval", "--baseline", name, "--synthetic", "--candidates", "10", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["n"] == 200 and out["baseline"] == name and 0.0 <= out["ndcg@10"] <= 1.0
