@@ -31,8 +31,10 @@ class AnswerConstraint:
         self.used = torch.zeros(B, batch.kmax, dtype=torch.bool, device=dev)
         self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
         in_request = torch.arange(batch.kmax, device=dev)[None, :] < self.k[:, None]  # [B, Kmax]
+        # every slot token past a row's K, up to <c100>, is out of the request anywhere in the output
+        all_slots = self.head.cols(vocab.slot_ids)
         self.never = torch.zeros(B, n_out, dtype=torch.bool, device=dev)
-        self.never[:, self.slot_cols] = ~in_request
+        self.never[:, all_slots] = torch.arange(all_slots.numel(), device=dev)[None, :] >= self.k[:, None]
         self.in_request = in_request
 
     def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:

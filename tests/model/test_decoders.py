@@ -43,6 +43,15 @@ def test_every_request_gets_a_valid_ranking(tiny, synth, decoder):
             assert res.report.valid_as_decoded
 
 
+def test_ar_never_names_a_slot_outside_the_request(tiny, synth):
+    model, vocab = tiny
+    ps = batch_prompts(vocab, synth, 3)  # K = 1, 4, 7: every slot token past K is out of the request
+    outs = decode_ar(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps], DecodeConfig(max_new_tokens=40))
+    for p, o in zip(ps, outs, strict=True):
+        named = [vocab.slot_of(t) for t in o.tokens if vocab.slot_of(t) is not None]
+        assert named and max(named) < p.num_slots
+
+
 def test_ar_is_one_token_per_forward(tiny, synth):
     model, vocab = tiny
     ps = batch_prompts(vocab, synth)
