@@ -72,7 +72,7 @@ def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_sl
               cfg: DecodeConfig | None = None) -> list[SequenceResult]:
     cfg = cfg or DecodeConfig()
     batch = Batch(model, vocab, prompts, num_slots, cfg.max_new_tokens, block=1)
-    logits = batch.prefill()  # [B, V]
+    logits = batch.prefill()  # [B, n_out]: output-vocabulary logits of token 0
     constraint = AnswerConstraint(vocab, batch, logits.shape[-1]) if cfg.constrain_answer else None
     for t in range(cfg.max_new_tokens):
         rows_alive = batch.alive

@@ -34,7 +34,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
     n_blocks = math.ceil(cfg.max_new_tokens / S)
     batch = Batch(model, vocab, prompts, num_slots, n_blocks * S, block=S)
     dev, B = batch.dev, len(prompts)
-    prev_logits = batch.prefill()  # [b, V]: predicts each row's next block position 0
+    prev_logits = batch.prefill()  # [b, n_out]: predicts each row's next block position 0
     tokens = torch.full((B, S), vocab.mask, dtype=torch.long, device=dev)
     masked = torch.ones(B, S, dtype=torch.bool, device=dev)
     committing = torch.zeros(B, dtype=torch.bool, device=dev)
