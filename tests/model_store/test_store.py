@@ -86,3 +86,19 @@ def test_cli_init_list_verify(tmp_path, capsys):
     (next((tmp_path / "x").glob("*-ar")) / "config.json").write_text("{}")
     assert cli(["model", "verify", "x:ar", "--store", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_ship_copies_in_bf16_without_titles(tmp_path, catalog, capsys):
+    src, dst = ModelStore(tmp_path / "src"), tmp_path / "dst"
+    init_pair(src, "m", catalog)
+    assert cli(["model", "ship", "m:ar", "--from-store", str(tmp_path / "src"), "--store", str(dst),
+                "--name", "m", "--version", "v1", "--alias", "ar", "--alias", "latest"]) == 0
+    shipped = ModelStore(dst)
+    assert shipped.aliases("m") == {"ar": "v1", "latest": "v1"}
+    ckpt = load_checkpoint(shipped.resolve("m", "ar"))
+    assert json.loads((ckpt.path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert all(it.title is None for it in ckpt.catalog.items.values())
+    assert ckpt.manifest["parent"].endswith("init-tiny-s0-ar") and ckpt.manifest["stage"] == "init"
+    original = load_checkpoint(src.resolve("m", "ar"))
+    ids = torch.randint(0, original.config.vocab_size, (1, 7))
+    assert (ckpt.model(ids) - original.model(ids)).abs().max() < 0.1  # bf16 rounding only
