@@ -58,22 +58,21 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _store(args):
-    from model_store import DEFAULT_ROOT, ModelStore
+    from model_store import open_store
 
-    return ModelStore(args.store or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
+    return open_store(args.store)
 
 
 def resolve_checkpoint(ref: str, store_root: str | None = None):
     """``NAME[:REF]`` in the store (REF defaults to ``ar``), or a path to a checkpoint folder."""
     from pathlib import Path
 
-    from model_store import DEFAULT_ROOT, ModelStore
+    from model_store import open_store
 
     if Path(ref).is_dir():
         return Path(ref)
     name, _, version = ref.partition(":")
-    store = ModelStore(store_root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
-    return store.resolve(name, version or "ar")
+    return open_store(store_root).resolve(name, version or "ar")
 
 
 def _model_init(args) -> int:

@@ -2,8 +2,6 @@
 
 The shipped default checkpoints live in this package's folder (``DEFAULT_ROOT``)."""
 
-from pathlib import Path
-
 from model_store.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -12,12 +10,11 @@ from model_store.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from model_store.registry import ModelStore
+from model_store.registry import DEFAULT_ROOT, ModelStore, open_store
 
-DEFAULT_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = "beauty-gr2"
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_ROOT", "Checkpoint", "CheckpointError", "ModelStore", "Provenance",
-    "load_checkpoint", "save_checkpoint", "verify_checkpoint",
+    "load_checkpoint", "open_store", "save_checkpoint", "verify_checkpoint",
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model_store.checkpoint import MANIFEST, CheckpointError
 
+DEFAULT_ROOT = Path(__file__).resolve().parent  # the shipped checkpoints live beside this package's code
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIASES = "aliases.json"
 
@@ -78,3 +79,8 @@ class ModelStore:
         if not (path / MANIFEST).is_file():
             raise CheckpointError(f"model {name} has no version or alias {ref!r}")
         return path
+
+
+def open_store(root: str | Path | None = None) -> ModelStore:
+    """The store a command works on: ``root`` if given, else ``$DGR2_STORE``, else the shipped store."""
+    return ModelStore(root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)

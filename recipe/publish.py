@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,11 +10,7 @@ import torch
 from model.catalog import Catalog
 from model.tokenizer import Vocab
 from model.transformer import Transformer
-from model_store import DEFAULT_MODEL, DEFAULT_ROOT, ModelStore, Provenance, save_checkpoint
-
-
-def store_at(root: str | None) -> ModelStore:
-    return ModelStore(root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
+from model_store import DEFAULT_MODEL, Provenance, open_store, save_checkpoint
 
 
 def publish(root: str | None, name: str | None, version: str, aliases: Sequence[str], model: Transformer,
@@ -23,7 +18,7 @@ def publish(root: str | None, name: str | None, version: str, aliases: Sequence[
             dtype: torch.dtype = torch.float32) -> Path:
     """Save ``model`` as ``<name>/<version>`` for ``decoder`` (replacing an earlier save of that
     version) and point each of ``aliases`` at it."""
-    store = store_at(root)
+    store = open_store(root)
     name = name or DEFAULT_MODEL
     model.config = model.config.replace(decoder=decoder)
     path = save_checkpoint(store.version_dir(name, version), model, vocab, catalog, provenance, dtype=dtype)
