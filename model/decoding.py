@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kernels import answer_scores
+from model.config import ModelConfig
 from model.kv_cache import KVCache
 from model.output_head import OutputHead
 from model.tokenizer import Vocab
@@ -30,6 +31,13 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:
             raise ValueError("max_new_tokens and block_size must be positive")
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, **overrides) -> DecodeConfig:
+        """The checkpoint's own block size and threshold, with every override that is not ``None``."""
+        fields = {"block_size": config.block_size, "threshold": config.threshold}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
 
 
 def completion_budget(trace_len: int, num_candidates: int) -> int:

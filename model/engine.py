@@ -67,7 +67,7 @@ class Reranker:
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
         self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
-        self.decode = decode or DecodeConfig(block_size=model.config.block_size, threshold=model.config.threshold)
+        self.decode = decode or DecodeConfig.for_model(model.config)
         self.max_history = max_history
         self.trace_len = trace_len
 

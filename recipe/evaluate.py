@@ -115,9 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
     decoder = args.decoder or ckpt.config.decoder
-    cfg = DecodeConfig(max_new_tokens=completion_budget(args.trace_len, args.candidates),
-                       block_size=args.block_size or ckpt.config.block_size,
-                       threshold=args.threshold if args.threshold is not None else ckpt.config.threshold)
+    cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=completion_budget(args.trace_len, args.candidates),
+                                 block_size=args.block_size, threshold=args.threshold)
     result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
     result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                   neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,

@@ -51,10 +51,11 @@ def global_weight(d: Dist, weights: torch.Tensor) -> torch.Tensor:
     return d.sum(weights.sum().clone()) / d.world
 
 
-def validate_with(model, vocab, source, args, decoder: str, trace_len: int, **decode) -> dict:
+def validate_with(model, vocab, source, args, decoder: str, trace_len: int) -> dict:
+    """Validation metrics with ``decoder``, at the block size and threshold in the model's config."""
     examples = eval_examples(source.sequences, source.item_ids, "valid", args.candidates, args.neg_seed,
                              args.val_users)
-    cfg = DecodeConfig(max_new_tokens=completion_budget(trace_len, args.candidates), **decode)
+    cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))
     return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
 
 

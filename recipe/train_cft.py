@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return weighted_ce(head, h, b.targets[shard], b.weights[shard], global_weight(d, b.weights[shard]))
 
     def validate() -> dict:
-        return validate_with(model, vocab, source, args, "diffusion", trace_len, block_size=args.block_size,
-                             threshold=args.threshold)
+        return validate_with(model, vocab, source, args, "diffusion", trace_len)
 
     def publish_cft(metrics: dict, steps: int):
         prov = Provenance(stage="cft", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),

@@ -57,8 +57,7 @@ def load_engine(store: ModelStore, name: str, decoder: str, ref: str, *, device:
     if ckpt.config.decoder != decoder:
         # allowed on purpose: "naive conversion" serves AR weights with the diffusion decoder
         log.warning("%s decoder serves checkpoint %s trained as %s", decoder, path.name, ckpt.config.decoder)
-    decode = DecodeConfig(max_new_tokens=max_new_tokens, block_size=ckpt.config.block_size,
-                          threshold=ckpt.config.threshold)
+    decode = DecodeConfig.for_model(ckpt.config, max_new_tokens=max_new_tokens)
     reranker = Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder=decoder, decode=decode,
                         max_history=max_history, trace_len=ckpt.manifest.get("metrics", {}).get("trace_len"))
     return Engine(decoder, ref, path.name, ckpt.manifest.get("stage"), path, reranker)
