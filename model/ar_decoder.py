@@ -36,23 +36,22 @@ class AnswerConstraint:
         self.never = torch.zeros(B, n_out, dtype=torch.bool, device=dev)
         self.never[:, all_slots] = torch.arange(all_slots.numel(), device=dev)[None, :] >= self.k[:, None]
         self.in_request = in_request
+        # fixed per decode: the column of </answer>, and the masks that allow only <eos> / only <answer>
+        self.end_answer_col = self.head.col(vocab.end_answer)
+        self.not_eos = torch.ones(n_out, dtype=torch.bool, device=dev)
+        self.not_eos[self.head.col(vocab.eos)] = False
+        self.not_answer = torch.ones(n_out, dtype=torch.bool, device=dev)
+        self.not_answer[self.head.col(vocab.answer)] = False
 
     def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
-        v, col = self.vocab, self.head.col
-        disallow = self.never.clone()
         open_slots = self.in_request & ~self.used
-        answer_allow = torch.zeros_like(disallow)
+        answer_allow = torch.zeros_like(self.never)
         answer_allow[:, self.slot_cols] = open_slots
-        answer_allow[:, col(v.end_answer)] = ~open_slots.any(dim=1)
-        only = torch.zeros_like(disallow)
-        only_eos, only_answer = only.clone(), only.clone()
-        only_eos[:, col(v.eos)] = True
-        only_answer[:, col(v.answer)] = True
-        in_trace = self.phase == TRACE
-        force_answer = in_trace & ((self.prev == v.end_think) | (remaining <= self.k + 3))
-        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, disallow)
-        disallow = torch.where((self.phase == DONE)[:, None], ~only_eos, disallow)
-        disallow = torch.where(force_answer[:, None], ~only_answer, disallow)
+        answer_allow[:, self.end_answer_col] = ~open_slots.any(dim=1)
+        force_answer = (self.phase == TRACE) & ((self.prev == self.vocab.end_think) | (remaining <= self.k + 3))
+        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, self.never)
+        disallow = torch.where((self.phase == DONE)[:, None], self.not_eos, disallow)
+        disallow = torch.where(force_answer[:, None], self.not_answer, disallow)
         return logits.masked_fill(disallow, float("-inf"))
 
     def update(self, nxt: torch.Tensor) -> None:

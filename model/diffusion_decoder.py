@@ -39,7 +39,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
     masked = torch.ones(B, S, dtype=torch.bool, device=dev)
     committing = torch.zeros(B, dtype=torch.bool, device=dev)
     offset = torch.zeros(B, dtype=torch.long, device=dev)  # continuation index of each row's block start
-    steps_log: list[list[int]] = [[] for _ in range(B)]
+    steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     arange_s = torch.arange(S, device=dev)
 
     while True:
@@ -65,8 +65,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         batch.out_tokens[orig, pos] = cand[rows, cols]
         # one "sequence" per decided position, so each gets its own K
         batch.out_scores[orig, pos] = batch.scores(shifted[rows, cols][:, None], rows)[:, 0]
-        for r, n in zip(batch.alive[denoise].tolist(), unmask[denoise].sum(1).tolist(), strict=True):
-            steps_log[r].append(n)
+        steps_log.append((batch.alive[denoise], unmask[denoise].sum(1)))
 
         # stop: <eos> decided with everything before it decided
         decided_prefix = (~masked).long().cumprod(dim=1).sum(dim=1)  # [b] leading decided positions
@@ -87,7 +86,8 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             offset, prev_logits = offset[keep], prev_logits[keep]
 
     results = batch.results()
-    for r, log in zip(results, steps_log, strict=True):
-        r.unmasked_per_step = log
+    for rows, counts in steps_log:  # read back once, after decoding, not once per pass
+        for r, n in zip(rows.tolist(), counts.tolist(), strict=True):
+            results[r].unmasked_per_step.append(n)
     return results
 
