@@ -19,13 +19,13 @@ from service.runtime import Runtime
 from service.schemas import RankedItem, RerankRequest, RerankResponse, Timing, Usage, Validity, item_id
 
 
-def to_rank_request(req: RerankRequest, max_history: int) -> RankRequest:
-    """Wire items -> engine items (ids or feature dicts); only the most recent history is kept."""
+def to_rank_request(req: RerankRequest) -> RankRequest:
+    """Wire items -> engine items (ids or feature dicts). The engine keeps the most recent
+    ``max_history`` items (the service builds its rerankers with that setting)."""
     def ref(x):
         return x if isinstance(x, str) else x.model_dump(exclude_none=True)
 
-    history = req.history[-max_history:] if max_history > 0 else []
-    return RankRequest(history=[ref(h) for h in history], candidates=[ref(c) for c in req.candidates])
+    return RankRequest(history=[ref(h) for h in req.history], candidates=[ref(c) for c in req.candidates])
 
 
 async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) -> RerankResponse:
@@ -33,7 +33,7 @@ async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) 
     rt.check_serving()
     check_candidates(req, rt.settings.max_candidates)
     deadline = started + req.deadline_ms / 1000 if req.deadline_ms else None
-    job = rt.batchers[decoder].submit(to_rank_request(req, rt.settings.max_history), deadline)
+    job = rt.batchers[decoder].submit(to_rank_request(req), deadline)
     try:
         # on timeout wait_for cancels the future, so the worker drops the job if it is still queued
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -51,14 +51,13 @@ def build_response(req: RerankRequest, decoder: str, decoded: Decoded, model: st
     if sorted(r.order) != list(range(k)):  # the engine promises a permutation; never pass on anything else
         raise DecodeFailed("the decoder returned an invalid ranking")
     n = min(req.top_n or k, k)
-    rep = r.report
+    rep = r.report  # the guard's report; the wire schema is its public subset (no repair method)
     return RerankResponse(
         id=f"rr-{uuid.uuid4().hex}", model=model, model_version=decoded.engine.version, decoder=decoder,
         results=[RankedItem(index=i, item_id=item_id(req.candidates[i]), rank=pos + 1, relevance_score=score)
                  for pos, (i, score) in enumerate(zip(r.order[:n], r.relevance[:n], strict=True))],
         reasoning=r.reasoning if req.return_reasoning else None,
-        validity=Validity(valid_as_decoded=rep.valid_as_decoded, repaired=rep.repaired, duplicates=rep.duplicates,
-                          missing=rep.missing, out_of_set=rep.out_of_set, malformed=rep.malformed),
+        validity=Validity(**{name: getattr(rep, name) for name in Validity.model_fields}),
         usage=Usage(prompt_tokens=r.prompt_tokens, generated_tokens=r.generated_tokens,
                     forward_passes=r.forward_passes),
         timing=Timing(queue_ms=round(1000 * decoded.queue_s, 3), decode_ms=round(1000 * decoded.decode_s, 3),
