@@ -77,13 +77,6 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
-    def num_parameters(self) -> int:
-        h, i, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
-        q = self.num_attention_heads * self.head_dim
-        kv = self.num_key_value_heads * self.head_dim
-        per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * self.head_dim
-        return v * h * (1 if self.tie_word_embeddings else 2) + L * per_layer + h
-
 
 # Presets: the architecture only; vocab and special ids come from the tokenizer at build time.
 PRESETS: dict[str, ModelConfig] = {
