@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics(settings.model)
     rt = Runtime(settings, metrics)
+    metrics.set_split(rt.router.split)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

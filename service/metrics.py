@@ -14,6 +14,8 @@ Every series carries ``model`` (the model name) and, where a decoder is involved
   they measure work done. Shadow agreement is the histogram ``dgr2_shadow_agreement{decoder,metric}``
   where ``decoder`` is the one that served and ``metric`` is ``tau`` (Kendall tau, in [-1, 1]) or
   ``top10`` (overlap of the two top-10 sets, in [0, 1]).
+- ``dgr2_ab_split{decoder}``: the share of routed traffic the A/B split sends to each decoder (0 for a
+  decoder out of the split), so alerts and dashboards know whether an A/B test is running.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.guard import GuardReport
+from service.settings import DECODERS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -58,6 +61,8 @@ class Metrics:
         self.shadow_agreement = Histogram("dgr2_shadow_agreement", "Agreement of the shadow decoder's ranking "
                                           "with the served one", [*mdd, "metric"], buckets=AGREEMENT_BUCKETS,
                                           registry=r)
+        self.ab_split = Gauge("dgr2_ab_split", "Share of routed traffic the A/B split sends to the decoder",
+                              mdd, registry=r)
 
     # ----------------------------------------------------------------- recording helpers
     def observe_request(self, decoder: str | None, status: int, seconds: float, reason: str | None = None) -> None:
@@ -87,6 +92,10 @@ class Metrics:
         self.model_info.clear()
         for decoder, version in versions.items():
             self.model_info.labels(self.model, decoder, version).set(1)
+
+    def set_split(self, split: dict[str, float]) -> None:
+        for decoder in DECODERS:
+            self.ab_split.labels(self.model, decoder).set(split.get(decoder, 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
