@@ -19,6 +19,13 @@ COMMANDS = {
     "train": ("recipe.cli", "run a stage of the training recipe"),
     "eval": ("recipe.evaluate", "evaluate a checkpoint on the leave-one-out split"),
 }
+# command groups: group -> (help, {subcommand -> (module, help)}), e.g. ``dgr2 bench decode``
+GROUPS = {
+    "bench": ("run a benchmark (decode throughput, service under load)", {
+        "decode": ("bench.decode", "decode throughput of AR vs block diffusion on the same prompts and machine"),
+        "service": ("bench.service_load", "the real server under concurrent load, per decoder"),
+    }),
+}
 
 
 def _model_commands(sub: argparse._SubParsersAction) -> None:
@@ -129,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_commands(sub)
     for name, (module, help_text) in COMMANDS.items():
         # no help of its own: ``dgr2 NAME --help`` reaches the module's parser with every flag
-        sub.add_parser(name, help=help_text, add_help=False).set_defaults(module=module)
+        sub.add_parser(name, help=help_text, add_help=False).set_defaults(
+            module=module, prog=f"dgr2 {name}", description=help_text)
+    for group, (group_help, subcommands) in GROUPS.items():
+        gsub = sub.add_parser(group, help=group_help).add_subparsers(dest=f"{group}_cmd", required=True)
+        for name, (module, help_text) in subcommands.items():
+            gsub.add_parser(name, help=help_text, add_help=False).set_defaults(
+                module=module, prog=f"dgr2 {group} {name}", description=help_text)
     return parser
 
 
@@ -146,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
             return args.func(args)
         module = importlib.import_module(args.module)
-        sub = argparse.ArgumentParser(prog=f"dgr2 {args.command}", description=COMMANDS[args.command][1])
+        sub = argparse.ArgumentParser(prog=args.prog, description=args.description)
         module.add_arguments(sub)
         return module.run(sub.parse_args(rest))
     except CheckpointError as e:
