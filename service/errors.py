@@ -137,7 +137,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     first = inside_object[0] if inside_object else errors[0]
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":  # loc holds a character offset, not a field
-        return error_response(request, 422, f"request body is not valid JSON (at character {loc[-1]})",
+        reason = (first.get("ctx") or {}).get("error") or "syntax error"
+        return error_response(request, 422, f"request body is not valid JSON: {reason} (at character {loc[-1]})",
                               code="json_invalid")
     param = _param(loc)
     msg = str(first.get("msg", "invalid request"))

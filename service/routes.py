@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.body import StrictJSONRoute
 from service.errors import ServiceError, Unauthorized, error_body, error_responses
 from service.limits import check_batch
 from service.rerank import rerank
@@ -35,8 +36,8 @@ from service.schemas import (
     Status,
 )
 
-router = APIRouter()
-admin_router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(route_class=StrictJSONRoute)  # bodies are strict JSON: see service.body
+admin_router = APIRouter(prefix="/admin", tags=["admin"], route_class=StrictJSONRoute)
 XDecoder = Annotated[Decoder | None, Header(description="override the A/B decision (the body field wins)")]
 RERANK_ERRORS = error_responses(413, 422, 429, 500, 503, 504)
 
