@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,6 +160,13 @@ def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates:
     desc = {"prompts": "synthetic" if use_synthetic else "amazon-beauty", "split": split,
             "candidates": candidates, "neg_seed": neg_seed}
     return examples, desc
+
+
+def command_line() -> str:
+    """The command as typed (``dgr2 ...`` when run through the CLI), for the record."""
+    if Path(sys.argv[0]).stem in ("dgr2", "dgr2cli"):
+        return shlex.join(["dgr2", *sys.argv[1:]])
+    return shlex.join(sys.argv)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

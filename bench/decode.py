@@ -25,10 +25,8 @@ import argparse
 import json
 import logging
 import math
-import shlex
 import signal
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 
 from bench.common import (
     PeakMemory,
+    command_line,
     load_examples,
     machine_info,
     parse_list,
@@ -371,13 +370,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_table(result)
     return 0
-
-
-def command_line() -> str:
-    """The command as typed (``dgr2 ...`` when run through the CLI), for the record."""
-    if Path(sys.argv[0]).stem in ("dgr2", "dgr2cli"):
-        return shlex.join(["dgr2", *sys.argv[1:]])
-    return shlex.join(sys.argv)
 
 
 def print_table(result: dict) -> None:
