@@ -35,7 +35,7 @@ class Decoded:
     decode_s: float
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a job is found in (and removed from) the queue as itself
 class Job:
     request: RankRequest
     deadline: float | None  # time.monotonic() after which the request is not worth decoding
@@ -74,6 +74,15 @@ class Batcher:
         self._gauge()
         self._wake.set()
         return job
+
+    def withdraw(self, job: Job) -> None:
+        """A request that stopped waiting (its deadline passed) gives its queue slot back at once, so
+        it neither counts against ``queue_limit`` nor waits to be skipped by the worker."""
+        try:
+            self._queue.remove(job)
+        except ValueError:  # already taken into a batch
+            return
+        self._gauge()
 
     def retry_after_s(self) -> int:
         """Seconds until the queue ahead has likely been decoded."""

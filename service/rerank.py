@@ -33,12 +33,13 @@ async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) 
     rt.check_serving()
     check_candidates(req, rt.settings.max_candidates)
     deadline = started + req.deadline_ms / 1000 if req.deadline_ms else None
-    job = rt.batchers[decoder].submit(to_rank_request(req), deadline)
+    batcher = rt.batchers[decoder]
+    job = batcher.submit(to_rank_request(req), deadline)
     try:
-        # on timeout wait_for cancels the future, so the worker drops the job if it is still queued
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         decoded = await asyncio.wait_for(job.future, timeout)
     except TimeoutError:
+        batcher.withdraw(job)  # still queued: free its slot now (a batch already decoding drops the result)
         raise DeadlineExceeded() from None
     shadow = rt.router.shadow_of(decoder)
     if shadow is not None:
