@@ -141,6 +141,8 @@ def decode_batches(side: Side, cfg: DecodeConfig, batch: int, n: int, device: st
 
 def measure_group(group: Group, sides: dict[str, Side], requests: int, repeats: int, device: str,
                   deadline: float | None) -> list[Setting]:
+    if deadline is not None and time.monotonic() > deadline:
+        raise Stopped("time budget spent")
     n = math.ceil(max(requests, group.batch) / group.batch) * group.batch  # whole batches only
     kmax = max(sides["ar"].slots[:n])
     settings = [Setting("ar", None, None)] + [Setting("diffusion", s, t) for s, t in group.diffusion]
