@@ -23,10 +23,10 @@ except ImportError:  # the CPU service runs on the torch references only
 def unmask_select_ref(logits: torch.Tensor, masked: torch.Tensor, threshold: float):
     probs = torch.softmax(logits.float(), dim=-1)
     conf, tokens = probs.max(dim=-1)
-    return tokens, conf, _threshold_rule(conf, masked, threshold)
+    return tokens, conf, threshold_rule(conf, masked, threshold)
 
 
-def _threshold_rule(conf: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
+def threshold_rule(conf: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
     above = masked & (conf > threshold)
     best = conf.masked_fill(~masked, -1.0).argmax(dim=-1)  # [B]
     needs_one = masked.any(dim=-1) & ~above.any(dim=-1)
@@ -59,8 +59,8 @@ if triton is not None:
         tl.store(conf_ptr + row, 1.0 / total)
 
     @triton.jit
-    def _threshold_rule_kernel(conf_ptr, masked_ptr, unmask_ptr, S, threshold, BLOCK_S: tl.constexpr):
-        # One program per sequence: the rule of _threshold_rule on its S positions, on device.
+    def threshold_rule_kernel(conf_ptr, masked_ptr, unmask_ptr, S, threshold, BLOCK_S: tl.constexpr):
+        # One program per sequence: the rule of threshold_rule on its S positions, on device.
         b = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK_S)
         ok = offs < S
@@ -89,7 +89,7 @@ def unmask_select_triton(logits: torch.Tensor, masked: torch.Tensor, threshold: 
         logits, tokens, conf, S, V, *logits.stride(), BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
     )
     masked8 = masked.contiguous().view(torch.int8)  # bool and int8 share a layout
-    _threshold_rule_kernel[(B,)](
+    threshold_rule_kernel[(B,)](
         conf, masked8, unmask.view(torch.int8), S, float(threshold), BLOCK_S=triton.next_power_of_2(S),
     )
     return tokens, conf, unmask

@@ -1,7 +1,8 @@
 """Autoregressive decoder: prefill, then one token per forward pass with the KV cache (batched, greedy).
 
 Constrained in the answer, which is where AR gets its validity from: after ``<answer>`` only unused
-in-request slots may follow, then ``</answer>``, then ``<eos>``. Slots outside the request and the
+in-request slots may follow, then ``</answer>``, then ``<eos>``. In the trace, a slot is named at
+most once (training uses the same exclusions, :func:`recipe.sft.slot_exclusions`). Slots outside the request and the
 ``<pad>``/``<mask>`` tokens are never emitted; ``</think>`` is followed by ``<answer>``, and
 ``<answer>`` is forced when the remaining budget only just fits a full answer, so a constrained AR
 answer is always a valid permutation.
@@ -29,6 +30,7 @@ class AnswerConstraint:
         self.k = batch.k.clone()
         self.phase = torch.zeros(B, dtype=torch.long, device=dev)
         self.used = torch.zeros(B, batch.kmax, dtype=torch.bool, device=dev)
+        self.used_in_trace = torch.zeros(B, n_out, dtype=torch.bool, device=dev)
         self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
         in_request = torch.arange(batch.kmax, device=dev)[None, :] < self.k[:, None]  # [B, Kmax]
         # every slot token past a row's K, up to <c100>, is out of the request anywhere in the output
@@ -49,20 +51,22 @@ class AnswerConstraint:
         answer_allow[:, self.slot_cols] = open_slots
         answer_allow[:, self.end_answer_col] = ~open_slots.any(dim=1)
         force_answer = (self.phase == TRACE) & ((self.prev == self.vocab.end_think) | (remaining <= self.k + 3))
-        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, self.never)
+        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, self.never | self.used_in_trace)
         disallow = torch.where((self.phase == DONE)[:, None], self.not_eos, disallow)
         disallow = torch.where(force_answer[:, None], self.not_answer, disallow)
         return logits.masked_fill(disallow, float("-inf"))
 
     def update(self, nxt: torch.Tensor) -> None:
         v = self.vocab
-        self.used |= (nxt[:, None] == self.slot_ids[None, :]) & (self.phase == ANSWER)[:, None]
+        named = nxt[:, None] == self.slot_ids[None, :]
+        self.used |= named & (self.phase == ANSWER)[:, None]
+        self.used_in_trace[:, self.slot_cols] |= named & (self.phase == TRACE)[:, None]
         self.phase = torch.where((self.phase == TRACE) & (nxt == v.answer), ANSWER, self.phase)
         self.phase = torch.where((self.phase == ANSWER) & (nxt == v.end_answer), DONE, self.phase)
         self.prev = nxt
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("k", "phase", "used", "prev", "never", "in_request"):
+        for name in ("k", "phase", "used", "used_in_trace", "prev", "never", "in_request"):
             setattr(self, name, getattr(self, name)[rows])
 
 

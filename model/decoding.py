@@ -26,7 +26,9 @@ class DecodeConfig:
     block_size: int = 32  # diffusion only
     threshold: float = 0.9  # diffusion only; > 1 means exactly one token per denoising step
     ignore_eos: bool = False  # generate exactly max_new_tokens (throughput-vs-length sweeps)
-    constrain_answer: bool = True  # AR only: mask used and out-of-request slots in the answer
+    constrain_answer: bool = True  # both decoders: exclude used and out-of-request slots (see each decoder)
+    temperature: float = 0.0  # diffusion only: 0 = greedy; > 0 samples each position (RL rollouts)
+    seed: int = 0  # sampling seed when temperature > 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:

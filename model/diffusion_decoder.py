@@ -5,7 +5,9 @@ denoises it over a few forward passes: attention is bidirectional inside the blo
 committed KV cache for everything before it. The AR next-token shift is kept: block position ``j``
 is predicted from the output at position ``j - 1`` (for ``j = 0``, from the last committed token).
 Each step unmasks every masked position whose confidence exceeds ``threshold``, and always at least
-the most confident one (:func:`kernels.unmask_select`).
+the most confident one (:func:`kernels.unmask_select`). With ``constrain_answer`` (the default, as
+for AR) slots outside the request or already decided in the same section are excluded, and
+same-pass duplicates are deferred (:mod:`model.slot_constraint`).
 
 A full block is committed by one causal pass over its clean tokens, which writes its KV entries
 (identical to what AR decoding would have cached) and yields the logits for the next block's first
@@ -21,9 +23,22 @@ import math
 import torch
 
 from kernels import unmask_select
+from kernels.unmask_select import threshold_rule
 from model.decoding import Batch, DecodeConfig, SequenceResult
+from model.slot_constraint import apply_bans, banned_slots, keep_most_confident
 from model.tokenizer import Vocab
 from model.transformer import Transformer
+
+
+def answer_positions(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``[b, S]``: block positions after a decided ``<answer>`` (in this block or an earlier one)."""
+    S = tokens.shape[1]
+    started = (batch.out_tokens[batch.alive] == batch.vocab.answer).any(dim=1)  # includes this block's decided
+    here = (tokens == batch.vocab.answer) & ~masked
+    first = torch.where(here, torch.arange(S, device=tokens.device), S).min(dim=1).values
+    after_here = torch.arange(S, device=tokens.device)[None, :] > first[:, None]
+    earlier = started & ~here.any(dim=1)
+    return after_here | earlier[:, None]
 
 
 @torch.inference_mode()
@@ -41,6 +56,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
     offset = torch.zeros(B, dtype=torch.long, device=dev)  # continuation index of each row's block start
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     arange_s = torch.arange(S, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
 
     while True:
         block_in = torch.where(masked, vocab.mask, tokens)
@@ -55,8 +71,19 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         # rows that denoise: next-token shift, then the threshold rule on the still-masked positions
         denoise = ~committing
         shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
-        cand_cols, _, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
+        belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
+        if cfg.constrain_answer:
+            shifted = apply_bans(batch, shifted, banned_slots(batch, tokens, masked, offset))
+        if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
+            probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
+            cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
+            conf = probs.gather(-1, cand_cols[..., None])[..., 0]
+            unmask = threshold_rule(conf, masked & denoise[:, None], cfg.threshold)
+        else:
+            cand_cols, conf, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
         cand = batch.head.token(cand_cols)
+        if cfg.constrain_answer:
+            unmask = keep_most_confident(batch, cand, conf, unmask, answer_positions(batch, tokens, masked, offset))
         tokens = torch.where(unmask, cand, tokens)
         masked = masked & ~unmask
         rows, cols = unmask.nonzero(as_tuple=True)
@@ -64,7 +91,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         orig = batch.alive[rows]
         batch.out_tokens[orig, pos] = cand[rows, cols]
         # one "sequence" per decided position, so each gets its own K
-        batch.out_scores[orig, pos] = batch.scores(shifted[rows, cols][:, None], rows)[:, 0]
+        batch.out_scores[orig, pos] = batch.scores(belief[rows, cols][:, None], rows)[:, 0]
         steps_log.append((batch.alive[denoise], unmask[denoise].sum(1)))
 
         # stop: <eos> decided with everything before it decided

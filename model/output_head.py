@@ -23,6 +23,7 @@ class OutputHead:
         self.ids = torch.tensor(vocab.output_ids, dtype=torch.long, device=dev)  # [n_out]
         self.col_of = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=dev)
         self.col_of[self.ids] = torch.arange(self.ids.numel(), device=dev)
+        self.slot_cols = self.cols(vocab.slot_ids)  # [MAX_SLOTS]: column of <c1>..<c100>
         self.differentiable = differentiable
         self._weight = None if differentiable else model.lm_head.weight.detach().index_select(0, self.ids)
 

@@ -2,14 +2,18 @@
 
 A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eos>`` where
 
-  prompt = <history> item* </history> <candidates> (<cK> item link)* </candidates> <think>
-  item   = <item:ID> <brand:i> <cat:i> <popN>
-  link   = <hI>, the most recent history item the candidate co-occurs with in other users' training
-           sequences (catalog links), or <r:none>
+  prompt    = <history> item* </history> <candidates> (<popN> match link <cK>)* </candidates> <think>
+  item      = <item:ID> <brand:i> <cat:i> <popN>         (the MATCH_SCAN most recent history items)
+  match     = brand-match cat-match: <hI>, the most recent of the last MATCH_SCAN history items with
+              the candidate's brand (category), or <r:none>
+  link      = <hI>, the most recent history item the candidate co-occurs with in other users' training
+              sequences (catalog links), or <r:none>
 
-Items outside the catalog are rendered from whatever features the caller gives (brand and category
-names the vocabulary knows; ``<unk_item>``/``<unk_brand>``/``<unk_cat>`` otherwise, ``<pop0>``
-since they have no training interactions): they are ranked, never rejected.
+A candidate is rendered by its evidence, not its raw ids: a model trained for an hour on a CPU
+cannot learn 12k item, brand or category embeddings from ~20k sequences, but it can learn to
+weigh popularity, matches and links. Each candidate's evidence sits in a fixed window that ends
+with its slot token, so one attention hop gathers it at ``<cK>``, and a ranking step can attend to
+slot tokens by their evidence and copy the slot's identity (docs/design.md, "Prompt").
 
 ``parse_answer`` reads a decoded continuation back into slots and classifies what is wrong with it.
 """
@@ -65,6 +69,18 @@ def link_token(history_ids: Sequence[str], candidate: str, linked: Linked) -> st
     return "<r:none>"
 
 
+MATCH_SCAN = 20  # history items (most recent first) searched for a brand or category match
+
+
+def match_token(history_feats: Sequence[str], feat: str) -> str:
+    """``<hI>`` for the most recent of ``history_feats`` (most recent first) equal to ``feat``."""
+    if not feat.startswith("<unk_"):
+        for r, h in enumerate(history_feats[:MATCH_SCAN]):
+            if h == feat:
+                return history_token(r)
+    return "<r:none>"
+
+
 def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], candidates: Sequence[ItemRef],
                   max_history: int = MAX_HISTORY) -> RenderedPrompt:
     """Token ids of the prompt; ``history`` is oldest first and is cut to its ``max_history`` most recent.
@@ -75,17 +91,22 @@ def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], ca
     if not 1 <= len(candidates) <= MAX_SLOTS:
         raise ValueError(f"need 1..{MAX_SLOTS} candidates, got {len(candidates)}")
     history = list(history)[-min(max_history, MAX_HISTORY):] if max_history > 0 else []
-    tokens, unknown = ["<history>"], []
-    for ref in history:
+    tokens, unknown, rendered = ["<history>"], [], []
+    for i, ref in enumerate(history):
         toks, unk = item_tokens(ref, catalog)
-        tokens += toks
+        if i >= len(history) - MATCH_SCAN:
+            tokens += toks
+        rendered.append(toks)
         if unk:
             unknown.append(item_id_of(ref))
+    recent_brands = [t[1] for t in reversed(rendered)]
+    recent_cats = [t[2] for t in reversed(rendered)]
     tokens += ["</history>", "<candidates>"]
     history_ids = [item_id_of(ref) for ref in history]
     for k, ref in enumerate(candidates):
         toks, unk = item_tokens(ref, catalog)
-        tokens += [slot_token(k), *toks, link_token(history_ids, item_id_of(ref), catalog.linked)]
+        tokens += [toks[3], match_token(recent_brands, toks[1]), match_token(recent_cats, toks[2]),
+                   link_token(history_ids, item_id_of(ref), catalog.linked), slot_token(k)]
         if unk:
             unknown.append(item_id_of(ref))
     tokens += ["</candidates>", "<think>"]

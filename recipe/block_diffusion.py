@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from recipe.sft import Encoded
+from model.tokenizer import MAX_SLOTS, Vocab
+from recipe.sft import Encoded, slot_exclusions
 
 CLEAN, COPY_A, COPY_B, PAD = 0, 1, 2, 3
 
@@ -39,6 +40,7 @@ class DiffusionBatch:
     mask: torch.Tensor  # [B, L, L] bool
     targets: torch.Tensor  # [B, L]: the token the output at this index predicts (pad where none)
     weights: torch.Tensor  # [B, L]: 1 where a loss applies
+    banned: torch.Tensor | None = None  # [B, L, MAX_SLOTS]: slots each output may not name (decoder's view)
 
 
 def block_noise(n: int, block: int, gen: torch.Generator) -> torch.Tensor:
@@ -80,6 +82,39 @@ def row(enc: Encoded, block: int, mask_id: int, pad_id: int, gen: torch.Generato
     return ids, positions, stream, blocks, targets, weights
 
 
+def row_exclusions(vocab: Vocab, enc: Encoded, noise: torch.Tensor, block: int) -> torch.Tensor:
+    """``[T + 2C, MAX_SLOTS]``: the slots each output of a row may not name, as the decoder sees them.
+
+    The clean stream uses the AR exclusions (:func:`recipe.sft.slot_exclusions`). A noisy output
+    that predicts completion token ``q`` of block ``b`` sees the clean tokens before ``b`` and its
+    copy's unmasked tokens in ``b``; the slots among those in ``q``'s section (trace, or answer =
+    after ``<answer>``) are banned, as :func:`model.slot_constraint.banned_slots` does when decoding.
+    """
+    T, P = len(enc.ids), enc.prompt_len
+    comp = enc.ids[P:]
+    C = len(comp)
+    slot = torch.tensor([vocab.slot_of(t) if vocab.slot_of(t) is not None else -1 for t in comp])
+    onehot = torch.zeros(C, MAX_SLOTS, dtype=torch.bool)
+    is_slot = slot >= 0
+    onehot[is_slot.nonzero().squeeze(1), slot[is_slot]] = True
+    a_idx = comp.index(vocab.answer) if vocab.answer in comp else C
+    idx = torch.arange(C)
+    answer = idx > a_idx
+    out = torch.zeros(T + 2 * C, MAX_SLOTS, dtype=torch.bool)
+    out[:T] = slot_exclusions(vocab, enc, T)
+    for offset, masked in ((T, noise), (T + C, ~noise)):
+        ban = torch.zeros(C, MAX_SLOTS, dtype=torch.bool)
+        for start in range(0, C, block):
+            end = min(C, start + block)
+            visible = (idx < start) | ((idx >= start) & (idx < end) & ~masked)
+            used_answer = (onehot & (visible & answer)[:, None]).any(dim=0)
+            used_trace = (onehot & (visible & ~answer)[:, None]).any(dim=0)
+            ban[start:end] = torch.where(answer[start:end, None], used_answer, used_trace)
+        ban[:, enc.num_slots:] = True
+        out[offset: offset + C - 1] = ban[1:]  # copy index i predicts completion token i + 1
+    return out
+
+
 def attention_mask(positions, stream, blocks, block: int, prompt_len: int) -> torch.Tensor:
     """The visibility rule of the module docstring for one row ``[L, L]``."""
     q_pos, k_pos = positions[:, None], positions[None, :]
@@ -93,7 +128,8 @@ def attention_mask(positions, stream, blocks, block: int, prompt_len: int) -> to
 
 
 def collate_diffusion(batch: list[Encoded], block: int, mask_id: int, pad_id: int,
-                      gen: torch.Generator) -> DiffusionBatch:
+                      gen: torch.Generator, vocab: Vocab | None = None) -> DiffusionBatch:
+    """With ``vocab``, also the slot exclusions of every output (:func:`row_exclusions`)."""
     rows = [row(e, block, mask_id, pad_id, gen) for e in batch]
     L = max(len(r[0]) for r in rows)
     B = len(rows)
@@ -102,9 +138,13 @@ def collate_diffusion(batch: list[Encoded], block: int, mask_id: int, pad_id: in
     targets = torch.full((B, L), pad_id)
     weights = torch.zeros(B, L)
     mask = torch.zeros(B, L, L, dtype=torch.bool)
+    banned = None if vocab is None else torch.zeros(B, L, MAX_SLOTS, dtype=torch.bool)
     for i, ((r_ids, r_pos, r_str, r_blk, r_tgt, r_w), enc) in enumerate(zip(rows, batch, strict=True)):
         n = len(r_ids)
+        if banned is not None:
+            C = len(enc.ids) - enc.prompt_len
+            banned[i, :n] = row_exclusions(vocab, enc, r_ids[len(enc.ids): len(enc.ids) + C] == mask_id, block)
         ids[i, :n], positions[i, :n], targets[i, :n], weights[i, :n] = r_ids, r_pos, r_tgt, r_w
         mask[i, :n, :n] = attention_mask(r_pos, r_str, r_blk, block, enc.prompt_len)
         mask[i, torch.arange(n, L), torch.arange(n, L)] = True  # padding sees itself only (no NaN rows)
-    return DiffusionBatch(ids, positions, mask, targets, weights)
+    return DiffusionBatch(ids, positions, mask, targets, weights, banned)

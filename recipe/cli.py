@@ -8,6 +8,8 @@ import importlib
 STAGES = {
     "ar": ("recipe.train_ar", "train the AR re-ranker from scratch (SFT on traces and rankings)"),
     "cft": ("recipe.train_cft", "conversion fine-tuning: AR weights -> block-diffusion re-ranker"),
+    "opd": ("recipe.train_opd", "on-policy distillation from the frozen AR teacher"),
+    "rl": ("recipe.train_rl", "GRPO-style RL against the NDCG@10 ranking reward"),
 }
 
 

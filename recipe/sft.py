@@ -16,7 +16,7 @@ import torch
 
 from model.catalog import Catalog
 from model.prompt import render_completion, render_prompt
-from model.tokenizer import Vocab
+from model.tokenizer import MAX_SLOTS, Vocab
 from recipe.data import Example, UserView, train_example, train_prefixes
 from recipe.traces import DEFAULT_TRACE_LEN, evidence, sft_target
 
@@ -34,6 +34,7 @@ class Encoded:
     ids: list[int]
     prompt_len: int  # the loss starts here
     answer_start: int  # index of the first ranked slot (the decisive token)
+    num_slots: int = MAX_SLOTS
 
 
 def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_TRACE_LEN,
@@ -45,7 +46,7 @@ def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_T
     prompt = render_prompt(vocab, items, ex.history, ex.candidates)
     trace, ranking = sft_target(evidence(items, ex.history, ex.candidates), ex.target_slot, trace_len)
     completion = vocab.ids(render_completion(trace, ranking))
-    return Encoded(prompt.ids + completion, len(prompt.ids), len(prompt.ids) + len(trace) + 2)
+    return Encoded(prompt.ids + completion, len(prompt.ids), len(prompt.ids) + len(trace) + 2, prompt.num_slots)
 
 
 class TrainStream:
@@ -60,19 +61,47 @@ class TrainStream:
             raise ValueError("no training prefixes: sequences need at least 4 items")
         self.seed = seed
 
-    def global_batch(self, step: int, batch_size: int) -> list[Encoded]:
+    def examples(self, step: int, batch_size: int) -> list[tuple[Example, list[str]]]:
+        """The step's global batch as (example, the user's training sequence) pairs."""
         rng = random.Random(f"{self.seed}:{step}")
         out = []
         for _ in range(batch_size):
             user, cut = self.prefixes[rng.randrange(len(self.prefixes))]
-            seq = self.source.sequences[user]
             ex = train_example(self.source.sequences, self.source.item_ids, user, cut, self.k, rng)
-            out.append(encode(self.vocab, self.source, ex, self.trace_len, own_sequence=seq[:-2]))
+            out.append((ex, self.source.sequences[user][:-2]))
         return out
 
+    def global_batch(self, step: int, batch_size: int) -> list[Encoded]:
+        return [encode(self.vocab, self.source, ex, self.trace_len, own_sequence=own)
+                for ex, own in self.examples(step, batch_size)]
 
-def collate(batch: list[Encoded], pad_id: int, rank_weight: float = 1.0):
-    """Right-padded ids ``[B, T]``, next-token targets and per-position loss weights ``[B, T]``.
+    def view(self, own_sequence: list[str]) -> UserView:
+        return UserView(self.source.catalog, self.source.counts, self.source.pairs, own_sequence)
+
+
+def slot_exclusions(vocab: Vocab, e: Encoded, T: int) -> torch.Tensor:
+    """``[T, MAX_SLOTS]``: the slots position ``t``'s prediction may not name, as the AR decoder's
+    constraint sees them: slots outside the request, and slots already named in the same section
+    (trace or answer). Training under the same exclusions makes each ranking step a softmax over
+    the remaining candidates (a Plackett-Luce likelihood), so the model only has to score them."""
+    ban = torch.zeros(T, MAX_SLOTS, dtype=torch.bool)
+    ban[:, e.num_slots:] = True
+    used = torch.zeros(MAX_SLOTS, dtype=torch.bool)
+    for t in range(e.prompt_len, len(e.ids)):
+        tok = e.ids[t]
+        if tok == vocab.answer:  # the answer starts over: every slot is open again
+            used = torch.zeros(MAX_SLOTS, dtype=torch.bool)
+        k = vocab.slot_of(tok)
+        if k is not None and k < MAX_SLOTS:
+            used = used.clone()
+            used[k] = True
+        ban[t] |= used  # position t predicts token t + 1
+    return ban
+
+
+def collate(batch: list[Encoded], pad_id: int, rank_weight: float = 1.0, vocab: Vocab | None = None):
+    """Right-padded ids ``[B, T]``, next-token targets and per-position loss weights ``[B, T]``;
+    with ``vocab``, also the slot exclusions ``[B, T, MAX_SLOTS]`` (:func:`slot_exclusions`).
 
     Position ``t`` predicts token ``t + 1``; weights are 1 on the completion, ``rank_weight`` on the
     prediction of the first ranked slot, 0 on the prompt and padding.
@@ -85,4 +114,6 @@ def collate(batch: list[Encoded], pad_id: int, rank_weight: float = 1.0):
         weights[i, e.prompt_len - 1: len(e.ids) - 1] = 1.0
         weights[i, e.answer_start - 1] = rank_weight
     targets = torch.cat([ids[:, 1:], torch.full((len(batch), 1), pad_id, dtype=torch.long)], dim=1)
-    return ids, targets, weights
+    if vocab is None:
+        return ids, targets, weights
+    return ids, targets, weights, torch.stack([slot_exclusions(vocab, e, T) for e in batch])

@@ -23,12 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from model.catalog import Catalog
+from model.prompt import MATCH_SCAN
 from model.tokenizer import EVIDENCE_LEVELS, MAX_HISTORY, history_token, slot_token
 
 # Weights of the evidence score (recency-weighted by 1 / (1 + I)); chosen on 5,000 Beauty
 # validation users, where the score alone ranks the target with NDCG@10 of about 0.26.
 W_BRAND, W_CAT, W_CO, W_POP = 3.0, 1.0, 3.0, 0.35
-SCAN = 20  # history items (most recent first) summed over for brand/category matches
+SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
 DEFAULT_TRACE_LEN = 128  # longer than a 100-candidate answer (103 tokens), as in the paper
 
 

@@ -36,13 +36,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                total_weight: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy on the output vocabulary, with logits only where the weight is non-zero."""
+                total_weight: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted cross-entropy on the output vocabulary, with logits only where the weight is non-zero;
+    ``banned`` ``[B, T, MAX_SLOTS]`` removes excluded slots from each position's softmax."""
     sel = weights > 0
     cols = head.col_of[targets[sel]]
     if bool((cols < 0).any()):
         raise ValueError("a completion target lies outside the output vocabulary")
-    ce = F.cross_entropy(head(h[sel]), cols, reduction="none")
+    logits = head(h[sel])
+    if banned is not None:
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[:, head.slot_cols] = banned[sel]
+        logits = logits.masked_fill(mask, float("-inf"))
+    ce = F.cross_entropy(logits, cols, reduction="none")
     return (ce * weights[sel]).sum() / total_weight
 
 
@@ -73,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.global_batch(step, args.batch_size)[d.rank:: d.world]
-        ids, targets, weights = collate(batch, vocab.pad, args.rank_weight)
-        return weighted_ce(head, hidden(ids), targets, weights, global_weight(d, weights))
+        ids, targets, weights, banned = collate(batch, vocab.pad, args.rank_weight, vocab)
+        return weighted_ce(head, hidden(ids), targets, weights, global_weight(d, weights), banned)
 
     def publish_ar(metrics: dict, steps: int):
         prov = Provenance(stage="ar", data_hash=getattr(source, "data_hash", None),

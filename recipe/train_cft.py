@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.global_batch(step, args.batch_size)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # same noise on every rank
-        b = collate_diffusion(batch, args.block_size, vocab.mask, vocab.pad, gen)
+        b = collate_diffusion(batch, args.block_size, vocab.mask, vocab.pad, gen, vocab)
         shard = slice(d.rank, None, d.world)
         h = hidden(b.ids[shard], positions=b.positions[shard], mask=b.mask[shard])
-        return weighted_ce(head, h, b.targets[shard], b.weights[shard], global_weight(d, b.weights[shard]))
+        return weighted_ce(head, h, b.targets[shard], b.weights[shard], global_weight(d, b.weights[shard]),
+                          b.banned[shard])
 
     def validate() -> dict:
         return validate_with(model, vocab, source, args, "diffusion", trace_len)

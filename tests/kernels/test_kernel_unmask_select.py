@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kernels.unmask_select import _threshold_rule, unmask_select_ref, unmask_select_triton
+from kernels.unmask_select import threshold_rule, unmask_select_ref, unmask_select_triton
 
 pytest.importorskip("triton")
 ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py
@@ -78,7 +78,7 @@ def check(logits, masked, threshold, near_truth, strict):
     assert torch.equal(tokens, r_tokens)
     # eps_factor: on a GPU exp is approximate (ex2.approx) and sums run over up to V terms
     near_truth(conf, r_conf, conf_f64(logits), scale=1.0, eps_factor=8.0)
-    assert torch.equal(unmask, _threshold_rule(conf, masked, threshold))
+    assert torch.equal(unmask, threshold_rule(conf, masked, threshold))
     if strict:
         assert torch.equal(unmask, r_unmask)
 

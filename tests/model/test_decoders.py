@@ -80,11 +80,28 @@ def test_diffusion_low_threshold_decodes_several_tokens_per_forward(tiny, synth)
     model, vocab = tiny
     ps = batch_prompts(vocab, synth, 2)
     outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
-                            DecodeConfig(max_new_tokens=32, block_size=16, threshold=0.0, ignore_eos=True))
+                            DecodeConfig(max_new_tokens=32, block_size=16, threshold=0.0, ignore_eos=True,
+                                         constrain_answer=False))
     for o in outs:
         assert len(o.tokens) == 32
         assert o.unmasked_per_step == [16, 16]  # everything above threshold 0 goes at once
         assert o.forward_passes == 1 + 2 + 1  # prefill, one step per block, one commit between
+
+
+@pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])
+def test_constrained_decoders_never_repeat_a_slot_within_the_trace_or_the_answer(tiny, synth, decode):
+    """Threshold 0 makes every masked position compete in one pass: same-pass duplicates must be deferred."""
+    model, vocab = tiny
+    ps = batch_prompts(vocab, synth, 5)
+    outs = decode(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                  DecodeConfig(max_new_tokens=48, block_size=16, threshold=0.0))
+    for p, o in zip(ps, outs, strict=True):
+        toks = list(o.tokens)
+        cut = toks.index(vocab.answer) if vocab.answer in toks else len(toks)
+        for section in (toks[:cut], toks[cut + 1:]):
+            slots = [vocab.slot_of(t) for t in section if vocab.slot_of(t) is not None]
+            assert len(slots) == len(set(slots)), (decode.__name__, section)
+            assert all(k < p.num_slots for k in slots)
 
 
 @pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])

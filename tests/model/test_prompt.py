@@ -16,10 +16,10 @@ def test_prompt_layout(tiny, catalog):
     p = render_prompt(vocab, catalog, ids[:3], ids[10:12])
     t = toks(vocab, p)
     assert t[0] == "<history>" and t[-1] == "<think>"
-    assert t[t.index("<candidates>") + 1] == "<c1>"
-    assert f"<item:{ids[10]}>" in t and f"<item:{ids[2]}>" in t
+    assert t[t.index("<candidates>") + 5] == "<c1>"
+    assert f"<item:{ids[2]}>" in t and f"<item:{ids[10]}>" not in t  # candidates are shown by their evidence
     assert p.num_slots == 2 and p.unknown_items == [] and "<unk>" not in t
-    assert len(t) == 1 + 3 * 4 + 2 + 2 * 6 + 2  # history items: 4 tokens; candidates: slot + 4 + link
+    assert len(t) == 1 + 3 * 4 + 2 + 2 * 5 + 2  # history items: 4 tokens; candidates: pop, 2 matches, link, slot
 
 
 def test_history_keeps_most_recent(tiny, catalog):
@@ -39,10 +39,8 @@ def test_unknown_items_rendered_from_given_features(tiny, catalog):
     p = render_prompt(vocab, catalog, ["NOPE-1"], cands)
     t = toks(vocab, p)
     assert p.unknown_items == ["NOPE-1", "NOPE-2"]
-    i = t.index("<c2>")
-    assert t[i + 1: i + 6] == ["<unk_item>", "<brand:1>", "<cat:2>", "<pop0>", "<r:none>"]
-    j = t.index("<c1>")
-    assert t[j + 1: j + 6] == ["<unk_item>", "<unk_brand>", "<unk_cat>", "<pop0>", "<r:none>"]
+    assert t[1:5] == ["<unk_item>", "<unk_brand>", "<unk_cat>", "<pop0>"]
+    assert t[t.index("<c1>") - 4: t.index("<c1>")] == ["<pop0>", "<r:none>", "<r:none>", "<r:none>"]
 
 
 def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog):
@@ -60,7 +58,21 @@ def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog)
 
     p = render_prompt(vocab, Linked, history, [cand])
     t = toks(vocab, p)
-    assert t[t.index("<c1>") + 5] == "<h2>"  # ids[2] is the second most recent of four
+    assert t[t.index("<c1>") - 1] == "<h2>"  # ids[2] is the second most recent of four
+
+
+def test_match_tokens_name_the_most_recent_history_item_with_the_same_brand_or_category(tiny, catalog):
+    _, vocab = tiny
+    brand, cat, other_brand, other_cat = catalog.brands[1], catalog.categories[2], catalog.brands[3], catalog.categories[4]
+    history = [{"id": "H1", "brand": brand, "category": other_cat}, {"id": "H2", "brand": brand, "category": cat},
+               {"id": "H3", "brand": other_brand, "category": other_cat}]
+    cands = [{"id": "X", "brand": brand, "category": cat}, {"id": "Y", "brand": other_brand, "category": cat},
+             {"id": "Z"}]  # Z: no features, nothing can match
+    t = toks(vocab, render_prompt(vocab, catalog, history, cands))
+    window = {k: t[t.index(f"<c{k}>") - 3: t.index(f"<c{k}>") - 1] for k in (1, 2, 3)}
+    assert window[1] == ["<h2>", "<h2>"]  # H2 is the most recent of both brand and category
+    assert window[2] == ["<h1>", "<h2>"]
+    assert window[3] == ["<r:none>", "<r:none>"]
 
 
 def test_candidate_count_bounds(tiny, catalog):
