@@ -63,8 +63,10 @@ def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog)
 
 def test_match_tokens_name_the_most_recent_history_item_with_the_same_brand_or_category(tiny, catalog):
     _, vocab = tiny
-    brand, cat, other_brand, other_cat = catalog.brands[1], catalog.categories[2], catalog.brands[3], catalog.categories[4]
-    history = [{"id": "H1", "brand": brand, "category": other_cat}, {"id": "H2", "brand": brand, "category": cat},
+    brand, other_brand = catalog.brands[1], catalog.brands[3]
+    cat, other_cat = catalog.categories[2], catalog.categories[4]
+    history = [{"id": "H1", "brand": brand, "category": other_cat},
+               {"id": "H2", "brand": brand, "category": cat},
                {"id": "H3", "brand": other_brand, "category": other_cat}]
     cands = [{"id": "X", "brand": brand, "category": cat}, {"id": "Y", "brand": other_brand, "category": cat},
              {"id": "Z"}]  # Z: no features, nothing can match
