@@ -37,7 +37,9 @@ class ModelStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / ALIASES).is_file() or self.versions(p.name))
+        # the shipped store is also a Python package: only folders holding models are model names
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and ((p / ALIASES).is_file() or any((v / MANIFEST).is_file() for v in p.iterdir())))
 
     def versions(self, name: str) -> list[str]:
         d = self._inside(self.root / check_ident("model name", name))
