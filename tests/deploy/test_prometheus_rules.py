@@ -60,3 +60,11 @@ def test_scrape_config_targets_the_compose_service():
     compose = load_yaml(DEPLOY / "compose.yaml")["services"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["dgr2:8000"] and "dgr2" in compose
+
+
+def test_every_alert_is_explained_in_the_operations_guide():
+    guide = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    for name in alerts():
+        assert f"\n### {name}\n" in guide, name
+    assert (DEPLOY.parent / "tests" / "recipe" / "test_distributed.py").is_file()
+    assert "tests/recipe/test_distributed.py" in guide
