@@ -44,7 +44,8 @@ RUN /opt/venv/bin/pip install . \
 # ---------------------------------------------------------------- runtime
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS runtime
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/dgr2 dgr2 \
+RUN groupadd --system --gid 10001 dgr2 \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/dgr2 dgr2 \
     && mkdir /models && chown dgr2:dgr2 /models
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

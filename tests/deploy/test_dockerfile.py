@@ -61,8 +61,8 @@ def test_runs_as_non_root_with_healthcheck_and_volume():
     users = [args for op, args in final if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert ops.index("USER") < ops.index("ENTRYPOINT")
-    uid = users[-1].split(":")[0]
-    assert any(op == "RUN" and f"--uid {uid}" in args for op, args in final)
+    uid, gid = users[-1].split(":")
+    assert any(op == "RUN" and f"--uid {uid} --gid {gid}" in args for op, args in final)
     health = [args for op, args in final if op == "HEALTHCHECK"]
     assert len(health) == 1 and "/healthz" in health[0] and "CMD" in health[0]
     assert any(op == "VOLUME" and "/models" in args for op, args in final)
