@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.errors import register_exception_handlers
+from service.errors import UnexpectedErrorMiddleware, register_exception_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.routes import admin_router, router
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Generative re-ranking with AR or block-diffusion decoding.")
     app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, rt
     register_exception_handlers(app)
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: a handler's crash is a JSON 500, counted below
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees 413/422 too
     app.include_router(router)

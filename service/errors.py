@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.schemas import ErrorResponse
 
@@ -162,9 +163,43 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette re-raises after this response, so the server logs the traceback once; only note it here.
+    # Only for errors raised outside UnexpectedErrorMiddleware (in another middleware). Starlette re-raises
+    # after this response, so the server logs the traceback once; only note it here.
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
     return error_response(request, 500, "internal server error", code="internal_error")
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an unexpected exception from a handler with the generic JSON 500, and ends it there.
+
+    Starlette hands ``Exception`` handlers to its outermost middleware, which sends the response and
+    then re-raises; uvicorn then closes the connection, and the client may see a reset instead of the
+    500 it was sent. Installed innermost, so the metrics middleware still counts the 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            if started:  # half a response is out: nothing valid can follow
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            scope.setdefault("state", {})["error_code"] = "internal_error"
+            body = error_body(500, "internal server error", code="internal_error")
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 def register_exception_handlers(app: FastAPI) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from model_store import ModelStore
+from model_store import CheckpointError, ModelStore
 from service.ab import ABRouter
 from service.batcher import Batcher
-from service.errors import ServiceError, Unavailable, public_message
+from service.errors import InvalidInput, ServiceError, Unavailable, public_message
 from service.metrics import Metrics
 from service.models import ModelHolder, ModelSet, load_model_set, warm_up
 from service.settings import DECODERS, Settings
@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 
 class ReloadFailed(ServiceError):
     status, code = 500, "reload_failed"
+
+
+def _public_reason(e: Exception) -> str:
+    """A checkpoint error's message is written for users (it names the file and the fault); any other
+    exception's text is internal (module files, device state), so clients only get its type."""
+    if isinstance(e, CheckpointError):
+        return public_message(str(e))
+    return f"{type(e).__name__} (details in the server log)"
 
 
 class Runtime:
@@ -67,7 +75,7 @@ class Runtime:
             await asyncio.to_thread(warm_up, models)
         except Exception as e:
             log.exception("warm-up failed; /readyz stays 503")
-            self.warm_error = public_message(f"warm-up failed: {type(e).__name__}: {e}")
+            self.warm_error = f"warm-up failed: {_public_reason(e)}"
             return
         self.ready = True
         log.info("ready: %s", models.versions())
@@ -136,7 +144,8 @@ class Runtime:
     async def reload(self, refs: dict[str, str | None]) -> tuple[dict[str, str], dict[str, str], float]:
         """Load, verify and warm new checkpoints off to the side, then swap; on failure keep the old.
 
-        Returns (previous versions, current versions, seconds taken).
+        Returns (previous versions, current versions, seconds taken). A ref in ``refs`` that is malformed,
+        unknown or outside the store is the caller's error (422); a checkpoint that fails to load (500).
         """
         assert self._reload_lock is not None, "reload before start"
         async with self._reload_lock:  # two reloads at once would race on which set wins
@@ -144,14 +153,19 @@ class Runtime:
                 raise Unavailable("the service is draining for shutdown", code="draining")
             old = self.models.current
             previous = old.versions() if old else {}
+            for d in DECODERS:  # a ref the request names must exist in the store: else the client erred (422)
+                if refs.get(d):
+                    try:
+                        self.store.resolve(self.settings.model, refs[d])
+                    except CheckpointError as e:
+                        raise InvalidInput(public_message(str(e)), param=f"{d}_ref") from None
             wanted = {d: refs.get(d) or (old.engines[d].ref if old else self.settings.ref(d)) for d in DECODERS}
             start = time.perf_counter()
             try:
                 new = await asyncio.to_thread(self._load_and_warm, wanted)
             except Exception as e:
-                log.error("reload of %s failed, still serving %s: %s", wanted, previous, e)
-                raise ReloadFailed(f"reload failed; still serving {previous}: "
-                                   f"{public_message(str(e)) or type(e).__name__}") from None
+                log.exception("reload of %s failed, still serving %s", wanted, previous)
+                raise ReloadFailed(f"reload failed; still serving {previous}: {_public_reason(e)}") from None
             self._install(new)
             self.ready, self.warm_error = True, None  # the new set is warmed: also recovers a failed start-up
             log.info("reloaded: %s -> %s", previous, new.versions())

@@ -48,6 +48,12 @@ def rss_bytes(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+@pytest.fixture(scope="session")
+def rss():
+    """``rss(pid)``: resident set size in bytes."""
+    return rss_bytes
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     figures = {name: f for name, f in _FIGURES.items() if f}
     if not figures:
@@ -58,3 +64,79 @@ def pytest_terminal_summary(terminalreporter) -> None:
     target = os.environ.get("DGR2_RELIABILITY_FIGURES")
     if target:
         Path(target).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- a real `dgr2 serve` process
+ROOT = Path(__file__).resolve().parents[2]
+# `dgr2 serve` in a child process; SLOW_S > 0 makes every batched decode sleep that long first (what the
+# in-process tests do with Server.slow_down), so a test can hold requests in flight for a known time
+_LAUNCH = """
+import os, sys, time
+slow = float(os.environ.pop("DGR2_TEST_SLOW_S", "0"))
+if slow > 0:
+    import model.engine
+    rank = model.engine.Reranker.rank
+    def slowed(self, requests):
+        time.sleep(slow)
+        return rank(self, requests)
+    model.engine.Reranker.rank = slowed
+import dgr2cli
+sys.exit(dgr2cli.main(["serve", *sys.argv[1:]]))
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``dgr2 serve`` on a free loopback port: ``proc``, ``url``, ``log`` (its stdout and stderr)."""
+
+    def __init__(self, store_root: Path, log: Path, *flags: str, slow_s: float = 0.0) -> None:
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DGR2_")}
+        env.update(DGR2_TEST_SLOW_S=str(slow_s), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        cmd = [sys.executable, "-c", _LAUNCH, "--store", str(store_root), "--model", harness.MODEL,
+               "--port", str(self.port), "--torch-threads", "1", "--log-level", "warning", *flags]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"dgr2 serve exited ({self.proc.returncode}):\n{self.output()}"
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+        harness.wait_for(ready, timeout, "dgr2 serve ready")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def serve_process(tmp_path):
+    """Start ``dgr2 serve`` processes; each is killed at the end of the test if still running."""
+    started: list[ServeProcess] = []
+
+    def start(store_root: Path, *flags: str, slow_s: float = 0.0) -> ServeProcess:
+        p = ServeProcess(store_root, tmp_path / f"serve-{len(started)}.log", *flags, slow_s=slow_s)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()

@@ -1,0 +1,219 @@
+"""Faults: damaged checkpoints are refused at start (clear error, non-zero exit) and on /admin/reload
+(the old models keep serving); SIGTERM under load answers every admitted request and refuses new ones
+with 503; a decoder exception fails only its own batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_store.init import init_pair
+from service import cli
+
+pytestmark = pytest.mark.timeout(180)
+
+TOKEN = "faults-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def _rehash(ckpt: Path, name: str) -> None:
+    """Make the manifest agree with a file again (what a careless or malicious edit would do)."""
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+    manifest["sizes"][name] = (ckpt / name).stat().st_size
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-64])
+
+
+def _edit(path: Path) -> None:  # e.g. 2 layers -> 12: the weights no longer fit
+    path.write_text(path.read_text().replace('"num_hidden_layers": ', '"num_hidden_layers": 1'))
+
+
+# kind -> (damage, words the error must contain: the file and what is wrong with it)
+FAULTS = {
+    "truncated weights": (lambda d: _truncate(d / "model.safetensors"), ("model.safetensors", "truncated")),
+    "corrupted weights (one bit)": (lambda d: _flip(d / "model.safetensors"), ("model.safetensors", "sha256")),
+    "tampered config": (lambda d: _edit(d / "config.json"), ("config.json", "sha256")),
+    "missing tokenizer": (lambda d: (d / "tokenizer.json").unlink(), ("tokenizer.json", "missing")),
+    "unreadable manifest": (lambda d: (d / "manifest.json").write_text("{not json"), ("manifest.json", "unreadable")),
+    "garbage weights, manifest re-hashed": (
+        lambda d: ((d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"),
+                   _rehash(d, "model.safetensors")),
+        ("cannot be loaded",)),
+}
+
+
+def _damaged_store(root: Path, catalog, h, kind: str, seed: int = 0):
+    store = h.make_store(root, catalog, seeds=(seed,))
+    damage, _ = FAULTS[kind]
+    damage(store.resolve(h.MODEL, "diffusion"))
+    return store
+
+
+# ----------------------------------------------------------------------------- refused at start
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_a_damaged_checkpoint_fails_the_start(kind, tmp_path, catalog, h, capfd):
+    store = _damaged_store(tmp_path / "store", catalog, h, kind)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = ["--store", str(store.root), "--model", h.MODEL, "--port", "0", "--log-level", "error"]
+    assert cli.run(parser.parse_args(args)) != 0
+    err = capfd.readouterr().err
+    version = store.resolve(h.MODEL, "diffusion").name
+    assert all(word in err for word in FAULTS[kind][1]) and version in err, err[-2000:]
+
+
+def test_a_damaged_checkpoint_makes_the_process_exit_non_zero(tmp_path, catalog, h, serve_process, figures):
+    store = _damaged_store(tmp_path / "store", catalog, h, "corrupted weights (one bit)")
+    srv = serve_process(store.root)
+    code = srv.proc.wait(timeout=60)
+    out = srv.output()
+    last = [line for line in out.splitlines() if "CheckpointError" in line][-1]
+    assert code != 0 and "model.safetensors" in last and "does not match its sha256" in last, out[-3000:]
+    assert "the service did not start" in out
+    figures.update(exit_code=code, error=last.split("CheckpointError: ")[-1][:160])
+
+
+# ----------------------------------------------------------------------------- refused on reload
+@pytest.fixture(scope="module")
+def reload_srv(tmp_path_factory, catalog, h):
+    store = h.make_store(tmp_path_factory.mktemp("reload-store"), catalog, seeds=(0,))
+    with h.running(h.settings_for(store, admin_token=TOKEN)) as srv:
+        srv.store = store
+        yield srv
+
+
+def _served(url: str) -> dict[str, str]:
+    out = {}
+    for decoder in ("ar", "diffusion"):
+        r = httpx.post(f"{url}/v1/rerank", json={"candidates": ["S0001", "S0002"], "decoder": decoder}, timeout=30)
+        assert r.status_code == 200, r.text
+        out[decoder] = r.headers["x-model-version"]
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_a_damaged_checkpoint_is_refused_on_reload_and_the_old_one_keeps_serving(kind, reload_srv, catalog, h):
+    srv, store = reload_srv, reload_srv.store
+    before = _served(srv.url)
+    seed = 100 + sorted(FAULTS).index(kind)
+    init_pair(store, h.MODEL, catalog, "tiny", seed=seed)  # moves the aliases to the new pair ...
+    FAULTS[kind][0](store.resolve(h.MODEL, "diffusion"))  # ... whose diffusion checkpoint is damaged
+    r = httpx.post(f"{srv.url}/admin/reload", headers=AUTH, timeout=60)
+    err = h.assert_error(r, 500, "reload_failed")
+    assert all(word in err["message"] for word in FAULTS[kind][1]), err
+    assert str(store.root) not in err["message"]
+    assert _served(srv.url) == before  # nothing was swapped, not even the intact AR half
+    assert httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 200
+
+
+# ----------------------------------------------------------------------------- SIGTERM under load
+def test_sigterm_under_load_answers_every_admitted_request(shared_store, serve_process, h, figures):
+    """Senders keep posting (a new connection each) until 1 s after SIGTERM, well inside the drain."""
+    decode_s, senders = 0.4, 8
+    srv = serve_process(shared_store.root, "--max-batch-size", "1", "--max-wait-ms", "0", "--max-new-tokens", "16",
+                        "--ab-split", "ar=50,diffusion=50", slow_s=decode_s)
+    srv.wait_ready()
+    stop_sending = threading.Event()
+    outcomes: Counter = Counter()
+    lock = threading.Lock()
+    signalled_at: list[float] = []
+
+    def sender(i: int) -> None:
+        body = {"candidates": h.CANDIDATES[: 2 + i], "user_id": f"u{i}"}
+        while not stop_sending.is_set():
+            sent_after_signal = bool(signalled_at)
+            try:
+                r = httpx.post(f"{srv.url}/v1/rerank", json=body, timeout=60, headers={"connection": "close"})
+            except httpx.TransportError as e:
+                with lock:
+                    outcomes[f"lost:{type(e).__name__}"] += 1
+                continue
+            if r.status_code == 200:
+                h.assert_permutation(r.json(), body["candidates"])
+                key = "200 (sent after SIGTERM)" if sent_after_signal else "200"
+            else:
+                h.assert_error(r, 503, "draining")
+                key = "503"
+            with lock:
+                outcomes[key] += 1
+
+    def queued() -> float:
+        m = h.parse_metrics(httpx.get(f"{srv.url}/metrics", timeout=5).text)
+        return h.metric(m, "dgr2_queue_depth")
+
+    with ThreadPoolExecutor(senders) as pool:
+        futures = [pool.submit(sender, i) for i in range(senders)]
+        h.wait_for(lambda: queued() >= 4, 30, "a queue of admitted requests")  # drain lasts >= 4 x 0.4 s
+        srv.proc.send_signal(signal.SIGTERM)
+        signalled_at.append(time.monotonic())
+        time.sleep(1.0)
+        stop_sending.set()
+        for f in futures:
+            f.result(timeout=60)
+    code = srv.proc.wait(timeout=60)
+    drain_s = time.monotonic() - signalled_at[0]
+    sent = sum(outcomes.values())
+    answered = outcomes["200"] + outcomes["200 (sent after SIGTERM)"]
+    figures.update(sent=sent, answered_200=answered, refused_503=outcomes["503"],
+                   lost=sum(n for k, n in outcomes.items() if k.startswith("lost")), exit_code=code,
+                   signal_to_exit_s=round(drain_s, 2))
+    assert not [k for k in outcomes if k.startswith("lost")], outcomes  # no request dropped mid-flight
+    assert sent == answered + outcomes["503"] and outcomes["503"] >= 1, outcomes
+    assert code in (0, -signal.SIGTERM), srv.output()[-3000:]
+
+
+# ----------------------------------------------------------------------------- a decoder exception
+def test_a_decoder_exception_fails_only_its_batch(shared_store, h, monkeypatch, figures):
+    n = 12
+    with h.running(h.settings_for(shared_store, max_batch_size=4, max_wait_ms=0)) as srv:
+        reranker = srv.rt.models.engine("ar").reranker
+        real = reranker.rank
+        batches: list[list[str]] = []
+
+        def flaky(requests):
+            time.sleep(0.3)  # so that the others queue up behind and form full batches
+            markers = [r.candidates[-1]["id"] for r in requests]
+            batches.append(markers)
+            if len(batches) == 2:
+                raise RuntimeError("device-side assert in /opt/secret/kernels/attention.py:42")
+            return real(requests)
+
+        monkeypatch.setattr(reranker, "rank", flaky)
+        bodies = [{"candidates": ["S0001", "S0002", {"id": f"REQ-{i}"}], "decoder": "ar"} for i in range(n)]
+        with ThreadPoolExecutor(n) as pool:
+            responses = list(pool.map(lambda b: httpx.post(f"{srv.url}/v1/rerank", json=b, timeout=60), bodies))
+        failed_batch = set(batches[1])
+        for body, r in zip(bodies, responses, strict=True):
+            if body["candidates"][-1]["id"] in failed_batch:
+                err = h.assert_error(r, 500, "decode_failed")
+                assert "secret" not in r.text and "attention" not in r.text and "assert" not in err["message"]
+            else:
+                assert r.status_code == 200, r.text
+                h.assert_permutation(r.json(), body["candidates"])
+        codes = Counter(r.status_code for r in responses)
+        assert codes[500] == len(failed_batch) >= 1 and codes[200] == n - len(failed_batch)
+        assert len(batches) >= 3  # batches after the failed one were decoded
+        after = httpx.post(f"{srv.url}/v1/rerank", json=bodies[0], timeout=30)
+        assert after.status_code == 200 and httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 200
+        figures.update(sent=n, batches=[len(b) for b in batches], failed=codes[500], answered_200=codes[200])
