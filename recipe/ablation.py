@@ -1,0 +1,111 @@
+"""The ablation table: every row and seed is one ``dgr2 eval`` run, its command kept beside its JSON.
+
+    python -m recipe.ablation --store runs/store --split test --limit 200 --seeds 12345,1,2 \\
+        --out docs/results/ablation.jsonl          # runs the evals (resumable: done lines are kept)
+    python -m recipe.ablation --out docs/results/ablation.jsonl --table   # prints the Markdown table
+
+Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL.
+Within one seed the rows run back to back on the same machine, so each diffusion row's decode
+tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from recipe.metrics import mean_and_stderr
+
+ROWS = [  # label, checkpoint alias, decoder
+    ("AR", "ar", "ar"),
+    ("naive conversion", "ar", "diffusion"),
+    ("+CFT", "cft", "diffusion"),
+    ("+CFT+OPD", "opd", "diffusion"),
+    ("+CFT+OPD+RL", "rl", "diffusion"),
+]
+
+
+def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) -> list[str]:
+    cmd = ["dgr2", "eval", "--checkpoint", f"{args.name}:{ref}", "--decoder", decoder, "--split", args.split,
+           "--candidates", "100", "--neg-seed", str(seed), "--batch-size", str(args.batch_size), "--json"]
+    if args.store:
+        cmd += ["--store", args.store]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    return cmd
+
+
+def run_evals(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    done = {(r["label"], r["neg_seed"]) for r in read(out)}
+    for seed in args.seeds:
+        for label, ref, decoder in ROWS:
+            if (label, seed) in done:
+                continue
+            cmd = eval_command(args, ref, decoder, seed)
+            print("$", shlex.join(cmd), file=sys.stderr, flush=True)
+            res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            if res.returncode != 0:
+                print(f"skipped {label} (seed {seed}): dgr2 eval exited {res.returncode}", file=sys.stderr)
+                continue
+            record = {"label": label, "command": shlex.join(cmd), **json.loads(res.stdout)}
+            with out.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def fmt(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "n/a"
+    m, se = mean_and_stderr(values)
+    return f"{m:.{digits}f} ± {se:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def table(records: list[dict]) -> str:
+    ar_speed = {r["neg_seed"]: r["decode_tokens_per_s"] for r in records if r["label"] == "AR"}
+    lines = ["| row | n × seeds | NDCG@10 | HR@10 | MRR | raw valid | invalid raw (dup / missing / out-of-set / "
+             "malformed) | tokens / forward | decode tokens/s | ratio to AR |", "|---" * 10 + "|"]
+    for label, _, _ in ROWS:
+        rs = [r for r in records if r["label"] == label]
+        if not rs:
+            continue
+        kinds = "/".join(f"{sum(r['invalid_raw'][k] for r in rs) / len(rs):.3f}"
+                         for k in ("duplicates", "missing", "out_of_set", "malformed"))
+        ratios = [r["decode_tokens_per_s"] / ar_speed[r["neg_seed"]] for r in rs if r["neg_seed"] in ar_speed]
+        lines.append(f"| {label} | {rs[0]['n']} × {len(rs)} | {fmt([r['ndcg@10'] for r in rs])} | "
+                     f"{fmt([r['hr@10'] for r in rs], 3)} | {fmt([r['mrr'] for r in rs])} | "
+                     f"{fmt([r['valid_raw'] for r in rs], 3)} | {kinds} | "
+                     f"{fmt([r['tokens_per_forward'] for r in rs], 2)} | "
+                     f"{fmt([r['decode_tokens_per_s'] for r in rs], 0)} | "
+                     f"{fmt(ratios, 2)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default=None)
+    p.add_argument("--name", default="beauty-gr2")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--limit", type=int, default=None, help="users per run (default: all)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[12345, 1, 2])
+    p.add_argument("--out", required=True, help="JSON lines, one per (row, seed); appended, resumable")
+    p.add_argument("--table", action="store_true", help="print the Markdown table of --out and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(read(Path(args.out))))
+        return 0
+    run_evals(args)
+    print(table(read(Path(args.out))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

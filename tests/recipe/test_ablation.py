@@ -1,0 +1,26 @@
+"""The ablation table: rows in recipe order, mean ± s.e. over seeds, speed ratios within a seed."""
+
+from recipe.ablation import eval_command, table
+
+
+def rec(label, seed, ndcg, speed):
+    return {"label": label, "neg_seed": seed, "n": 10, "ndcg@10": ndcg, "hr@10": 0.5, "mrr": 0.3, "valid_raw": 1.0,
+            "invalid_raw": {"duplicates": 0.0, "missing": 0.0, "out_of_set": 0.0, "malformed": 0.0},
+            "tokens_per_forward": 1.0, "decode_tokens_per_s": speed}
+
+
+def test_table_rows_means_and_same_seed_ratios():
+    rows = [rec("+CFT", 1, 0.2, 300.0), rec("AR", 1, 0.3, 100.0), rec("AR", 2, 0.5, 200.0), rec("+CFT", 2, 0.4, 400.0)]
+    lines = table(rows).splitlines()
+    assert lines[2].startswith("| AR | 10 × 2 | 0.4000 ± 0.1000 |")
+    assert lines[3].startswith("| +CFT | 10 × 2 | 0.3000 ± 0.1000 |")
+    assert lines[3].endswith("| 2.50 ± 0.50 |")  # ratios 3.0 and 2.0, each against its own seed's AR run
+
+
+def test_eval_command_is_the_documented_cli():
+    class A:
+        name, split, batch_size, store, limit = "beauty-gr2", "test", 50, "runs/store", 200
+    assert eval_command(A, "opd", "diffusion", 7) == [
+        "dgr2", "eval", "--checkpoint", "beauty-gr2:opd", "--decoder", "diffusion", "--split", "test",
+        "--candidates", "100", "--neg-seed", "7", "--batch-size", "50", "--json", "--store", "runs/store",
+        "--limit", "200"]
