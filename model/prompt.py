@@ -2,7 +2,7 @@
 
 A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eos>`` where
 
-  prompt    = <history> item* </history> <candidates> (<popN> match link <cK>)* </candidates> <think>
+  prompt    = <history> item* </history> <candidates> (<cK> <popN> match link)* </candidates> <think>
   item      = <item:ID> <brand:i> <cat:i> <popN>         (the MATCH_SCAN most recent history items)
   match     = brand-match cat-match: <hI>, the most recent of the last MATCH_SCAN history items with
               the candidate's brand (category), or <r:none>
@@ -11,9 +11,9 @@ A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eo
 
 A candidate is rendered by its evidence, not its raw ids: a model trained for an hour on a CPU
 cannot learn 12k item, brand or category embeddings from ~20k sequences, but it can learn to
-weigh popularity, matches and links. Each candidate's evidence sits in a fixed window that ends
-with its slot token, so one attention hop gathers it at ``<cK>``, and a ranking step can attend to
-slot tokens by their evidence and copy the slot's identity (docs/design.md, "Prompt").
+weigh popularity, matches and links. Each candidate's evidence sits in a fixed window right after
+its slot token, so the trace entry that starts with ``<cK>`` reads it back with one lookup of the
+tokens that followed ``<cK>`` in the prompt (an induction-style copy; docs/design.md, "Prompt").
 
 ``parse_answer`` reads a decoded continuation back into slots and classifies what is wrong with it.
 """
@@ -105,8 +105,8 @@ def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], ca
     history_ids = [item_id_of(ref) for ref in history]
     for k, ref in enumerate(candidates):
         toks, unk = item_tokens(ref, catalog)
-        tokens += [toks[3], match_token(recent_brands, toks[1]), match_token(recent_cats, toks[2]),
-                   link_token(history_ids, item_id_of(ref), catalog.linked), slot_token(k)]
+        tokens += [slot_token(k), toks[3], match_token(recent_brands, toks[1]), match_token(recent_cats, toks[2]),
+                   link_token(history_ids, item_id_of(ref), catalog.linked)]
         if unk:
             unknown.append(item_id_of(ref))
     tokens += ["</candidates>", "<think>"]

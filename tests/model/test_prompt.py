@@ -16,7 +16,7 @@ def test_prompt_layout(tiny, catalog):
     p = render_prompt(vocab, catalog, ids[:3], ids[10:12])
     t = toks(vocab, p)
     assert t[0] == "<history>" and t[-1] == "<think>"
-    assert t[t.index("<candidates>") + 5] == "<c1>"
+    assert t[t.index("<candidates>") + 1] == "<c1>"
     assert f"<item:{ids[2]}>" in t and f"<item:{ids[10]}>" not in t  # candidates are shown by their evidence
     assert p.num_slots == 2 and p.unknown_items == [] and "<unk>" not in t
     assert len(t) == 1 + 3 * 4 + 2 + 2 * 5 + 2  # history items: 4 tokens; candidates: pop, 2 matches, link, slot
@@ -40,7 +40,7 @@ def test_unknown_items_rendered_from_given_features(tiny, catalog):
     t = toks(vocab, p)
     assert p.unknown_items == ["NOPE-1", "NOPE-2"]
     assert t[1:5] == ["<unk_item>", "<unk_brand>", "<unk_cat>", "<pop0>"]
-    assert t[t.index("<c1>") - 4: t.index("<c1>")] == ["<pop0>", "<r:none>", "<r:none>", "<r:none>"]
+    assert t[t.index("<c1>") + 1: t.index("<c1>") + 5] == ["<pop0>", "<r:none>", "<r:none>", "<r:none>"]
 
 
 def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog):
@@ -58,7 +58,7 @@ def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog)
 
     p = render_prompt(vocab, Linked, history, [cand])
     t = toks(vocab, p)
-    assert t[t.index("<c1>") - 1] == "<h2>"  # ids[2] is the second most recent of four
+    assert t[t.index("<c1>") + 4] == "<h2>"  # ids[2] is the second most recent of four
 
 
 def test_match_tokens_name_the_most_recent_history_item_with_the_same_brand_or_category(tiny, catalog):
@@ -71,7 +71,7 @@ def test_match_tokens_name_the_most_recent_history_item_with_the_same_brand_or_c
     cands = [{"id": "X", "brand": brand, "category": cat}, {"id": "Y", "brand": other_brand, "category": cat},
              {"id": "Z"}]  # Z: no features, nothing can match
     t = toks(vocab, render_prompt(vocab, catalog, history, cands))
-    window = {k: t[t.index(f"<c{k}>") - 3: t.index(f"<c{k}>") - 1] for k in (1, 2, 3)}
+    window = {k: t[t.index(f"<c{k}>") + 2: t.index(f"<c{k}>") + 4] for k in (1, 2, 3)}
     assert window[1] == ["<h2>", "<h2>"]  # H2 is the most recent of both brand and category
     assert window[2] == ["<h1>", "<h2>"]
     assert window[3] == ["<r:none>", "<r:none>"]

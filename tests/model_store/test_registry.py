@@ -1,4 +1,4 @@
-
+"""The store listing skips what is not a model."""
 
 def test_the_shipped_store_lists_models_not_its_package_files():
     from model_store import DEFAULT_ROOT, ModelStore

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from recipe import evaluate as evaluate_module
-from recipe import train_ar, train_cft
+from recipe import train_ar, train_cft, train_opd, train_rl
 from recipe.synthetic import synthetic_data
 
 K, TRACE, BLOCK = 5, 12, 4
@@ -25,7 +25,8 @@ def planted(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(evaluate_module, "load_source", lambda *a, **k: data)
     patch.setattr(train_ar, "load_source", lambda *a, **k: data)
-    patch.setattr(train_cft, "load_source", lambda *a, **k: data)
+    for module in (train_cft, train_opd, train_rl):
+        patch.setattr(module, "load_source", lambda *a, **k: data)
     common = ["--synthetic", "--candidates", str(K), "--trace-len", str(TRACE), "--val-users", "100",
               "--store", str(root / "store"), "--batch-size", "16"]
     yield data, root, common
@@ -65,12 +66,34 @@ def test_ar_training_learns_the_planted_preference(trained_ar):
     assert trained_ar["ndcg@10"] > RANDOM_NDCG + 0.08, trained_ar
 
 
-def test_cft_raises_raw_validity_over_naive_conversion(planted, trained_ar):
+@pytest.fixture(scope="module")
+def trained_cft(planted, trained_ar):
     data, root, common = planted
     naive = evaluate_ref(root, "ar", "diffusion", data)
     args = parse(train_cft, [*common, "--from", "beauty-gr2:ar", "--steps", "300", "--lr", "2e-3",
                              "--block-size", str(BLOCK), "--eval-every", "300", "--run-dir", str(root / "cft"),
                              "--fresh"])
     assert train_cft.run(args) == 0
-    cft = evaluate_ref(root, "cft", "diffusion", data)
+    return naive, evaluate_ref(root, "cft", "diffusion", data)
+
+
+def test_cft_raises_raw_validity_over_naive_conversion(trained_cft):
+    naive, cft = trained_cft
     assert cft["valid_raw"] > naive["valid_raw"] + 0.2, (naive, cft)
+
+
+def test_opd_then_rl_run_end_to_end_and_keep_the_ranking(planted, trained_ar, trained_cft):
+    """Short OPD and RL runs publish diffusion checkpoints that still rank above chance and stay valid."""
+    data, root, common = planted
+    _, cft = trained_cft
+    opd_args = parse(train_opd, [*common, "--from", "beauty-gr2:cft", "--teacher", "beauty-gr2:ar", "--steps", "20",
+                                 "--lr", "3e-4", "--eval-every", "20", "--run-dir", str(root / "opd"), "--fresh"])
+    assert train_opd.run(opd_args) == 0
+    opd = evaluate_ref(root, "opd", "diffusion", data)
+    rl_args = parse(train_rl, [*common, "--from", "beauty-gr2:opd", "--steps", "10", "--batch-size", "4",
+                               "--group", "4", "--eval-every", "10", "--run-dir", str(root / "rl"), "--fresh"])
+    assert train_rl.run(rl_args) == 0
+    rl = evaluate_ref(root, "rl", "diffusion", data)
+    for m in (opd, rl):
+        assert m["valid_raw"] >= cft["valid_raw"] - 0.1, (cft, m)
+        assert m["ndcg@10"] > RANDOM_NDCG + 0.05, m
