@@ -162,6 +162,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {stage.name}", disable=not d.main,
                dynamic_ncols=True)
     step = start
+    last_val: tuple[int, dict] | None = None  # (step, metrics): publishing reuses a final validation
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
@@ -178,6 +179,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
         if d.main and ((step + 1) % args.eval_every == 0 or done):
             model.eval()
             val = stage.validate()
+            last_val = (step + 1, val)
             model.train()
             record.update({"val_ndcg@10": val["ndcg@10"], "val_valid_raw": val["valid_raw"],
                            "val_tokens_per_forward": val.get("tokens_per_forward")})
@@ -192,7 +194,8 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
     path = None
     if d.main:
         model.eval()
-        path = stage.publish(stage.validate(), step + 1)
+        final = last_val[1] if last_val and last_val[0] == step + 1 else stage.validate()
+        path = stage.publish(final, step + 1)
         print(f"saved {path}", flush=True)
     d.barrier()
     return path

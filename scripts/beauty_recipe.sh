@@ -2,6 +2,7 @@
 # The Beauty recipe end to end, as the README's results were produced: AR -> CFT -> OPD -> RL, each
 # stage with its own time budget, resumable (re-running skips finished stages via their run dirs),
 # then the ablation evals. Usage: bash scripts/beauty_recipe.sh [STORE] [RUNS]
+# Budgets (minutes): AR_MIN CFT_MIN OPD_MIN RL_MIN; ablation: ABLATION_USERS, ABLATION_SEEDS.
 set -euo pipefail
 STORE=${1:-runs/store}
 RUNS=${2:-runs}
@@ -16,9 +17,9 @@ stage() {  # stage NAME ARGS...: train once, mark published
     > "$RUNS/$name.log"
   touch "$RUNS/$name/published"
 }
-stage ar  --time-budget-min 55
-stage cft --from beauty-gr2:ar --time-budget-min 15
-stage opd --from beauty-gr2:cft --teacher beauty-gr2:ar --time-budget-min 9 --eval-every 100
-stage rl  --from beauty-gr2:opd --time-budget-min 9 --eval-every 100
+stage ar  --time-budget-min "${AR_MIN:-55}"
+stage cft --from beauty-gr2:ar --time-budget-min "${CFT_MIN:-15}"
+stage opd --from beauty-gr2:cft --teacher beauty-gr2:ar --time-budget-min "${OPD_MIN:-9}" --eval-every 100
+stage rl  --from beauty-gr2:opd --time-budget-min "${RL_MIN:-9}" --eval-every 100
 python -m recipe.ablation --store "$STORE" --split test --limit "${ABLATION_USERS:-200}" \
   --seeds "${ABLATION_SEEDS:-12345,1,2}" --out "$RUNS/ablation.jsonl"
