@@ -68,7 +68,7 @@ def grpo_loss(model, ref, head: OutputHead, ref_head: OutputHead, rollouts: list
     k3 = torch.where(sel, log_ratio.exp() - log_ratio - 1, 0.0).sum(dim=1) / n
     pg = -(advantages * seq_logp).mean()
     kl = k3.mean()
-    return pg + beta * kl, {"pg": float(pg), "kl": float(kl)}
+    return pg + beta * kl, {"pg": float(pg.detach()), "kl": float(kl.detach())}
 
 
 def run(args: argparse.Namespace) -> int:
