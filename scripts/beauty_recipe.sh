@@ -8,7 +8,7 @@ STORE=${1:-runs/store}
 RUNS=${2:-runs}
 : "${DGR2_DATA_DIR:=../shared/data/amazon-beauty}"
 export DGR2_DATA_DIR
-common=(--store "$STORE" --eval-every 200 --val-users 200)
+common=(--store "$STORE" --eval-every 200 --val-users "${VAL_USERS:-200}")
 done_stage() { [ -f "$RUNS/$1/published" ]; }
 stage() {  # stage NAME ARGS...: train once, mark published
   local name=$1; shift
