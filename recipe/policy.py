@@ -38,6 +38,10 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, sel
     ban[:, head.slot_cols] = batch.banned[sel]
     logp = F.log_softmax(logits.masked_fill(ban, float("-inf")), dim=-1)
     cols = head.col_of[batch.targets[sel]]
+    picked = logp.gather(1, cols[:, None])[:, 0]
+    # a sampled token the row's exclusions rule out (the decoder's section boundary is decided on the
+    # fly, the row's from the final sequence) carries no usable log-probability: score it as 0 for
+    # the policy and the reference alike, so it adds nothing to the gradient or the KL
     out = torch.zeros(sel.shape, dtype=logp.dtype)
-    out[sel] = logp.gather(1, cols[:, None])[:, 0]
+    out[sel] = torch.where(torch.isfinite(picked), picked, 0.0)
     return out

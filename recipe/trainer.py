@@ -169,8 +169,9 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
         loss = stage.loss(step, hidden)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if bool(torch.isfinite(d.sum(grad_norm.detach().clone()))):  # every rank skips a non-finite step
+            opt.step()
         loss_value = d.sum(loss.detach().clone()).item() / d.world  # ranks hold world-scaled shares
         bar.set_postfix(loss=f"{loss_value:.4f}")
         record = {"stage": stage.name, "step": step + 1, "loss": round(loss_value, 5), "lr": round(g["lr"], 7)}

@@ -121,3 +121,17 @@ def test_grpo_step_moves_probability_to_the_rewarded_arm(tiny, synth):
         loss.backward()
         opt.step()
     assert margin() > before + 0.1, (before, margin())
+
+
+def test_a_token_the_row_excludes_scores_zero_not_minus_infinity(tiny, synth):
+    """Rollouts can hold a slot the training row's exclusions rule out; it must not make the loss NaN."""
+    model, vocab = tiny
+    rows = rows_of(vocab, synth, 1)
+    b = collate_diffusion(rows, S, vocab.mask, vocab.pad, torch.Generator().manual_seed(7), vocab)
+    sel = scored_outputs(b, rows, S)
+    b.banned[sel] = True  # every slot excluded everywhere: slot targets become impossible
+    with torch.no_grad():
+        lp = token_logprobs(OutputHead(model, vocab), model.hidden_states(b.ids, positions=b.positions, mask=b.mask),
+                            b, sel)
+    slot_target = torch.tensor([[vocab.slot_of(int(t)) is not None for t in r] for r in b.targets]) & sel
+    assert slot_target.any() and torch.isfinite(lp).all() and (lp[slot_target] == 0).all()
