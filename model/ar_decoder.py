@@ -44,6 +44,10 @@ class AnswerConstraint:
         self.not_eos[self.head.col(vocab.eos)] = False
         self.not_answer = torch.ones(n_out, dtype=torch.bool, device=dev)
         self.not_answer[self.head.col(vocab.answer)] = False
+        # in the trace, <eos> and </answer> would end the sequence without an answer
+        self.trace_never = self.never.clone()
+        self.trace_never[:, self.head.col(vocab.eos)] = True
+        self.trace_never[:, self.end_answer_col] = True
 
     def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
         open_slots = self.in_request & ~self.used
@@ -51,7 +55,7 @@ class AnswerConstraint:
         answer_allow[:, self.slot_cols] = open_slots
         answer_allow[:, self.end_answer_col] = ~open_slots.any(dim=1)
         force_answer = (self.phase == TRACE) & ((self.prev == self.vocab.end_think) | (remaining <= self.k + 3))
-        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, self.never | self.used_in_trace)
+        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, self.trace_never | self.used_in_trace)
         disallow = torch.where((self.phase == DONE)[:, None], self.not_eos, disallow)
         disallow = torch.where(force_answer[:, None], self.not_answer, disallow)
         return logits.masked_fill(disallow, float("-inf"))
@@ -66,7 +70,7 @@ class AnswerConstraint:
         self.prev = nxt
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("k", "phase", "used", "used_in_trace", "prev", "never", "in_request"):
+        for name in ("k", "phase", "used", "used_in_trace", "prev", "never", "trace_never", "in_request"):
             setattr(self, name, getattr(self, name)[rows])
 
 

@@ -124,3 +124,21 @@ def test_ignore_eos_generates_exactly_the_budget(tiny, synth):
         outs = decode(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
                       DecodeConfig(max_new_tokens=16, block_size=8, ignore_eos=True))
         assert [len(o.tokens) for o in outs] == [16, 16]
+
+
+def test_constrained_ar_cannot_stop_before_its_answer(tiny, synth):
+    """Planted: every logit 0 except <eos>, which is +-10 by the sign of one hidden unit, so an
+    unconstrained trace would stop at about every other position; the answer must still come."""
+    model, vocab = tiny
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.model.norm.weight.zero_()
+        m.model.norm.weight[0] = 1.0
+        m.lm_head.weight.zero_()
+        m.lm_head.weight[vocab.eos, 0] = 10.0
+    ids = synth.catalog.ids()
+    users = list(synth.sequences)[:4]
+    reqs = [RankRequest(synth.sequences[u][:-1], ids[5 * i: 5 * i + 5]) for i, u in enumerate(users)]
+    rr = Reranker(m, vocab, synth.catalog, "ar", DecodeConfig(max_new_tokens=40))
+    for res in rr.rank(reqs):
+        assert res.report.valid_as_decoded, res.report
