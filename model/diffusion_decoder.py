@@ -30,17 +30,6 @@ from model.tokenizer import Vocab
 from model.transformer import Transformer
 
 
-def answer_positions(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``[b, S]``: block positions after a decided ``<answer>`` (in this block or an earlier one)."""
-    S = tokens.shape[1]
-    started = (batch.out_tokens[batch.alive] == batch.vocab.answer).any(dim=1)  # includes this block's decided
-    here = (tokens == batch.vocab.answer) & ~masked
-    first = torch.where(here, torch.arange(S, device=tokens.device), S).min(dim=1).values
-    after_here = torch.arange(S, device=tokens.device)[None, :] > first[:, None]
-    earlier = started & ~here.any(dim=1)
-    return after_here | earlier[:, None]
-
-
 @torch.inference_mode()
 def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
                      cfg: DecodeConfig | None = None) -> list[SequenceResult]:
@@ -73,7 +62,8 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
         belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
         if cfg.constrain_answer:
-            shifted = apply_bans(batch, shifted, banned_slots(batch, tokens, masked, offset))
+            ban, in_answer = banned_slots(batch, tokens, masked, offset)
+            shifted = apply_bans(batch, shifted, ban)
         if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
             probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
             cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
@@ -83,7 +73,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             cand_cols, conf, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
-            unmask = keep_most_confident(batch, cand, conf, unmask, answer_positions(batch, tokens, masked, offset))
+            unmask = keep_most_confident(batch, cand, conf, unmask, in_answer)
         tokens = torch.where(unmask, cand, tokens)
         masked = masked & ~unmask
         rows, cols = unmask.nonzero(as_tuple=True)

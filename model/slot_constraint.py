@@ -15,8 +15,10 @@ import torch
 from model.decoding import Batch
 
 
-def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """``[b, S, Kmax]``: slots each block position may not name, given what is decided so far."""
+def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor,
+                 offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[b, S, Kmax]``: slots each block position may not name, given what is decided so far, and
+    ``[b, S]``: which block positions lie after a decided ``<answer>``."""
     vocab, dev = batch.vocab, batch.dev
     b, S = tokens.shape
     L = batch.out_tokens.shape[1]
@@ -37,7 +39,7 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offse
     in_answer = pos > ans_pos[:, None]
     ban = torch.where(in_answer[:, :, None], used_answer[:, None, :], used_trace[:, None, :])
     out_of_request = torch.arange(batch.kmax, device=dev)[None, :] >= batch.k[batch.alive][:, None]
-    return ban | out_of_request[:, None, :]
+    return ban | out_of_request[:, None, :], in_answer
 
 
 def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.Tensor:
