@@ -24,7 +24,7 @@ from recipe.rollouts import decode_rollouts
 from recipe.sft import TrainStream
 from recipe.traces import DEFAULT_TRACE_LEN
 from recipe.train_ar import global_weight, validate_with
-from recipe.trainer import Stage, add_common_arguments, run_stage, setup_distributed, teardown_distributed
+from recipe.trainer import Stage, add_common_arguments, frozen, run_stage, setup_distributed, teardown_distributed
 
 DEFAULTS = {"steps": 300, "lr": 3e-4}
 
@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
-    teacher = load_checkpoint(resolve_checkpoint(args.teacher, args.store)).model.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = frozen(load_checkpoint(resolve_checkpoint(args.teacher, args.store)).model)
     model, vocab = parent.model, parent.vocab
     trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)

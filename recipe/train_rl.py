@@ -29,7 +29,7 @@ from recipe.rollouts import Rollout, decode_rollouts
 from recipe.sft import TrainStream
 from recipe.traces import DEFAULT_TRACE_LEN
 from recipe.train_ar import validate_with
-from recipe.trainer import Stage, add_common_arguments, run_stage, setup_distributed, teardown_distributed
+from recipe.trainer import Stage, add_common_arguments, frozen, run_stage, setup_distributed, teardown_distributed
 
 DEFAULTS = {"steps": 150, "lr": 1e-4}
 
@@ -78,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
-    ref = load_checkpoint(parent.path).model.eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
+    ref = frozen(load_checkpoint(parent.path).model)
     model, vocab = parent.model, parent.vocab
     trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)

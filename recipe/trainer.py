@@ -118,6 +118,13 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     run.add_argument("--fresh", action="store_true", help="ignore a saved state in --run-dir and start over")
 
 
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with no parameter requiring gradients (teachers, reference policies)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
 class HiddenStates(torch.nn.Module):
     """DDP synchronises gradients through ``forward``: route it to the hidden states, so each loss
     computes logits only at the positions it needs."""
