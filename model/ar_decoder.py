@@ -2,10 +2,11 @@
 
 Constrained in the answer, which is where AR gets its validity from: after ``<answer>`` only unused
 in-request slots may follow, then ``</answer>``, then ``<eos>``. In the trace, a slot is named at
-most once (training uses the same exclusions, :func:`recipe.sft.slot_exclusions`). Slots outside the request and the
-``<pad>``/``<mask>`` tokens are never emitted; ``</think>`` is followed by ``<answer>``, and
-``<answer>`` is forced when the remaining budget only just fits a full answer, so a constrained AR
-answer is always a valid permutation.
+most ``TRACE_SLOT_USES`` times (training uses the same exclusions,
+:func:`recipe.sft.slot_exclusions`). Slots outside the request and the ``<pad>``/``<mask>``
+tokens are never emitted; ``</think>`` is followed by ``<answer>``, and ``<answer>`` is forced
+when the remaining budget only just fits a full answer, so a constrained AR answer is always a
+valid permutation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from model.decoding import Batch, DecodeConfig, SequenceResult
-from model.tokenizer import Vocab
+from model.tokenizer import TRACE_SLOT_USES, Vocab
 from model.transformer import Transformer
 
 TRACE, ANSWER, DONE = 0, 1, 2
@@ -30,7 +31,7 @@ class AnswerConstraint:
         self.k = batch.k.clone()
         self.phase = torch.zeros(B, dtype=torch.long, device=dev)
         self.used = torch.zeros(B, batch.kmax, dtype=torch.bool, device=dev)
-        self.used_in_trace = torch.zeros(B, n_out, dtype=torch.bool, device=dev)
+        self.trace_uses = torch.zeros(B, n_out, dtype=torch.long, device=dev)
         self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
         in_request = torch.arange(batch.kmax, device=dev)[None, :] < self.k[:, None]  # [B, Kmax]
         # every slot token past a row's K, up to <c100>, is out of the request anywhere in the output
@@ -55,7 +56,8 @@ class AnswerConstraint:
         answer_allow[:, self.slot_cols] = open_slots
         answer_allow[:, self.end_answer_col] = ~open_slots.any(dim=1)
         force_answer = (self.phase == TRACE) & ((self.prev == self.vocab.end_think) | (remaining <= self.k + 3))
-        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, self.trace_never | self.used_in_trace)
+        trace_disallow = self.trace_never | (self.trace_uses >= TRACE_SLOT_USES)
+        disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, trace_disallow)
         disallow = torch.where((self.phase == DONE)[:, None], self.not_eos, disallow)
         disallow = torch.where(force_answer[:, None], self.not_answer, disallow)
         return logits.masked_fill(disallow, float("-inf"))
@@ -64,13 +66,13 @@ class AnswerConstraint:
         v = self.vocab
         named = nxt[:, None] == self.slot_ids[None, :]
         self.used |= named & (self.phase == ANSWER)[:, None]
-        self.used_in_trace[:, self.slot_cols] |= named & (self.phase == TRACE)[:, None]
+        self.trace_uses[:, self.slot_cols] += (named & (self.phase == TRACE)[:, None]).long()
         self.phase = torch.where((self.phase == TRACE) & (nxt == v.answer), ANSWER, self.phase)
         self.phase = torch.where((self.phase == ANSWER) & (nxt == v.end_answer), DONE, self.phase)
         self.prev = nxt
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("k", "phase", "used", "used_in_trace", "prev", "never", "trace_never", "in_request"):
+        for name in ("k", "phase", "used", "trace_uses", "prev", "never", "trace_never", "in_request"):
             setattr(self, name, getattr(self, name)[rows])
 
 

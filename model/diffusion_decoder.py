@@ -62,7 +62,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
         belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
         if cfg.constrain_answer:
-            ban, in_answer = banned_slots(batch, tokens, masked, offset)
+            ban, room, in_answer = banned_slots(batch, tokens, masked, offset)
             shifted = apply_bans(batch, shifted, ban)
         if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
             probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
@@ -73,7 +73,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             cand_cols, conf, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
-            unmask = keep_most_confident(batch, cand, conf, unmask, in_answer)
+            unmask = keep_most_confident(batch, cand, conf, unmask, room, in_answer)
         tokens = torch.where(unmask, cand, tokens)
         masked = masked & ~unmask
         rows, cols = unmask.nonzero(as_tuple=True)

@@ -1,9 +1,10 @@
 """Slot exclusions for the block-diffusion decoder: the parallel counterpart of the AR constraint.
 
 A masked position may not name a slot outside the request, nor a slot already decided in its own
-section (trace or answer: everything after the decided ``<answer>`` is answer). Positions that one
-denoising pass unmasks together may still pick the same slot; only the most confident of them keeps
-it, the others stay masked for the next pass. Training uses the same exclusions
+section (everything after the decided ``<answer>`` is answer; in the trace, a slot is banned once
+decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice). Positions that one
+denoising pass unmasks together in the answer may still pick the same slot; only the most confident
+of them keeps it, the others stay masked for the next pass. Training uses the same exclusions
 (:func:`recipe.block_diffusion.row_exclusions`), so the model's distribution over the open slots is
 what the decoder samples from.
 """
@@ -13,12 +14,15 @@ from __future__ import annotations
 import torch
 
 from model.decoding import Batch
+from model.tokenizer import TRACE_SLOT_USES
 
 
 def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor,
-                 offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``[b, S, Kmax]``: slots each block position may not name, given what is decided so far, and
-    ``[b, S]``: which block positions lie after a decided ``<answer>``."""
+    ``[b, S, Kmax]``: how many more times its section may name each slot (the room that
+    :func:`keep_most_confident` shares out among same-pass picks), and ``[b, S]``: which block
+    positions lie after a decided ``<answer>``."""
     vocab, dev = batch.vocab, batch.dev
     b, S = tokens.shape
     L = batch.out_tokens.shape[1]
@@ -33,13 +37,13 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor,
     slot_ids = batch.head.token(batch.slot_cols)  # [Kmax]
     onehot = decided[:, :, None] == slot_ids[None, None, :]  # [b, L, Kmax]
     after = idx[None, :] > ans_pos[:, None]
-    used_answer = (onehot & after[:, :, None]).any(dim=1)
-    used_trace = (onehot & ~after[:, :, None]).any(dim=1)
+    room_answer = 1 - (onehot & after[:, :, None]).sum(dim=1)
+    room_trace = TRACE_SLOT_USES - (onehot & ~after[:, :, None]).sum(dim=1)
     pos = offset[:, None] + torch.arange(S, device=dev)[None, :]  # [b, S] continuation index
     in_answer = pos > ans_pos[:, None]
-    ban = torch.where(in_answer[:, :, None], used_answer[:, None, :], used_trace[:, None, :])
+    room = torch.where(in_answer[:, :, None], room_answer[:, None, :], room_trace[:, None, :])
     out_of_request = torch.arange(batch.kmax, device=dev)[None, :] >= batch.k[batch.alive][:, None]
-    return ban | out_of_request[:, None, :], in_answer
+    return (room <= 0) | out_of_request[:, None, :], room, in_answer
 
 
 def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.Tensor:
@@ -52,20 +56,19 @@ def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.T
 
 
 def keep_most_confident(batch: Batch, cand: torch.Tensor, conf: torch.Tensor, unmask: torch.Tensor,
-                        in_answer: torch.Tensor) -> torch.Tensor:
-    """``unmask`` without same-pass duplicates: per row, section and slot, only the most confident
-    position keeps it (ties: the earliest). The pass's most confident position always survives."""
+                        room: torch.Tensor, in_answer: torch.Tensor) -> torch.Tensor:
+    """``unmask`` without same-pass excess: per row and slot, of the positions of one section that
+    pick it, only the ``room`` most confident keep it (ties: the earliest); the rest stay masked.
+    A picked slot is never banned, so the pass's most confident position always survives."""
     b, S = cand.shape
     slot_ids = batch.head.token(batch.slot_cols)
-    onehot = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
-    if not bool(onehot.any()):
+    hit = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
+    if not bool(hit.any()):
         return unmask
     # a strictly decreasing tie-break along the block keeps the earliest of equal confidences
     score = conf.float() - torch.arange(S, device=conf.device)[None, :] * 1e-6
-    keep = unmask.clone()
-    for section in (in_answer, ~in_answer):
-        hit = onehot & section[:, :, None]
-        best = torch.where(hit, score[:, :, None], float("-inf")).max(dim=1).values  # [b, Kmax]
-        loser = hit & (score[:, :, None] < best[:, None, :])
-        keep &= ~loser.any(dim=2)
-    return keep
+    same_section = in_answer[:, :, None] == in_answer[:, None, :]  # [b, S, S]
+    ahead = same_section & (score[:, None, :] > score[:, :, None])  # [b, i, j]: j outranks i
+    rank = torch.einsum("bij,bjk->bik", ahead.float(), hit.float())  # same-slot picks ahead of i
+    loser = hit & (rank >= room)
+    return unmask & ~loser.any(dim=2)

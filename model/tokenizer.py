@@ -27,6 +27,9 @@ from model.catalog import POP_BUCKETS, Catalog
 MAX_SLOTS = 100
 MAX_HISTORY = 50
 EVIDENCE_LEVELS = 10
+# A trace entry names its slot twice (opening the entry and after its strength, see recipe.traces);
+# decoders and training exclusions ban a slot in the trace once it has been named this often.
+TRACE_SLOT_USES = 2
 
 SPECIAL = ["<pad>", "<eos>", "<mask>", "<unk>"]
 STRUCTURE = ["<history>", "</history>", "<candidates>", "</candidates>", "<think>", "</think>",

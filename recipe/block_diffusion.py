@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.tokenizer import MAX_SLOTS, Vocab
+from model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab
 from recipe.sft import Encoded, slot_exclusions
 
 CLEAN, COPY_A, COPY_B, PAD = 0, 1, 2, 3
@@ -88,7 +88,8 @@ def row_exclusions(vocab: Vocab, enc: Encoded, noise: torch.Tensor, block: int) 
     The clean stream uses the AR exclusions (:func:`recipe.sft.slot_exclusions`). A noisy output
     that predicts completion token ``q`` of block ``b`` sees the clean tokens before ``b`` and its
     copy's unmasked tokens in ``b``; the slots among those in ``q``'s section (trace, or answer =
-    after ``<answer>``) are banned, as :func:`model.slot_constraint.banned_slots` does when decoding.
+    after ``<answer>``) are banned (in the trace once named ``TRACE_SLOT_USES`` times), as
+    :func:`model.slot_constraint.banned_slots` does when decoding.
     """
     T, P = len(enc.ids), enc.prompt_len
     comp = enc.ids[P:]
@@ -108,7 +109,7 @@ def row_exclusions(vocab: Vocab, enc: Encoded, noise: torch.Tensor, block: int) 
             end = min(C, start + block)
             visible = (idx < start) | ((idx >= start) & (idx < end) & ~masked)
             used_answer = (onehot & (visible & answer)[:, None]).any(dim=0)
-            used_trace = (onehot & (visible & ~answer)[:, None]).any(dim=0)
+            used_trace = (onehot & (visible & ~answer)[:, None]).sum(dim=0) >= TRACE_SLOT_USES
             ban[start:end] = torch.where(answer[start:end, None], used_answer, used_trace)
         ban[:, enc.num_slots:] = True
         out[offset: offset + C - 1] = ban[1:]  # copy index i predicts completion token i + 1

@@ -16,7 +16,7 @@ import torch
 
 from model.catalog import Catalog
 from model.prompt import render_completion, render_prompt
-from model.tokenizer import MAX_SLOTS, Vocab
+from model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab
 from recipe.data import Example, UserView, train_example, train_prefixes
 from recipe.traces import DEFAULT_TRACE_LEN, evidence, sft_target
 
@@ -82,20 +82,21 @@ class TrainStream:
 def slot_exclusions(vocab: Vocab, e: Encoded, T: int) -> torch.Tensor:
     """``[T, MAX_SLOTS]``: the slots position ``t``'s prediction may not name, as the AR decoder's
     constraint sees them: slots outside the request, and slots already named in the same section
-    (trace or answer). Training under the same exclusions makes each ranking step a softmax over
-    the remaining candidates (a Plackett-Luce likelihood), so the model only has to score them."""
+    (``TRACE_SLOT_USES`` times in the trace, once in the answer). Training under the same
+    exclusions makes each ranking step a softmax over the remaining candidates (a Plackett-Luce
+    likelihood), so the model only has to score them."""
     ban = torch.zeros(T, MAX_SLOTS, dtype=torch.bool)
     ban[:, e.num_slots:] = True
-    used = torch.zeros(MAX_SLOTS, dtype=torch.bool)
+    uses = torch.zeros(MAX_SLOTS, dtype=torch.long)
+    limit = TRACE_SLOT_USES
     for t in range(e.prompt_len, len(e.ids)):
         tok = e.ids[t]
-        if tok == vocab.answer:  # the answer starts over: every slot is open again
-            used = torch.zeros(MAX_SLOTS, dtype=torch.bool)
+        if tok == vocab.answer:  # the answer starts over: every slot is open again, once
+            uses, limit = torch.zeros(MAX_SLOTS, dtype=torch.long), 1
         k = vocab.slot_of(tok)
         if k is not None and k < MAX_SLOTS:
-            used = used.clone()
-            used[k] = True
-        ban[t] |= used  # position t predicts token t + 1
+            uses[k] += 1
+        ban[t] |= uses >= limit  # position t predicts token t + 1
     return ban
 
 

@@ -6,10 +6,19 @@ The trace assesses every candidate, in slot order, from the evidence the prompt 
   co     the history item the prompt marks it as linked to       -> ``<r:co> <hI>``
          (co-occurrence in other users' training sequences, see :mod:`recipe.data`)
 and a strength ``<v0>..<v9>``: the evidence score (those matches, recency-weighted, plus
-popularity) on a fixed scale (``LEVEL_EDGES``), so each entry depends on its own candidate only.
-``<hI>`` names the I-th most recent history item. Entries are cut whole at ``trace_len`` tokens:
+popularity) on a fixed scale (``LEVEL_EDGES``), so each entry depends on its own candidate only;
+the entry closes by naming its slot again, right after the strength. ``<hI>`` names the I-th most
+recent history item. Entries are cut whole at ``trace_len`` tokens:
 
-  <c1> <v3> <c2> <r:cat> <h4> <v5> <c3> <v0> ... <c17> <r:brand> <h1> <r:co> <h2> <v9> ...
+  <c1> <v3> <c1> <c2> <r:cat> <h4> <v5> <c2> ... <c17> <r:brand> <h1> <r:co> <h2> <v9> <c17> ...
+
+Why the slot twice: the opening slot is the key that looks up the candidate's evidence in the
+prompt; the closing one sits next to its strength, so each answer step, which ranks the open
+candidates by strength, finds "the strongest open slot" by attending to closing slots keyed by the
+token just before them (one hop), instead of having to link each strength back to a slot token a
+variable distance earlier (two hops; the previous design's AR model learned the strengths to 93-95%
+and still could not sort the answer by them). A slot may appear at most twice in the trace
+(``model.tokenizer.TRACE_SLOT_USES``).
 
 Everything in it is computable from the prompt (each entry re-reads the window that follows its
 slot token there), so a model can learn to write it. The SFT answer puts the target first and
@@ -32,7 +41,7 @@ from model.tokenizer import EVIDENCE_LEVELS, MAX_HISTORY, history_token, slot_to
 # validation users, where the score alone ranks the target with NDCG@10 of about 0.26.
 W_BRAND, W_CAT, W_CO, W_POP = 3.0, 1.0, 3.0, 0.35
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
-DEFAULT_TRACE_LEN = 320  # ~all 100 candidates (2 tokens each, more with evidence); the answer is 103
+DEFAULT_TRACE_LEN = 420  # ~all 100 candidates (3 tokens each, more with evidence); the answer is 103
 # Strength levels: score edges from the Beauty validation distribution (popularity dominates most
 # candidates; matches push the rest up). Sorting by level keeps NDCG@10 0.270 of the exact
 # score's 0.280 on 3,000 validation users.
@@ -90,7 +99,7 @@ def trace_entries(evs: list[Evidence], trace_len: int = DEFAULT_TRACE_LEN) -> li
         for rel, r in (("brand", e.brand), ("cat", e.cat), ("co", e.co)):
             if r is not None:
                 entry += [f"<r:{rel}>", history_token(r)]
-        entry.append(f"<v{level(e.score)}>")
+        entry += [f"<v{level(e.score)}>", slot_token(e.slot)]
         if used + len(entry) > trace_len:
             break
         out.append((e.slot, entry))

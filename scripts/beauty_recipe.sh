@@ -2,13 +2,14 @@
 # The Beauty recipe end to end, as the README's results were produced: AR -> CFT -> OPD -> RL, each
 # stage with its own time budget, resumable (re-running skips finished stages via their run dirs),
 # then the ablation evals. Usage: bash scripts/beauty_recipe.sh [STORE] [RUNS]
-# Budgets (minutes): AR_MIN CFT_MIN OPD_MIN RL_MIN; ablation: ABLATION_USERS, ABLATION_SEEDS.
+# Budgets (minutes): AR_MIN CFT_MIN OPD_MIN RL_MIN; validation: VAL_USERS every EVAL_EVERY steps;
+# ablation: ABLATION_USERS, ABLATION_SEEDS.
 set -euo pipefail
 STORE=${1:-runs/store}
 RUNS=${2:-runs}
 : "${DGR2_DATA_DIR:=../shared/data/amazon-beauty}"
 export DGR2_DATA_DIR
-common=(--store "$STORE" --eval-every 200 --val-users "${VAL_USERS:-200}")
+common=(--store "$STORE" --eval-every "${EVAL_EVERY:-200}" --val-users "${VAL_USERS:-200}")
 done_stage() { [ -f "$RUNS/$1/published" ]; }
 stage() {  # stage NAME ARGS...: train once, mark published
   local name=$1; shift

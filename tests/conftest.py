@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 
 # Triton kernels run interpreted on CPU; this must be set before triton is first imported.
 if os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cuda":
@@ -10,6 +12,7 @@ if os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cuda":
 
 import pytest
 import torch
+import yaml
 
 from model.catalog import Catalog
 from model.tokenizer import Vocab
@@ -48,3 +51,37 @@ def beauty_dir():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def launch_prometheus(tmp_path):
+    """launch(binary, config) -> base url: a real Prometheus server with ``config`` (a dict, written as
+    its YAML file) on a free loopback port, its log in ``tmp_path``; stopped at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def launch(binary: str, config: dict) -> str:
+        path = tmp_path / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        port = _free_port()
+        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process below
+        procs.append(subprocess.Popen(
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+        log.close()
+        return f"http://127.0.0.1:{port}"
+
+    yield launch
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)

@@ -8,13 +8,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
-import subprocess
 import time
 
 import httpx
 import pytest
-import yaml
 from deploy_support import DEPLOY, exported_series, load_yaml, metric_names, need
 
 from service.settings import Settings
@@ -86,42 +83,20 @@ def test_compose_provisions_the_dashboard_and_prometheus():
 
 
 # ---------------------------------------------------------------------------------------------- live
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def prometheus(tmp_path):
+def prometheus(launch_prometheus):
     """start(target) -> base url: a real Prometheus on deploy/prometheus/prometheus.yml, aimed at ``target``,
     scraping and evaluating the alert rules every second."""
     binary = need("prometheus", "Debian package prometheus: bash scripts/install_prometheus.sh")
-    procs: list[subprocess.Popen] = []
 
     def start(target: str) -> str:
         config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(DEPLOY / "prometheus" / f) for f in config["rule_files"]]
         config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = _free_port()
-        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process below
-        procs.append(subprocess.Popen(
-            [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
-        log.close()
-        return f"http://127.0.0.1:{port}"
+        return launch_prometheus(binary, config)
 
-    yield start
-    for p in procs:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
+    return start
 
 
 def api(base: str, path: str, **params) -> list | dict:

@@ -2,6 +2,7 @@
 batching must not change what a sequence decodes."""
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from model.decoding import DecodeConfig
 from model.diffusion_decoder import decode_diffusion
 from model.engine import RankRequest, Reranker
 from model.prompt import parse_answer, render_prompt
+from model.tokenizer import TRACE_SLOT_USES
 
 
 def batch_prompts(vocab, synth, n=5):
@@ -89,8 +91,8 @@ def test_diffusion_low_threshold_decodes_several_tokens_per_forward(tiny, synth)
 
 
 @pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])
-def test_constrained_decoders_never_repeat_a_slot_within_the_trace_or_the_answer(tiny, synth, decode):
-    """Threshold 0 makes every masked position compete in one pass: same-pass duplicates must be deferred."""
+def test_constrained_decoders_name_a_slot_at_most_twice_in_the_trace_and_once_in_the_answer(tiny, synth, decode):
+    """Threshold 0 makes every masked position compete in one pass: same-pass excess must be deferred."""
     model, vocab = tiny
     ps = batch_prompts(vocab, synth, 5)
     outs = decode(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
@@ -98,9 +100,9 @@ def test_constrained_decoders_never_repeat_a_slot_within_the_trace_or_the_answer
     for p, o in zip(ps, outs, strict=True):
         toks = list(o.tokens)
         cut = toks.index(vocab.answer) if vocab.answer in toks else len(toks)
-        for section in (toks[:cut], toks[cut + 1:]):
+        for section, uses in ((toks[:cut], TRACE_SLOT_USES), (toks[cut + 1:], 1)):
             slots = [vocab.slot_of(t) for t in section if vocab.slot_of(t) is not None]
-            assert len(slots) == len(set(slots)), (decode.__name__, section)
+            assert max(Counter(slots).values(), default=0) <= uses, (decode.__name__, section)
             assert all(k < p.num_slots for k in slots)
 
 

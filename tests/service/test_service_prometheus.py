@@ -8,8 +8,6 @@ binary the test skips.
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 
 import httpx
@@ -20,40 +18,17 @@ pytestmark = pytest.mark.timeout(120)  # every wait inside is bounded well below
 PROMETHEUS = shutil.which("prometheus")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def prometheus(tmp_path):
-    """Start Prometheus against a target chosen later; yields (start(target) -> base url)."""
-    procs: list[subprocess.Popen] = []
+def prometheus(launch_prometheus):
+    """start(target) -> base url: Prometheus scraping ``target`` every second."""
 
     def start(target: str) -> str:
-        port = _free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: dgr2\n    metrics_path: /metrics\n"
-            f"    static_configs:\n      - targets: ['{target}']\n")
-        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process below
-        procs.append(subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
-        log.close()
-        return f"http://127.0.0.1:{port}"
+        return launch_prometheus(PROMETHEUS, {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "dgr2", "metrics_path": "/metrics",
+                                "static_configs": [{"targets": [target]}]}]})
 
-    yield start
-    for p in procs:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
+    return start
 
 
 def _query(base: str, promql: str) -> dict[str, float]:
