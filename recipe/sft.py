@@ -8,6 +8,7 @@ prefixes with fresh negatives; the loss covers the completion only (trace, answe
 from __future__ import annotations
 
 import random
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,7 +45,8 @@ def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_T
     items = source.catalog if own_sequence is None else UserView(source.catalog, source.counts, source.pairs,
                                                                  own_sequence)
     prompt = render_prompt(vocab, items, ex.history, ex.candidates)
-    trace, ranking = sft_target(evidence(items, ex.history, ex.candidates), ex.target_slot, trace_len)
+    tie_seed = zlib.crc32(" ".join([*ex.history[-1:], *ex.candidates]).encode())  # fixed per example
+    trace, ranking = sft_target(evidence(items, ex.history, ex.candidates), ex.target_slot, trace_len, tie_seed)
     completion = vocab.ids(render_completion(trace, ranking))
     return Encoded(prompt.ids + completion, len(prompt.ids), len(prompt.ids) + len(trace) + 2, prompt.num_slots)
 

@@ -22,14 +22,16 @@ and still could not sort the answer by them). A slot may appear at most twice in
 
 Everything in it is computable from the prompt (each entry re-reads the window that follows its
 slot token there), so a model can learn to write it. The SFT answer puts the target first and
-every other candidate by decreasing strength (ties and candidates past the cut by slot): the trace
-carries exactly the evidence the ranking is sorted by, and choosing what goes first is where the
-model has to add what the evidence alone does not say.
+every other candidate by decreasing strength (ties and candidates past the cut shuffled): the trace
+carries exactly the evidence the ranking is sorted by (ties in a random order, see
+:func:`sft_target`), and choosing what goes first is where the model has to add what the evidence
+alone does not say.
 """
 
 from __future__ import annotations
 
 import bisect
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,11 +113,18 @@ def render_trace(evs: list[Evidence], trace_len: int = DEFAULT_TRACE_LEN) -> lis
     return [t for _, entry in trace_entries(evs, trace_len) for t in entry]
 
 
-def sft_target(evs: list[Evidence], target_slot: int,
-               trace_len: int = DEFAULT_TRACE_LEN) -> tuple[list[str], list[int]]:
-    """(trace tokens, ranking): the target first, the rest by decreasing trace strength (ties, and
-    candidates the trace did not reach, by slot)."""
+def sft_target(evs: list[Evidence], target_slot: int, trace_len: int = DEFAULT_TRACE_LEN,
+               tie_seed: int = 0) -> tuple[list[str], list[int]]:
+    """(trace tokens, ranking): the target first, the rest by decreasing trace strength; ties, and
+    candidates the trace did not reach, in an order shuffled by ``tie_seed``.
+
+    Why shuffled: most candidates share the lowest strengths, and with ties broken by slot the
+    cheapest way to lower the answer loss is to emit the lowest open slot, ignoring strengths (the
+    third session's first AR run did exactly that: 96% correct strengths, an answer in ascending
+    slot order). With random ties the strengths are the only thing an answer step can predict."""
     entries = trace_entries(evs, trace_len)
-    strength = {k: level(e.score) for e in evs for k in [e.slot] if any(k == s for s, _ in entries)}
-    order = sorted((e.slot for e in evs if e.slot != target_slot), key=lambda k: (-strength.get(k, -1), k))
+    reached = {s for s, _ in entries}
+    strength = {e.slot: level(e.score) for e in evs if e.slot in reached}
+    tie = random.Random(tie_seed).sample(range(len(evs)), len(evs))
+    order = sorted((e.slot for e in evs if e.slot != target_slot), key=lambda k: (-strength.get(k, -1), tie[k]))
     return [t for _, entry in entries for t in entry], [target_slot, *order]

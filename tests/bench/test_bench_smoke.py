@@ -116,3 +116,17 @@ def test_service_bench_runs_the_real_server(store, capsys):
         assert r["errors"] == 0 and r["requests_per_s"] > 0 and r["mean_batch_size"] >= 1
     for o in out["overhead"]:
         assert {"decoder", "raw_decode_p50_ms", "c1_p50_ms", "overhead_ms", "overhead_pct"} <= set(o)
+
+
+def test_profile_decode_splits_each_decoders_time(store, tmp_path):
+    from bench.profile_decode import main as profile
+
+    out = tmp_path / "profile.txt"
+    assert profile(["--store", store, "--synthetic", "--torch-threads", "1", "--trace-len", "8", "--users", "2",
+                    "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()[:1] in (["ar"], ["diffusion"])}
+    assert set(rows) == {"ar", "diffusion"}
+    for cols in rows.values():  # network + head + decoder shares of the wall time add up to ~100%
+        assert abs(sum(int(c.rstrip("%")) for c in cols[5:8]) - 100) <= 2
+    assert "diffusion/AR: throughput" in text and text.count("top operators") == 2
