@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS = {
@@ -56,6 +57,9 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     ship.add_argument("--alias", action="append", default=[], help="alias to point at the copy (repeatable)")
     ship.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                       help="weight dtype on disk (loading converts to float32 on CPU)")
+    ship.add_argument("--eval", action="append", default=[], metavar="FILE",
+                      help="a `dgr2 eval --json` output (JSON object, or JSON lines) to record in the manifest "
+                           "under metrics.eval (repeatable)")
     ship.set_defaults(func=_model_ship)
 
     ver = msub.add_parser("verify", help="verify a checkpoint's hashes and that it loads")
@@ -107,6 +111,21 @@ def _model_list(args) -> int:
     return 0
 
 
+def _json_objects(path: str) -> list[dict]:
+    """One JSON object, or JSON lines, from ``path``; a clear exit on anything else."""
+    try:
+        text = Path(path).read_text()
+        try:
+            objs = [json.loads(text)]
+        except json.JSONDecodeError:
+            objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--eval {path}: not a JSON object or JSON lines ({e})") from None
+    if not objs or not all(isinstance(o, dict) for o in objs):
+        raise SystemExit(f"--eval {path}: expected JSON objects")
+    return objs
+
+
 def _model_ship(args) -> int:
     import torch
 
@@ -114,8 +133,9 @@ def _model_ship(args) -> int:
     from model_store.export import export_checkpoint
 
     src = resolve_checkpoint(args.checkpoint, args.from_store)
+    evals = [obj for f in args.eval for obj in _json_objects(f)]
     path = export_checkpoint(src, _store(args), args.name or DEFAULT_MODEL, args.version, args.alias,
-                             dtype=getattr(torch, args.dtype))
+                             dtype=getattr(torch, args.dtype), evals=evals)
     print(json.dumps({"path": str(path), "aliases": args.alias}, indent=2))
     return 0
 

@@ -2,7 +2,8 @@
 
 The shipped AR + diffusion pair must fit 25 MB together; titles are never rendered into prompts,
 so dropping them changes nothing the model sees. The copy keeps the source's stage, data hash and
-metrics and names the source as its parent.
+metrics and names the source as its parent; ``evals`` (``dgr2 eval`` JSON objects, e.g. one per
+negative-sampling seed) are recorded beside them under ``metrics["eval"]``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from model_store.registry import ModelStore
 
 
 def export_checkpoint(src: str | Path, store: ModelStore, name: str, version: str, aliases: Sequence[str],
-                      dtype: torch.dtype = torch.bfloat16, strip_titles: bool = True) -> Path:
+                      dtype: torch.dtype = torch.bfloat16, strip_titles: bool = True,
+                      evals: Sequence[dict] = ()) -> Path:
     ckpt = load_checkpoint(src)
     catalog = ckpt.catalog
     if strip_titles:
         catalog = Catalog([dataclasses.replace(it, title=None) for it in catalog.items.values()])
     m = ckpt.manifest
+    metrics = dict(m.get("metrics", {}))
+    if evals:
+        metrics["eval"] = list(evals)
     prov = Provenance(stage=m.get("stage", "unknown"), parent=f"{Path(src).parent.name}/{Path(src).name}",
-                      data_hash=m.get("data_hash"), metrics=m.get("metrics", {}))
+                      data_hash=m.get("data_hash"), metrics=metrics)
     path = save_checkpoint(store.version_dir(name, version), ckpt.model, ckpt.vocab, catalog, prov, dtype=dtype)
     for alias in aliases:
         store.set_alias(name, alias, version)

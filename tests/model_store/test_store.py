@@ -102,3 +102,20 @@ def test_ship_copies_in_bf16_without_titles(tmp_path, catalog, capsys):
     original = load_checkpoint(src.resolve("m", "ar"))
     ids = torch.randint(0, original.config.vocab_size, (1, 7))
     assert (ckpt.model(ids) - original.model(ids)).abs().max() < 0.1  # bf16 rounding only
+
+
+def test_ship_records_eval_results_in_the_manifest(tmp_path, catalog):
+    src, dst = ModelStore(tmp_path / "src"), tmp_path / "dst"
+    init_pair(src, "m", catalog)
+    seeds = tmp_path / "evals.jsonl"
+    seeds.write_text("".join(json.dumps({"split": "test", "neg_seed": s, "ndcg@10": 0.1 * s}) + "\n" for s in (1, 2)))
+    single = tmp_path / "eval.json"
+    single.write_text(json.dumps({"split": "test", "neg_seed": 3, "ndcg@10": 0.3}, indent=2))
+    assert cli(["model", "ship", "m:ar", "--from-store", str(tmp_path / "src"), "--store", str(dst), "--name", "m",
+                "--version", "v1", "--eval", str(seeds), "--eval", str(single)]) == 0
+    manifest = load_checkpoint(ModelStore(dst).resolve("m", "v1")).manifest
+    assert [e["neg_seed"] for e in manifest["metrics"]["eval"]] == [1, 2, 3]
+    (tmp_path / "bad.json").write_text("not json")
+    with pytest.raises(SystemExit, match="bad.json"):
+        cli(["model", "ship", "m:ar", "--from-store", str(tmp_path / "src"), "--store", str(dst), "--name", "m",
+             "--version", "v2", "--eval", str(tmp_path / "bad.json")])
