@@ -84,7 +84,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=16),
     # the CPU recipe: trains within the hour budget on 2 cores; with the ~14k-token Beauty vocabulary
-    # (~4.6M parameters) the AR + diffusion pair ships under the 25 MB budget in bf16. Six heads
+    # (~4.5M parameters) the AR + diffusion pair ships under the 25 MB budget in bf16. Six heads
     # with a KV head per pair: the trace and the answer are lookups (a slot's evidence window, the
     # strongest open slot), and separate keys per head are cheap next to the vocabulary.
     "small": ModelConfig(hidden_size=192, intermediate_size=576, num_hidden_layers=4,
