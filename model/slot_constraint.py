@@ -3,8 +3,8 @@
 A masked position may not name a slot outside the request, nor a slot already decided in its own
 section (everything after the decided ``<answer>`` is answer; in the trace, a slot is banned once
 decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice). Positions that one
-denoising pass unmasks together in the answer may still pick the same slot; only the most confident
-of them keeps it, the others stay masked for the next pass. Training uses the same exclusions
+denoising pass unmasks together may still pick a slot more often than their section allows; only
+the most confident of them keep it, the others stay masked for the next pass. Training uses the same exclusions
 (:func:`recipe.block_diffusion.row_exclusions`), so the model's distribution over the open slots is
 what the decoder samples from.
 """
