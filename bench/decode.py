@@ -73,6 +73,12 @@ class Side:
     ids: list[list[int]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
 
+    def render(self, examples) -> None:
+        """The prompts of ``examples`` in this checkpoint's vocabulary."""
+        rendered = [render_prompt(self.ckpt.vocab, self.ckpt.catalog, e.history, e.candidates, MAX_HISTORY)
+                    for e in examples]
+        self.ids, self.slots = [r.ids for r in rendered], [r.num_slots for r in rendered]
+
     def config(self, length: int | None, block: int | None, threshold: float | None, kmax: int) -> DecodeConfig:
         if length is None:  # natural stop within the completion budget of the trained trace length
             return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=completion_budget(self.trace_len, kmax),
@@ -316,9 +322,7 @@ def run(args: argparse.Namespace) -> int:
     if len(examples) < n_timed:
         raise SystemExit(f"only {len(examples)} users for {n_timed} requests per run")
     for side in sides.values():
-        rendered = [render_prompt(side.ckpt.vocab, side.ckpt.catalog, e.history, e.candidates, MAX_HISTORY)
-                    for e in examples[:n_timed]]
-        side.ids, side.slots = [r.ids for r in rendered], [r.num_slots for r in rendered]
+        side.render(examples[:n_timed])
     ndcg = Ndcg(sides, examples[: args.ndcg_users], args.ndcg_batch_size)
 
     machine = machine_info(device)

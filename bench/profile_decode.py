@@ -25,8 +25,6 @@ from bench.common import command_line, load_examples, machine_info, pick_device
 from bench.decode import load_side
 from model.engine import DECODERS
 from model.output_head import OutputHead
-from model.prompt import render_prompt
-from model.tokenizer import MAX_HISTORY
 
 
 class Clock:
@@ -131,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.users < 1 or args.batch_size < 1:
         raise SystemExit("--users and --batch-size must be >= 1")
 
-    from model.decoding import DecodeConfig, completion_budget
-
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     device = pick_device(args.device)
@@ -141,11 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     examples, _ = load_examples(args.data_dir, args.synthetic, "valid", None, 12345, args.users)
     results = []
     for side in sides:
-        rendered = [render_prompt(side.ckpt.vocab, side.ckpt.catalog, e.history, e.candidates, MAX_HISTORY)
-                    for e in examples]
-        side.ids, side.slots = [r.ids for r in rendered], [r.num_slots for r in rendered]
-        cfg = DecodeConfig.for_model(side.ckpt.config,
-                                     max_new_tokens=completion_budget(side.trace_len, max(side.slots)))
+        side.render(examples)
+        cfg = side.config(None, None, None, max(side.slots))  # natural stop, the checkpoint's block/threshold
         results.append(profile_side(side, cfg, examples, args.batch_size))
     info = machine_info(device)
     header = (f"# {command_line()}\n# {info['name']}, {info['torch_threads']} torch threads, kernels: "

@@ -63,7 +63,7 @@ def keep_most_confident(batch: Batch, cand: torch.Tensor, conf: torch.Tensor, un
     b, S = cand.shape
     slot_ids = batch.head.token(batch.slot_cols)
     hit = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
-    if not bool(hit.any()):
+    if not bool((hit.sum(dim=1) > 1).any()):  # no slot picked twice in this pass: room suffices (>= 1)
         return unmask
     # a strictly decreasing tie-break along the block keeps the earliest of equal confidences
     score = conf.float() - torch.arange(S, device=conf.device)[None, :] * 1e-6

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 # Triton kernels run interpreted on CPU; this must be set before triton is first imported.
@@ -14,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from bench.service_load import free_port
 from model.catalog import Catalog
 from model.tokenizer import Vocab
 from model.transformer import Transformer
@@ -53,12 +53,6 @@ def _deterministic():
     torch.manual_seed(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def launch_prometheus(tmp_path):
     """launch(binary, config) -> base url: a real Prometheus server with ``config`` (a dict, written as
@@ -68,7 +62,7 @@ def launch_prometheus(tmp_path):
     def launch(binary: str, config: dict) -> str:
         path = tmp_path / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        port = _free_port()
+        port = free_port()
         log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process below
         procs.append(subprocess.Popen(
             [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",

@@ -25,9 +25,16 @@ def tool(name: str) -> str | None:
 
 
 def need(name: str, how: str) -> str:
+    """The path of a real tool a deploy test runs (promtool, kubectl, hadolint, prometheus).
+
+    Skipped, with the reason and the install command, only on a developer machine without it; under
+    CI (``CI`` set, where ``.ci/run`` installs every one) a missing tool fails the test instead."""
     path = tool(name)
     if path is None:
-        pytest.skip(f"{name} is not installed ({how})")
+        reason = f"{name} is not installed ({how})"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must install it")
+        pytest.skip(reason)
     return path
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.service_load import free_port
+
 _HARNESS = Path(__file__).resolve().parents[1] / "service" / "conftest.py"
 _spec = importlib.util.spec_from_file_location("dgr2_service_harness", _HARNESS)
 harness = importlib.util.module_from_spec(_spec)
@@ -83,14 +85,6 @@ if slow > 0:
 import dgr2cli
 sys.exit(dgr2cli.main(["serve", *sys.argv[1:]]))
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeProcess:

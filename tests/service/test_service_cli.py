@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.service_load import free_port
 from dgr2cli import main
 from service import cli
 from service.settings import Settings
@@ -22,14 +22,8 @@ pytestmark = pytest.mark.timeout(120)  # every wait inside is bounded well below
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_admitted_requests(shared_store, h, tmp_path):
-    port, n = _free_port(), 6
+    port, n = free_port(), 6
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGR2_")}
     env["DGR2_MAX_NEW_TOKENS"] = "128"  # env is the default ...
@@ -89,5 +83,5 @@ def test_cli_flags_mirror_settings(capsys):
 def test_cli_exits_non_zero_when_a_checkpoint_is_bad(tmp_path, catalog, h):
     store = h.make_store(tmp_path / "store", catalog)
     (store.resolve(h.MODEL, "diffusion") / "tokenizer.json").write_text("{}")
-    args = ["--store", str(store.root), "--model", h.MODEL, "--port", str(_free_port()), "--log-level", "critical"]
+    args = ["--store", str(store.root), "--model", h.MODEL, "--port", str(free_port()), "--log-level", "critical"]
     assert cli.run(_parser().parse_args(args)) != 0
