@@ -42,7 +42,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 }
 
 # the CPU smoke test of the benchmarks is left out: the benchmarks run for real below
-step pytest 120 "$PYTHON" -m pytest tests/kernels -q --ignore=tests/kernels/test_kernel_benchmarks.py
+# (GPU_CHECK_SKIP_TESTS=1 when scripts/gpu_train.sh already ran the kernel tests in the same lease)
+[[ -n ${GPU_CHECK_SKIP_TESTS:-} ]] || step pytest 120 "$PYTHON" -m pytest tests/kernels -q --ignore=tests/kernels/test_kernel_benchmarks.py
 
 for op in block_attention unmask_select answer_scores; do
     step "bench_$op" 25 "$PYTHON" -m "bench.kernels.bench_$op" --device cuda --json --out "$out/kernels.json"

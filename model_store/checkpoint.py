@@ -76,7 +76,7 @@ def save_checkpoint(path: str | Path, model: Transformer, vocab: Vocab, catalog:
     cfg = model.config.to_hf_dict()
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()
              if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     vocab.save(path / "tokenizer.json")

@@ -89,16 +89,20 @@ def slot_exclusions(vocab: Vocab, e: Encoded, T: int) -> torch.Tensor:
     likelihood), so the model only has to score them."""
     ban = torch.zeros(T, MAX_SLOTS, dtype=torch.bool)
     ban[:, e.num_slots:] = True
-    uses = torch.zeros(MAX_SLOTS, dtype=torch.long)
-    limit = TRACE_SLOT_USES
-    for t in range(e.prompt_len, len(e.ids)):
-        tok = e.ids[t]
-        if tok == vocab.answer:  # the answer starts over: every slot is open again, once
-            uses, limit = torch.zeros(MAX_SLOTS, dtype=torch.long), 1
-        k = vocab.slot_of(tok)
-        if k is not None and k < MAX_SLOTS:
-            uses[k] += 1
-        ban[t] |= uses >= limit  # position t predicts token t + 1
+    comp = e.ids[e.prompt_len:]
+    if not comp:
+        return ban
+    slots = [vocab.slot_of(tok) for tok in comp]
+    slot = torch.tensor([-1 if k is None or k >= MAX_SLOTS else k for k in slots])
+    named = torch.zeros(len(comp), MAX_SLOTS + 1, dtype=torch.long)  # the extra column takes non-slots
+    named[torch.arange(len(comp)), torch.where(slot >= 0, slot, MAX_SLOTS)] = 1
+    uses = named[:, :MAX_SLOTS].cumsum(0)  # uses up to and including each completion token
+    a = comp.index(vocab.answer) if vocab.answer in comp else len(comp)
+    limit = torch.full((len(comp), 1), TRACE_SLOT_USES)
+    if a < len(comp):  # the answer starts over: every slot is open again, once
+        uses[a:] -= uses[a - 1] if a > 0 else 0
+        limit[a:] = 1
+    ban[e.prompt_len: e.prompt_len + len(comp)] |= uses >= limit  # position t predicts token t + 1
     return ban
 
 

@@ -21,15 +21,26 @@ from model.engine import Reranker
 from model.output_head import OutputHead
 from recipe.data import eval_examples
 from recipe.evaluate import evaluate, load_source
+from recipe.prefetch import Prefetcher
 from recipe.sft import TrainStream, collate
 from recipe.traces import DEFAULT_TRACE_LEN
-from recipe.trainer import Dist, Stage, add_common_arguments, run_stage, setup_distributed, teardown_distributed
+from recipe.trainer import (
+    Dist,
+    Stage,
+    add_common_arguments,
+    add_device_arguments,
+    run_stage,
+    setup_distributed,
+    teardown_distributed,
+    training_device,
+)
 
 DEFAULTS = {"steps": 1800, "lr": 2e-3, "preset": "small"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, "ar")
+    add_device_arguments(p)
     p.add_argument("--preset", default=DEFAULTS["preset"], help="architecture preset (tiny, small, base)")
     p.add_argument("--rank-weight", type=float, default=5.0, help="loss weight of the first ranked slot")
     p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
@@ -75,11 +86,21 @@ def run(args: argparse.Namespace) -> int:
     source = load_source(args.data_dir, args.synthetic)
     model, vocab = new_model(source.catalog, args.preset, seed=args.seed)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
-    head = OutputHead(model, vocab, differentiable=True)
+    dev = training_device(args)
+    head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
+    steps = args.steps or DEFAULTS["steps"]
+
+    def make_batch(step: int):
+        batch = stream.global_batch(step, args.batch_size)[d.rank:: d.world]
+        return collate(batch, vocab.pad, args.rank_weight, vocab)
+
+    batches = None  # built on the first step: the resumed start step is known only inside run_stage
 
     def loss(step: int, hidden) -> torch.Tensor:
-        batch = stream.global_batch(step, args.batch_size)[d.rank:: d.world]
-        ids, targets, weights, banned = collate(batch, vocab.pad, args.rank_weight, vocab)
+        nonlocal batches
+        if batches is None:
+            batches = Prefetcher(make_batch, step, steps, args.loader_workers)
+        ids, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
         return weighted_ce(head, hidden(ids), targets, weights, global_weight(d, weights), banned)
 
     def publish_ar(metrics: dict, steps: int):
@@ -89,6 +110,6 @@ def run(args: argparse.Namespace) -> int:
                        source.catalog, prov)
 
     stage = Stage("ar", model, loss, lambda: validate_with(model, vocab, source, args, "ar", trace_len), publish_ar)
-    run_stage(stage, args, d, args.steps or DEFAULTS["steps"], args.lr or DEFAULTS["lr"], args.warmup)
+    run_stage(stage, args, d, steps, args.lr or DEFAULTS["lr"], args.warmup)
     teardown_distributed()
     return 0

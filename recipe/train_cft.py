@@ -19,16 +19,26 @@ import torch
 from model.output_head import OutputHead
 from recipe.block_diffusion import collate_diffusion
 from recipe.evaluate import load_source
+from recipe.prefetch import Prefetcher
 from recipe.sft import TrainStream
 from recipe.traces import DEFAULT_TRACE_LEN
 from recipe.train_ar import global_weight, validate_with, weighted_ce
-from recipe.trainer import Stage, add_common_arguments, run_stage, setup_distributed, teardown_distributed
+from recipe.trainer import (
+    Stage,
+    add_common_arguments,
+    add_device_arguments,
+    run_stage,
+    setup_distributed,
+    teardown_distributed,
+    training_device,
+)
 
 DEFAULTS = {"steps": 1200, "lr": 1e-3}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, "cft")
+    add_device_arguments(p)
     p.add_argument("--from", dest="parent", default="beauty-gr2:ar",
                    help="AR checkpoint to convert: NAME[:VERSION_OR_ALIAS] or a folder")
     p.add_argument("--block-size", type=int, default=32, help="diffusion block size (stored in the checkpoint)")
@@ -48,16 +58,26 @@ def run(args: argparse.Namespace) -> int:
     trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
-    head = OutputHead(model, vocab, differentiable=True)
+    dev = training_device(args)
+    head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
+    steps = args.steps or DEFAULTS["steps"]
 
-    def loss(step: int, hidden) -> torch.Tensor:
+    def make_batch(step: int):
         batch = stream.global_batch(step, args.batch_size)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # same noise on every rank
         b = collate_diffusion(batch, args.block_size, vocab.mask, vocab.pad, gen, vocab)
         shard = slice(d.rank, None, d.world)
-        h = hidden(b.ids[shard], positions=b.positions[shard], mask=b.mask[shard])
-        return weighted_ce(head, h, b.targets[shard], b.weights[shard], global_weight(d, b.weights[shard]),
-                          b.banned[shard])
+        return b.ids[shard], b.positions[shard], b.mask[shard], b.targets[shard], b.weights[shard], b.banned[shard]
+
+    batches = None  # built on the first step: the resumed start step is known only inside run_stage
+
+    def loss(step: int, hidden) -> torch.Tensor:
+        nonlocal batches
+        if batches is None:
+            batches = Prefetcher(make_batch, step, steps, args.loader_workers)
+        ids, positions, mask, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
+        h = hidden(ids, positions=positions, mask=mask)
+        return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned)
 
     def validate() -> dict:
         return validate_with(model, vocab, source, args, "diffusion", trace_len)
@@ -68,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return publish(args.store, args.name, f"cft-{parent.path.name}", ["cft", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
-    run_stage(Stage("cft", model, loss, validate, publish_cft), args, d, args.steps or DEFAULTS["steps"],
-              args.lr or DEFAULTS["lr"], args.warmup)
+    run_stage(Stage("cft", model, loss, validate, publish_cft), args, d, steps, args.lr or DEFAULTS["lr"],
+              args.warmup)
     teardown_distributed()
     return 0

@@ -5,10 +5,11 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 
-from model.tokenizer import Vocab, build_tokenizer
+from model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab, build_tokenizer
 from recipe.data import DataError, UserView, eval_examples, load_beauty, train_example, train_prefixes
-from recipe.sft import TrainStream, encode
+from recipe.sft import TrainStream, encode, slot_exclusions
 from recipe.traces import evidence, render_trace, sft_target
 
 
@@ -93,3 +94,26 @@ def test_beauty_protocol(beauty_dir):
     assert all(len(set(e.candidates)) == 100 for e in ex)
     enc = encode(Vocab(build_tokenizer(data.catalog)), data, ex[0])
     assert enc.prompt_len > 500  # 100 candidates of 6 tokens
+
+
+def test_slot_exclusions_follow_the_decoder_rule(tiny, synth):
+    """The vectorised exclusions equal a token-by-token reading of the rule: outside the request
+    always banned; in the trace a slot is banned once named TRACE_SLOT_USES times; from <answer>
+    on, every slot is open again and banned once named."""
+    _, vocab = tiny
+    stream = TrainStream(vocab, synth, num_candidates=10, trace_len=60, seed=3)
+    for enc in stream.global_batch(0, 8):
+        T = len(enc.ids) + 5  # padding rows keep only the request bans
+        expected = torch.zeros(T, MAX_SLOTS, dtype=torch.bool)
+        expected[:, enc.num_slots:] = True
+        uses, limit = [0] * MAX_SLOTS, TRACE_SLOT_USES
+        for t in range(enc.prompt_len, len(enc.ids)):
+            if enc.ids[t] == vocab.answer:
+                uses, limit = [0] * MAX_SLOTS, 1
+            k = vocab.slot_of(enc.ids[t])
+            if k is not None:
+                uses[k] += 1
+            expected[t] |= torch.tensor([u >= limit for u in uses])
+        got = slot_exclusions(vocab, enc, T)
+        assert torch.equal(got, expected)
+        assert got[enc.prompt_len:len(enc.ids), :enc.num_slots].any()  # the rule did ban something
