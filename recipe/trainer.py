@@ -71,7 +71,8 @@ def training_device(args: argparse.Namespace) -> torch.device:
             raise SystemExit(f"--device {name}: no CUDA device is visible to torch")
         if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(torch.device(name))
+        if ":" in name:
+            torch.cuda.set_device(torch.device(name))
     elif name != "cpu":
         raise SystemExit(f"--device {name}: expected cpu or cuda[:N]")
     return torch.device(name)
