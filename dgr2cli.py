@@ -60,6 +60,9 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     ship.add_argument("--eval", action="append", default=[], metavar="FILE",
                       help="a `dgr2 eval --json` output (JSON object, or JSON lines) to record in the manifest "
                            "under metrics.eval (repeatable)")
+    ship.add_argument("--threshold", type=float, default=None, help="diffusion threshold to store in the copy")
+    ship.add_argument("--answer-threshold", type=float, default=None,
+                      help="diffusion threshold inside the answer to store in the copy (1 = off)")
     ship.set_defaults(func=_model_ship)
 
     ver = msub.add_parser("verify", help="verify a checkpoint's hashes and that it loads")
@@ -135,7 +138,9 @@ def _model_ship(args) -> int:
     src = resolve_checkpoint(args.checkpoint, args.from_store)
     evals = [obj for f in args.eval for obj in _json_objects(f)]
     path = export_checkpoint(src, _store(args), args.name or DEFAULT_MODEL, args.version, args.alias,
-                             dtype=getattr(torch, args.dtype), evals=evals)
+                             dtype=getattr(torch, args.dtype), evals=evals,
+                             decode={k: v for k, v in (("threshold", args.threshold),
+                                                       ("answer_threshold", args.answer_threshold)) if v is not None})
     print(json.dumps({"path": str(path), "aliases": args.alias}, indent=2))
     return 0
 

@@ -72,6 +72,7 @@ class Side:
     trace_len: int
     ids: list[list[int]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
+    answer_threshold: float | None = None  # override of the checkpoint's (diffusion)
 
     def render(self, examples) -> None:
         """The prompts of ``examples`` in this checkpoint's vocabulary."""
@@ -80,11 +81,12 @@ class Side:
         self.ids, self.slots = [r.ids for r in rendered], [r.num_slots for r in rendered]
 
     def config(self, length: int | None, block: int | None, threshold: float | None, kmax: int) -> DecodeConfig:
+        answer = self.answer_threshold
         if length is None:  # natural stop within the completion budget of the trained trace length
             return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=completion_budget(self.trace_len, kmax),
-                                          block_size=block, threshold=threshold)
+                                          block_size=block, threshold=threshold, answer_threshold=answer)
         return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=length, block_size=block,
-                                      threshold=threshold, ignore_eos=True)
+                                      threshold=threshold, answer_threshold=answer, ignore_eos=True)
 
 
 @dataclass
@@ -277,6 +279,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                       "point (default %(default)s)")
     p.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="diffusion thresholds swept at the default "
                                                                     "point (default %(default)s)")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="diffusion threshold inside the answer (default: the checkpoint's; 1 = off)")
     p.add_argument("--requests", type=int, default=None,
                    help=f"requests per timed run, rounded up to whole batches (default {FULL['requests']})")
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats per run (default {FULL['repeats']})")
@@ -310,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
     sides = {"ar": load_side("ar", args.ar, args.store, args.model, device, args.trace_len),
              "diffusion": load_side("diffusion", args.diffusion, args.store, args.model, device, args.trace_len)}
     dcfg = sides["diffusion"].ckpt.config
+    sides["diffusion"].answer_threshold = args.answer_threshold
     groups = plan(args.quick, lengths, batches, blocks, thresholds, dcfg.block_size, dcfg.threshold)
     for g in groups:
         for block, _ in g.diffusion:
@@ -331,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoints={d: s.ckpt.path.name for d, s in sides.items()}, model=args.model,
         parameters=sum(p.numel() for p in sides["ar"].ckpt.model.parameters()),
         trace_len={d: s.trace_len for d, s in sides.items()}, **prompts,
+        answer_threshold=args.answer_threshold if args.answer_threshold is not None else dcfg.answer_threshold,
         requests=args.requests, repeats=args.repeats, ndcg_users=len(ndcg.examples),
         peak_mem=memory.kind, rss_baseline_mb=rss_mb() if not device.startswith("cuda") else None,
         timed="decoder call on rendered prompts (prefill included; tokenization and guard excluded)",

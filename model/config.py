@@ -34,6 +34,7 @@ class ModelConfig:
     eos_token_id: int = 0
     block_size: int = 32  # block-diffusion block length (Fast-dLLM v2 default)
     threshold: float = 0.9  # confidence threshold for parallel unmasking
+    answer_threshold: float | None = None  # the threshold after <answer> (None: threshold; see DecodeConfig)
     decoder: DecoderKind = "ar"
 
     def __post_init__(self) -> None:

@@ -25,6 +25,11 @@ class DecodeConfig:
     max_new_tokens: int = 1024
     block_size: int = 32  # diffusion only
     threshold: float = 0.9  # diffusion only; > 1 means exactly one token per denoising step
+    # diffusion only: the threshold after a decided <answer> (None: ``threshold``). The ranking's
+    # tail is a tie among weak candidates the model spreads its mass over, so no position clears
+    # 0.9 there and the answer decodes ~1 slot per pass; a lower value commits it in parallel
+    # (same-pass duplicates are still deferred). Needs ``constrain_answer`` (it knows the sections).
+    answer_threshold: float | None = None
     ignore_eos: bool = False  # generate exactly max_new_tokens (throughput-vs-length sweeps)
     constrain_answer: bool = True  # both decoders: exclude used and out-of-request slots (see each decoder)
     temperature: float = 0.0  # diffusion only: 0 = greedy; > 0 samples each position (RL rollouts)
@@ -33,11 +38,14 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:
             raise ValueError("max_new_tokens and block_size must be positive")
+        if self.answer_threshold is not None and not self.constrain_answer:
+            raise ValueError("answer_threshold needs constrain_answer (the answer section comes from it)")
 
     @classmethod
     def for_model(cls, config: ModelConfig, **overrides) -> DecodeConfig:
-        """The checkpoint's own block size and threshold, with every override that is not ``None``."""
-        fields = {"block_size": config.block_size, "threshold": config.threshold}
+        """The checkpoint's own block size and thresholds, with every override that is not ``None``."""
+        fields = {"block_size": config.block_size, "threshold": config.threshold,
+                  "answer_threshold": config.answer_threshold}
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**fields)
 

@@ -5,7 +5,8 @@ denoises it over a few forward passes: attention is bidirectional inside the blo
 committed KV cache for everything before it. The AR next-token shift is kept: block position ``j``
 is predicted from the output at position ``j - 1`` (for ``j = 0``, from the last committed token).
 Each step unmasks every masked position whose confidence exceeds ``threshold``, and always at least
-the most confident one (:func:`kernels.unmask_select`). With ``constrain_answer`` (the default, as
+the most confident one (:func:`kernels.unmask_select`); after a decided ``<answer>``,
+``answer_threshold`` applies instead when it is set. With ``constrain_answer`` (the default, as
 for AR) slots outside the request or already decided in the same section are excluded, and
 same-pass duplicates are deferred (:mod:`model.slot_constraint`).
 
@@ -71,6 +72,8 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             unmask = threshold_rule(conf, masked & denoise[:, None], cfg.threshold)
         else:
             cand_cols, conf, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
+        if cfg.answer_threshold is not None:
+            unmask = unmask | (masked & denoise[:, None] & in_answer & (conf >= cfg.answer_threshold))
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
             unmask = keep_most_confident(batch, cand, conf, unmask, room, in_answer)

@@ -3,7 +3,8 @@
 The shipped AR + diffusion pair must fit 25 MB together; titles are never rendered into prompts,
 so dropping them changes nothing the model sees. The copy keeps the source's stage, data hash and
 metrics and names the source as its parent; ``evals`` (``dgr2 eval`` JSON objects, e.g. one per
-negative-sampling seed) are recorded beside them under ``metrics["eval"]``.
+negative-sampling seed) are recorded beside them under ``metrics["eval"]``. Decode settings can be
+changed on the way (``decode``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from model_store.registry import ModelStore
 
 def export_checkpoint(src: str | Path, store: ModelStore, name: str, version: str, aliases: Sequence[str],
                       dtype: torch.dtype = torch.bfloat16, strip_titles: bool = True,
-                      evals: Sequence[dict] = ()) -> Path:
+                      evals: Sequence[dict] = (), decode: dict | None = None) -> Path:
+    """``decode``: decode settings to store in the copy's config (``block_size``, ``threshold``,
+    ``answer_threshold``), the defaults every server and eval of it will use."""
     ckpt = load_checkpoint(src)
+    if decode:
+        ckpt.model.config = ckpt.model.config.replace(**decode)
     catalog = ckpt.catalog
     if strip_titles:
         catalog = Catalog([dataclasses.replace(it, title=None) for it in catalog.items.values()])

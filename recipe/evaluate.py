@@ -93,6 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="requests decoded together")
     p.add_argument("--block-size", type=int, default=None, help="diffusion block size (default: checkpoint's)")
     p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="diffusion threshold inside the answer (default: checkpoint's, else --threshold; 1 = off)")
     p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
                    help="trace length the model was trained with (sets the decode budget)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -116,11 +118,12 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
     decoder = args.decoder or ckpt.config.decoder
     cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=completion_budget(args.trace_len, args.candidates),
-                                 block_size=args.block_size, threshold=args.threshold)
+                                 block_size=args.block_size, threshold=args.threshold,
+                                 answer_threshold=args.answer_threshold)
     result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
     result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                   neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
-                  max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size)
+                  answer_threshold=cfg.answer_threshold, max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AR checkpoint to convert: NAME[:VERSION_OR_ALIAS] or a folder")
     p.add_argument("--block-size", type=int, default=32, help="diffusion block size (stored in the checkpoint)")
     p.add_argument("--threshold", type=float, default=0.9, help="unmasking threshold (stored in the checkpoint)")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="unmasking threshold inside the answer (stored in the checkpoint; default: --threshold)")
     p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
 
 
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     model, vocab = parent.model, parent.vocab
-    model.config = model.config.replace(block_size=args.block_size, threshold=args.threshold)
+    model.config = model.config.replace(block_size=args.block_size, threshold=args.threshold,
+                                        answer_threshold=args.answer_threshold)
     trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)

@@ -1,6 +1,8 @@
 """Both decoders through the dispatch: the Triton path (interpreted on CPU) decodes the same tokens
 as the reference path, so a GPU run uses the kernels end to end with the same behaviour."""
 
+import copy
+
 import pytest
 
 from kernels import use_backend
@@ -11,8 +13,8 @@ from model.prompt import render_prompt
 
 
 @pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])
-def test_triton_and_reference_paths_decode_the_same_tokens(tiny, synth, decode):
-    model, vocab = tiny
+def test_triton_and_reference_paths_decode_the_same_tokens(tiny, synth, decode, device):
+    model, vocab = copy.deepcopy(tiny[0]).to(device), tiny[1]  # the kernels run where the model is
     ids = synth.catalog.ids()
     users = list(synth.sequences)[:2]
     prompts = [render_prompt(vocab, synth.catalog, synth.sequences[u][:3 + 2 * i], ids[i: i + 3 + i])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.ar_decoder import decode_ar
-from model.decoding import DecodeConfig
+from model.decoding import Batch, DecodeConfig
 from model.diffusion_decoder import decode_diffusion
 from model.engine import RankRequest, Reranker
 from model.prompt import parse_answer, render_prompt
@@ -144,3 +144,33 @@ def test_constrained_ar_cannot_stop_before_its_answer(tiny, synth):
     rr = Reranker(m, vocab, synth.catalog, "ar", DecodeConfig(max_new_tokens=40))
     for res in rr.rank(reqs):
         assert res.report.valid_as_decoded, res.report
+
+
+def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatch):
+    """A model that always wants ``<answer>``: with threshold > 1 the first pass decides one
+    position (``<answer>``); the rest of the block lies in the answer section, where
+    ``answer_threshold=0`` decides every position in the next pass, and the plain rule one per pass."""
+    model, vocab = tiny
+    logits, prefill = Batch.logits, Batch.prefill
+
+    def boost(self, out):
+        out[..., self.head.col(vocab.answer)] += 1e4
+        return out
+
+    monkeypatch.setattr(Batch, "logits", lambda self, block, causal=None: boost(self, logits(self, block, causal)))
+    monkeypatch.setattr(Batch, "prefill", lambda self: boost(self, prefill(self)))
+    ps = batch_prompts(vocab, synth, 2)
+    S = 8
+    steps = {}
+    for answer_threshold in (None, 0.0):
+        outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                                DecodeConfig(max_new_tokens=S, block_size=S, threshold=1.01,
+                                             answer_threshold=answer_threshold))
+        steps[answer_threshold] = [o.unmasked_per_step for o in outs]
+    assert steps[None] == [[1] * S] * 2
+    assert steps[0.0] == [[1, S - 1]] * 2
+
+
+def test_answer_threshold_needs_the_answer_constraint():
+    with pytest.raises(ValueError, match="constrain_answer"):
+        DecodeConfig(answer_threshold=0.5, constrain_answer=False)

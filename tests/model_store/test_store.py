@@ -119,3 +119,17 @@ def test_ship_records_eval_results_in_the_manifest(tmp_path, catalog):
     with pytest.raises(SystemExit, match="bad.json"):
         cli(["model", "ship", "m:ar", "--from-store", str(tmp_path / "src"), "--store", str(dst), "--name", "m",
              "--version", "v2", "--eval", str(tmp_path / "bad.json")])
+
+
+def test_ship_stores_decode_thresholds_that_decoding_then_uses(tmp_path, catalog):
+    from model.decoding import DecodeConfig
+
+    src, dst = ModelStore(tmp_path / "src"), tmp_path / "dst"
+    init_pair(src, "m", catalog)
+    assert cli(["model", "ship", "m:diffusion", "--from-store", str(tmp_path / "src"), "--store", str(dst),
+                "--name", "m", "--version", "v1", "--threshold", "0.8", "--answer-threshold", "0.0"]) == 0
+    ckpt = load_checkpoint(ModelStore(dst).resolve("m", "v1"))
+    assert json.loads((ckpt.path / "config.json").read_text())["answer_threshold"] == 0.0
+    cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=64)
+    assert (cfg.threshold, cfg.answer_threshold) == (0.8, 0.0)
+    assert DecodeConfig.for_model(load_checkpoint(src.resolve("m", "diffusion")).config).answer_threshold is None
