@@ -4,7 +4,9 @@
         --out docs/results/ablation.jsonl          # runs the evals (resumable: done lines are kept)
     python -m recipe.ablation --out docs/results/ablation.jsonl --table   # prints the Markdown table
 
-Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL.
+Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL;
+with ``--answer-threshold X``, each row named in ``--answer-threshold-rows`` again, decoded with
+that threshold inside the answer (``dgr2 eval --answer-threshold X``).
 Within one seed the rows run back to back on the same machine, so each diffusion row's decode
 tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds).
 """
@@ -29,6 +31,17 @@ ROWS = [  # label, checkpoint alias, decoder
 ]
 
 
+def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
+    """(label, alias, decoder, extra ``dgr2 eval`` flags) of every row this run evaluates."""
+    out = [(label, ref, dec, []) for label, ref, dec in ROWS]
+    if getattr(args, "answer_threshold", None) is not None:
+        for label, ref, dec in ROWS:
+            if dec == "diffusion" and label in args.answer_threshold_rows:
+                out.append((f"{label}, answer threshold {args.answer_threshold:g}", ref, dec,
+                            ["--answer-threshold", str(args.answer_threshold)]))
+    return out
+
+
 def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) -> list[str]:
     cmd = ["dgr2", "eval", "--checkpoint", f"{args.name}:{ref}", "--decoder", decoder, "--split", args.split,
            "--candidates", "100", "--neg-seed", str(seed), "--batch-size", str(args.batch_size), "--json"]
@@ -43,10 +56,10 @@ def run_evals(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = {(r["label"], r["neg_seed"]) for r in read(out)}
     for seed in args.seeds:
-        for label, ref, decoder in ROWS:
+        for label, ref, decoder, extra in rows(args):
             if (label, seed) in done:
                 continue
-            cmd = eval_command(args, ref, decoder, seed)
+            cmd = eval_command(args, ref, decoder, seed) + extra
             print("$", shlex.join(cmd), file=sys.stderr, flush=True)
             res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             if res.returncode != 0:
@@ -72,7 +85,8 @@ def table(records: list[dict]) -> str:
     ar_speed = {r["neg_seed"]: r["decode_tokens_per_s"] for r in records if r["label"] == "AR"}
     lines = ["| row | n × seeds | NDCG@10 | HR@10 | MRR | raw valid | invalid raw (dup / missing / out-of-set / "
              "malformed) | tokens / forward | decode tokens/s | ratio to AR |", "|---" * 10 + "|"]
-    for label, _, _ in ROWS:
+    labels = list(dict.fromkeys([label for label, _, _ in ROWS] + [r["label"] for r in records]))
+    for label in labels:
         rs = [r for r in records if r["label"] == label]
         if not rs:
             continue
@@ -97,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[12345, 1, 2])
     p.add_argument("--out", required=True, help="JSON lines, one per (row, seed); appended, resumable")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="also evaluate the --answer-threshold-rows with this threshold inside the answer")
+    p.add_argument("--answer-threshold-rows", type=lambda s: s.split(","), default=["+CFT+OPD+RL"],
+                   help="comma-separated row labels for --answer-threshold (default %(default)s)")
     p.add_argument("--table", action="store_true", help="print the Markdown table of --out and exit")
     args = p.parse_args(argv)
     if args.table:

@@ -1,6 +1,6 @@
 """The ablation table: rows in recipe order, mean ± s.e. over seeds, speed ratios within a seed."""
 
-from recipe.ablation import eval_command, table
+from recipe.ablation import eval_command, rows, table
 
 
 def rec(label, seed, ndcg, speed):
@@ -24,3 +24,13 @@ def test_eval_command_is_the_documented_cli():
         "dgr2", "eval", "--checkpoint", "beauty-gr2:opd", "--decoder", "diffusion", "--split", "test",
         "--candidates", "100", "--neg-seed", "7", "--batch-size", "50", "--json", "--store", "runs/store",
         "--limit", "200"]
+
+
+def test_answer_threshold_rows_follow_their_base_row():
+    class A:
+        answer_threshold, answer_threshold_rows = 0.0, ["+CFT"]
+    extra = [r for r in rows(A) if r[3]]
+    assert extra == [("+CFT, answer threshold 0", "cft", "diffusion", ["--answer-threshold", "0.0"])]
+    records = [rec("AR", 1, 0.3, 100.0), rec("+CFT, answer threshold 0", 1, 0.3, 250.0), rec("+CFT", 1, 0.3, 120.0)]
+    lines = table(records).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| AR", "| +CFT", "| +CFT, answer threshold 0"]
