@@ -99,6 +99,7 @@ async def models(request: Request) -> ModelsResponse:
         decoders=[DecoderInfo(decoder=e.decoder, ref=e.ref, version=e.version, stage=e.stage,
                               parameters=e.parameters, block_size=e.reranker.decode.block_size,
                               threshold=e.reranker.decode.threshold,
+                              answer_threshold=e.reranker.decode.answer_threshold,
                               max_new_tokens=e.reranker.decode.max_new_tokens) for e in engines])
 
 

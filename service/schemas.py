@@ -131,6 +131,7 @@ class DecoderInfo(_Strict):
     parameters: int
     block_size: int
     threshold: float
+    answer_threshold: float | None = Field(None, description="threshold inside the answer (null: threshold)")
     max_new_tokens: int
 
 

@@ -165,6 +165,7 @@ def test_ops_endpoints(client, server):
     models = client.get("/v1/models").json()
     assert models["ready"] and {d["decoder"] for d in models["decoders"]} == {"ar", "diffusion"}
     assert all(d["version"] and d["max_new_tokens"] == 48 for d in models["decoders"])
+    assert all("answer_threshold" in d for d in models["decoders"])  # null: the plain threshold applies
     assert "/" not in json.dumps(models)  # no store paths
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
