@@ -31,21 +31,22 @@ class _Steps(IterableDataset):
 
 
 class Prefetcher:
-    """``get(step)`` returns ``make(step)``; steps must be asked for in order from ``start``."""
+    """``get(step)`` returns ``make(step)``. The workers start at the first step asked for (a resumed
+    run's), and steps must then be asked for in order up to ``stop``."""
 
-    def __init__(self, make: Callable[[int], Any], start: int, stop: int, workers: int = 0) -> None:
-        self.make, self.workers = make, workers
+    def __init__(self, make: Callable[[int], Any], stop: int, workers: int = 0) -> None:
+        self.make, self.stop, self.workers = make, stop, workers
         self._it = None
-        if workers > 0:
+
+    def get(self, step: int) -> Any:
+        if self.workers == 0:
+            return self.make(step)
+        if self._it is None:
             # fork: the workers inherit ``make`` and its data without pickling; they never touch CUDA
-            loader = DataLoader(_Steps(make, start, stop), batch_size=None, num_workers=workers,
+            loader = DataLoader(_Steps(self.make, step, self.stop), batch_size=None, num_workers=self.workers,
                                 prefetch_factor=4, multiprocessing_context="fork",
                                 pin_memory=torch.cuda.is_available())
             self._it = iter(loader)
-
-    def get(self, step: int) -> Any:
-        if self._it is None:
-            return self.make(step)
         got, batch = next(self._it)
         if got != step:
             raise RuntimeError(f"prefetched batch of step {got} where step {step} was asked for")

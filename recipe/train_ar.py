@@ -94,12 +94,9 @@ def run(args: argparse.Namespace) -> int:
         batch = stream.global_batch(step, args.batch_size)[d.rank:: d.world]
         return collate(batch, vocab.pad, args.rank_weight, vocab)
 
-    batches = None  # built on the first step: the resumed start step is known only inside run_stage
+    batches = Prefetcher(make_batch, steps, args.loader_workers)
 
     def loss(step: int, hidden) -> torch.Tensor:
-        nonlocal batches
-        if batches is None:
-            batches = Prefetcher(make_batch, step, steps, args.loader_workers)
         ids, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
         return weighted_ce(head, hidden(ids), targets, weights, global_weight(d, weights), banned)
 

@@ -72,12 +72,9 @@ def run(args: argparse.Namespace) -> int:
         shard = slice(d.rank, None, d.world)
         return b.ids[shard], b.positions[shard], b.mask[shard], b.targets[shard], b.weights[shard], b.banned[shard]
 
-    batches = None  # built on the first step: the resumed start step is known only inside run_stage
+    batches = Prefetcher(make_batch, steps, args.loader_workers)
 
     def loss(step: int, hidden) -> torch.Tensor:
-        nonlocal batches
-        if batches is None:
-            batches = Prefetcher(make_batch, step, steps, args.loader_workers)
         ids, positions, mask, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
         h = hidden(ids, positions=positions, mask=mask)
         return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned)
