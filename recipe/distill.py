@@ -68,8 +68,10 @@ def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: 
     s_logits = head(h[sel])
     ban = torch.zeros_like(s_logits, dtype=torch.bool)
     ban[:, head.slot_cols] = batch.banned[sel] | t_banned[sel]
-    log_s = F.log_softmax(s_logits.masked_fill(ban, float("-inf")), dim=-1)
-    log_t = F.log_softmax(t_logits[sel].masked_fill(ban, float("-inf")), dim=-1)
+    # banned entries get log-probability 0 after the softmax, not -inf: a ``where`` over -inf terms
+    # still back-propagates NaN (0 * inf), which made every reverse-KL step non-finite (skipped)
+    log_s = F.log_softmax(s_logits.masked_fill(ban, float("-inf")), dim=-1).masked_fill(ban, 0.0)
+    log_t = F.log_softmax(t_logits[sel].masked_fill(ban, float("-inf")), dim=-1).masked_fill(ban, 0.0)
     p, log_p, log_q = (log_s.exp(), log_s, log_t) if reverse else (log_t.exp(), log_t, log_s)
-    kl = torch.where(ban, 0.0, p * (log_p - log_q)).sum(dim=-1)
+    kl = (p.masked_fill(ban, 0.0) * (log_p - log_q)).sum(dim=-1)
     return (kl * batch.weights[sel]).sum() / total_weight
