@@ -181,8 +181,8 @@ class Stage:
 def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: float, warmup: int = 30) -> Path | None:
     """The training loop every stage shares: resume, schedule, clip, log, validate, save, publish."""
     model = stage.model
-    device = training_device(args)
-    model.to(device).train()
+    device = next(model.parameters()).device  # the stage placed it (training_device); teachers too
+    model.train()
     # bf16 autocast where it pays: on CUDA; on this project's CPU it made the backward 13x slower
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)

@@ -31,10 +31,9 @@ def need(name: str, how: str) -> str:
     CI (``CI`` set, where ``.ci/run`` installs every one) a missing tool fails the test instead."""
     path = tool(name)
     if path is None:
-        reason = f"{name} is not installed ({how})"
         if os.environ.get("CI"):
-            pytest.fail(reason + "; CI must install it")
-        pytest.skip(reason)
+            pytest.fail(f"{name} is not installed ({how}); CI must install it")
+        pytest.skip(f"{name} is not installed on this developer machine ({how})")
     return path
 
 
