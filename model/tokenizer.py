@@ -99,6 +99,10 @@ class Vocab:
     def __len__(self) -> int:
         return len(self._to_id)
 
+    def same_tokens(self, other: Vocab) -> bool:
+        """True when both map every token to the same id (weights trained on one fit the other)."""
+        return self._to_id == other._to_id
+
     def id(self, token: str) -> int | None:
         return self._to_id.get(token)
 

@@ -33,9 +33,10 @@ ROWS = [  # label, checkpoint alias, decoder
 
 def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
     """(label, alias, decoder, extra ``dgr2 eval`` flags) of every row this run evaluates."""
-    out = [(label, ref, dec, []) for label, ref, dec in ROWS]
+    selected = [r for r in ROWS if not getattr(args, "rows", None) or r[0] in args.rows]
+    out = [(label, ref, dec, []) for label, ref, dec in selected]
     if getattr(args, "answer_threshold", None) is not None:
-        for label, ref, dec in ROWS:
+        for label, ref, dec in selected:
             if dec == "diffusion" and label in args.answer_threshold_rows:
                 out.append((f"{label}, answer threshold {args.answer_threshold:g}", ref, dec,
                             ["--answer-threshold", str(args.answer_threshold)]))
@@ -49,6 +50,8 @@ def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) ->
         cmd += ["--store", args.store]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
+    if getattr(args, "device", "cpu") != "cpu":
+        cmd += ["--device", args.device]
     return cmd
 
 
@@ -61,7 +64,9 @@ def run_evals(args: argparse.Namespace) -> None:
                 continue
             cmd = eval_command(args, ref, decoder, seed) + extra
             print("$", shlex.join(cmd), file=sys.stderr, flush=True)
-            res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            # the recorded command is the user-facing `dgr2 eval ...`; it runs as `python -m dgr2cli`
+            # so that a checkout without the installed entry point (a GPU image) runs it too
+            res = subprocess.run([sys.executable, "-m", "dgr2cli", *cmd[1:]], stdout=subprocess.PIPE, text=True)
             if res.returncode != 0:
                 print(f"skipped {label} (seed {seed}): dgr2 eval exited {res.returncode}", file=sys.stderr)
                 continue
@@ -115,8 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate the --answer-threshold-rows with this threshold inside the answer")
     p.add_argument("--answer-threshold-rows", type=lambda s: s.split(","), default=["+CFT+OPD+RL"],
                    help="comma-separated row labels for --answer-threshold (default %(default)s)")
+    p.add_argument("--rows", type=lambda s: s.split(","), default=None,
+                   help="comma-separated row labels to evaluate (default: all); answer-threshold rows follow "
+                        "their base row")
+    p.add_argument("--device", default="cpu", help="torch device of the evals: cpu or cuda")
     p.add_argument("--table", action="store_true", help="print the Markdown table of --out and exit")
     args = p.parse_args(argv)
+    unknown = set(args.rows or []) - {label for label, _, _ in ROWS}
+    if unknown:
+        p.error(f"--rows: unknown row(s) {sorted(unknown)}; rows are {[label for label, _, _ in ROWS]}")
     if args.table:
         print(table(read(Path(args.out))))
         return 0

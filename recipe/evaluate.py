@@ -97,6 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion threshold inside the answer (default: checkpoint's, else --threshold; 1 = off)")
     p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
                    help="trace length the model was trained with (sets the decode budget)")
+    p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -115,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
                   "neg_seed": args.neg_seed}
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return 0
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
+    from recipe.trainer import training_device
+
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store), device=training_device(args))
     decoder = args.decoder or ckpt.config.decoder
     cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=completion_budget(args.trace_len, args.candidates),
                                  block_size=args.block_size, threshold=args.threshold,
@@ -123,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
     result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                   neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
-                  answer_threshold=cfg.answer_threshold, max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size)
+                  answer_threshold=cfg.answer_threshold, max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
+                  device=args.device)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

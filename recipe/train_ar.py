@@ -29,6 +29,7 @@ from recipe.trainer import (
     Stage,
     add_common_arguments,
     add_device_arguments,
+    peak_lr,
     run_stage,
     setup_distributed,
     teardown_distributed,
@@ -44,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=DEFAULTS["preset"], help="architecture preset (tiny, small, base)")
     p.add_argument("--rank-weight", type=float, default=5.0, help="loss weight of the first ranked slot")
     p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+    p.add_argument("--init-from", default=None,
+                   help="warm start: NAME[:VERSION_OR_ALIAS] or folder of an AR checkpoint on the same data "
+                        "(its weights, a fresh optimizer and schedule; --preset is then the checkpoint's)")
 
 
 def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
@@ -76,6 +80,21 @@ def validate_with(model, vocab, source, args, decoder: str, trace_len: int) -> d
     return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
 
 
+def warm_start(ref: str, store: str | None, vocab):
+    """The weights of an earlier AR checkpoint, checked to share the vocabulary built from this data
+    (the item tokens index the catalog, so a checkpoint from other data would silently mis-rank)."""
+    from dgr2cli import resolve_checkpoint
+    from model_store import load_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(ref, store))
+    if not ckpt.vocab.same_tokens(vocab):
+        raise SystemExit(f"--init-from {ref}: its vocabulary differs from the one built from this data "
+                         "(a checkpoint trained on other data or another catalog)")
+    if ckpt.config.decoder != "ar":
+        raise SystemExit(f"--init-from {ref}: a {ckpt.config.decoder} checkpoint; warm starts take an AR one")
+    return ckpt.model, ckpt.vocab, str(ckpt.path.name)
+
+
 def run(args: argparse.Namespace) -> int:
     from model_store import Provenance
     from model_store.init import new_model
@@ -85,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     trace_len = args.trace_len or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)
     model, vocab = new_model(source.catalog, args.preset, seed=args.seed)
+    parent = None
+    if args.init_from:
+        model, vocab, parent = warm_start(args.init_from, args.store, vocab)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     dev = training_device(args)
     head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
@@ -101,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
         return weighted_ce(head, hidden(ids), targets, weights, global_weight(d, weights), banned)
 
     def publish_ar(metrics: dict, steps: int):
-        prov = Provenance(stage="ar", data_hash=getattr(source, "data_hash", None),
+        prov = Provenance(stage="ar", parent=parent, data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps, "trace_len": trace_len})
         return publish(args.store, args.name, f"ar-{args.preset}-s{args.seed}", ["ar"], model, vocab,
                        source.catalog, prov)
 
     stage = Stage("ar", model, loss, lambda: validate_with(model, vocab, source, args, "ar", trace_len), publish_ar)
-    run_stage(stage, args, d, steps, args.lr or DEFAULTS["lr"], args.warmup)
+    run_stage(stage, args, d, steps, peak_lr(args, DEFAULTS), args.warmup)
     teardown_distributed()
     return 0

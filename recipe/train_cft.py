@@ -27,6 +27,7 @@ from recipe.trainer import (
     Stage,
     add_common_arguments,
     add_device_arguments,
+    peak_lr,
     run_stage,
     setup_distributed,
     teardown_distributed,
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         return publish(args.store, args.name, f"cft-{parent.path.name}", ["cft", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
-    run_stage(Stage("cft", model, loss, validate, publish_cft), args, d, steps, args.lr or DEFAULTS["lr"],
+    run_stage(Stage("cft", model, loss, validate, publish_cft), args, d, steps, peak_lr(args, DEFAULTS),
               args.warmup)
     teardown_distributed()
     return 0

@@ -24,7 +24,15 @@ from recipe.rollouts import decode_rollouts
 from recipe.sft import TrainStream
 from recipe.traces import DEFAULT_TRACE_LEN
 from recipe.train_ar import global_weight, validate_with
-from recipe.trainer import Stage, add_common_arguments, frozen, run_stage, setup_distributed, teardown_distributed
+from recipe.trainer import (
+    Stage,
+    add_common_arguments,
+    frozen,
+    peak_lr,
+    run_stage,
+    setup_distributed,
+    teardown_distributed,
+)
 
 DEFAULTS = {"steps": 300, "lr": 3e-4}
 
@@ -73,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
     stage = Stage("opd", model, loss, lambda: validate_with(model, vocab, source, args, "diffusion", trace_len),
                   publish_opd)
-    run_stage(stage, args, d, args.steps or DEFAULTS["steps"], args.lr or DEFAULTS["lr"], args.warmup)
+    run_stage(stage, args, d, args.steps or DEFAULTS["steps"], peak_lr(args, DEFAULTS), args.warmup)
     teardown_distributed()
     return 0

@@ -29,7 +29,15 @@ from recipe.rollouts import Rollout, decode_rollouts
 from recipe.sft import TrainStream
 from recipe.traces import DEFAULT_TRACE_LEN
 from recipe.train_ar import validate_with
-from recipe.trainer import Stage, add_common_arguments, frozen, run_stage, setup_distributed, teardown_distributed
+from recipe.trainer import (
+    Stage,
+    add_common_arguments,
+    frozen,
+    peak_lr,
+    run_stage,
+    setup_distributed,
+    teardown_distributed,
+)
 
 DEFAULTS = {"steps": 150, "lr": 1e-4}
 
@@ -112,6 +120,6 @@ def run(args: argparse.Namespace) -> int:
                        source.catalog, prov, decoder="diffusion")
 
     run_stage(Stage("rl", model, loss, validate, publish_rl), args, d, args.steps or DEFAULTS["steps"],
-              args.lr or DEFAULTS["lr"], args.warmup)
+              peak_lr(args, DEFAULTS), args.warmup)
     teardown_distributed()
     return 0

@@ -63,6 +63,11 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
                    help="processes that build batches ahead of the step (0: inline; use several on a GPU)")
 
 
+def peak_lr(args: argparse.Namespace, defaults: dict) -> float:
+    """``--lr`` when given (0 included: a run that must not move the weights), else the stage default."""
+    return defaults["lr"] if args.lr is None else args.lr
+
+
 def training_device(args: argparse.Namespace) -> torch.device:
     """The device this rank trains on; a clear error when CUDA is asked for and absent."""
     name = getattr(args, "device", "cpu") or "cpu"

@@ -34,3 +34,13 @@ def test_answer_threshold_rows_follow_their_base_row():
     records = [rec("AR", 1, 0.3, 100.0), rec("+CFT, answer threshold 0", 1, 0.3, 250.0), rec("+CFT", 1, 0.3, 120.0)]
     lines = table(records).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| AR", "| +CFT", "| +CFT, answer threshold 0"]
+
+
+def test_rows_and_device_select_what_runs():
+    class A:
+        rows, answer_threshold, answer_threshold_rows = ["AR", "+CFT"], 0.0, ["+CFT", "+CFT+OPD"]
+    assert [r[0] for r in rows(A)] == ["AR", "+CFT", "+CFT, answer threshold 0"]
+
+    class B:
+        name, split, batch_size, store, limit, device = "beauty-gr2", "test", 512, None, None, "cuda"
+    assert eval_command(B, "ar", "ar", 1)[-2:] == ["--device", "cuda"]

@@ -97,3 +97,26 @@ def test_opd_then_rl_run_end_to_end_and_keep_the_ranking(planted, trained_ar, tr
     for m in (opd, rl):
         assert m["valid_raw"] >= cft["valid_raw"] - 0.1, (cft, m)
         assert m["ndcg@10"] > RANDOM_NDCG + 0.05, m
+
+
+def test_ar_warm_start_begins_from_the_given_weights(planted, trained_ar, tmp_path):
+    """``--init-from``: with a zero learning rate the warm-started model ranks exactly as its parent
+    (a fresh initialisation would rank near chance); a checkpoint of another catalog is refused."""
+    from model_store import ModelStore
+    from model_store.init import init_pair
+    from recipe.synthetic import synthetic_data
+
+    data, root, common = planted
+    parent = ModelStore(root / "store").resolve("beauty-gr2", "ar")
+    warm_common = [c if c != str(root / "store") else str(tmp_path / "store") for c in common]
+    args = parse(train_ar, [*warm_common, "--init-from", str(parent), "--steps", "2", "--lr", "0",
+                            "--eval-every", "2", "--run-dir", str(tmp_path / "warm"), "--fresh"])
+    assert train_ar.run(args) == 0
+    warm = evaluate_ref(tmp_path, "ar", "ar", data)
+    assert warm["ndcg@10"] == trained_ar["ndcg@10"] and warm["valid_raw"] == trained_ar["valid_raw"]
+
+    other = init_pair(ModelStore(tmp_path / "other"), "beauty-gr2", synthetic_data(n_items=50, n_users=40).catalog)
+    args = parse(train_ar, [*warm_common, "--init-from", str(other["ar"]), "--steps", "1",
+                            "--run-dir", str(tmp_path / "refused"), "--fresh"])
+    with pytest.raises(SystemExit, match="vocabulary differs"):
+        train_ar.run(args)
