@@ -7,8 +7,9 @@ is predicted from the output at position ``j - 1`` (for ``j = 0``, from the last
 Each step unmasks every masked position whose confidence exceeds ``threshold``, and always at least
 the most confident one (:func:`kernels.unmask_select`); after a decided ``<answer>``,
 ``answer_threshold`` applies instead when it is set. With ``constrain_answer`` (the default, as
-for AR) slots outside the request or already decided in the same section are excluded, and
-same-pass duplicates are deferred (:mod:`model.slot_constraint`).
+for AR) slots outside the request or already decided in the same section are excluded, same-pass
+duplicates are deferred, and the answer follows the AR decoder's grammar (K slots, ``</answer>``,
+``<eos>`` once ``<answer>`` is decided; :mod:`model.slot_constraint`).
 
 A full block is committed by one causal pass over its clean tokens, which writes its KV entries
 (identical to what AR decoding would have cached) and yields the logits for the next block's first
@@ -26,7 +27,13 @@ import torch
 from kernels import unmask_select
 from kernels.unmask_select import threshold_rule
 from model.decoding import Batch, DecodeConfig, SequenceResult
-from model.slot_constraint import apply_bans, banned_slots, keep_most_confident
+from model.slot_constraint import (
+    apply_bans,
+    banned_slots,
+    grammar_disallow,
+    keep_most_confident,
+    one_answer_per_pass,
+)
 from model.tokenizer import Vocab
 from model.transformer import Transformer
 
@@ -63,8 +70,10 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
         belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
         if cfg.constrain_answer:
-            ban, room, in_answer = banned_slots(batch, tokens, masked, offset)
-            shifted = apply_bans(batch, shifted, ban)
+            state = banned_slots(batch, tokens, masked, offset)
+            shifted = apply_bans(batch, shifted, state.ban)
+            shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
+                                          float("-inf"))
         if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
             probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
             cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
@@ -73,10 +82,11 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         else:
             cand_cols, conf, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
         if cfg.answer_threshold is not None:
-            unmask = unmask | (masked & denoise[:, None] & in_answer & (conf >= cfg.answer_threshold))
+            unmask = unmask | (masked & denoise[:, None] & state.in_answer & (conf >= cfg.answer_threshold))
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
-            unmask = keep_most_confident(batch, cand, conf, unmask, room, in_answer)
+            unmask = keep_most_confident(batch, cand, conf, unmask, state)
+            unmask = one_answer_per_pass(batch, cand, unmask, state)
         tokens = torch.where(unmask, cand, tokens)
         masked = masked & ~unmask
         rows, cols = unmask.nonzero(as_tuple=True)

@@ -1,15 +1,25 @@
-"""Slot exclusions for the block-diffusion decoder: the parallel counterpart of the AR constraint.
+"""The answer constraint of the block-diffusion decoder: the parallel counterpart of the AR one.
 
-A masked position may not name a slot outside the request, nor a slot already decided in its own
-section (everything after the decided ``<answer>`` is answer; in the trace, a slot is banned once
-decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice). Positions that one
-denoising pass unmasks together may still pick a slot more often than their section allows; only
-the most confident of them keep it, the others stay masked for the next pass. Training uses the same exclusions
-(:func:`recipe.block_diffusion.row_exclusions`), so the model's distribution over the open slots is
-what the decoder samples from.
+Slot exclusions: a masked position may not name a slot outside the request, nor a slot already
+decided in its own section (everything after the decided ``<answer>`` is answer; in the trace, a
+slot is banned once decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice).
+Positions that one denoising pass unmasks together may still pick a slot more often than their
+section allows; only the most confident of them keep it, the others stay masked for the next pass.
+Training uses the same exclusions (:func:`recipe.block_diffusion.row_exclusions`), so the model's
+distribution over the open slots is what the decoder samples from.
+
+Answer grammar (what the AR decoder enforces token by token, here by position): once ``<answer>``
+is decided at continuation index ``a``, the answer's layout is known, so ``a+1 .. a+K`` may only be
+slots, ``a+K+1`` only ``</answer>`` and what follows only ``<eos>``; before it, ``</answer>`` and
+``<eos>`` are banned and so is a second ``<answer>``. Until ``<answer>`` is decided, the position
+after a decided ``</think>`` and the last position from which a full answer still fits the budget
+may only be ``<answer>``, and no later position may be. In a pass that picks ``<answer>``, the
+positions after it wait one pass, so that they are decided under the layout it fixes.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -17,12 +27,20 @@ from model.decoding import Batch
 from model.tokenizer import TRACE_SLOT_USES
 
 
-def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor,
-                 offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[b, S, Kmax]``: slots each block position may not name, given what is decided so far, and
-    ``[b, S, Kmax]``: how many more times its section may name each slot (the room that
-    :func:`keep_most_confident` shares out among same-pass picks), and ``[b, S]``: which block
-    positions lie after a decided ``<answer>``."""
+class SlotState(NamedTuple):
+    ban: torch.Tensor  # [b, S, Kmax]: slots each block position may not name, given what is decided
+    room: torch.Tensor  # [b, S, Kmax]: how many more times its section may name each slot
+    in_answer: torch.Tensor  # [b, S]: block positions after a decided <answer>
+    pos: torch.Tensor  # [b, S]: continuation index of each block position
+    ans_pos: torch.Tensor  # [b]: continuation index of the decided <answer> (L while undecided)
+    think_end: torch.Tensor  # [b]: continuation index of the first decided </think> (L if none)
+    undecided: int  # L: the value of ans_pos / think_end when nothing is decided
+
+
+def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
+    """Slot exclusions of every block position given what is decided so far, the room each section
+    has left per slot (which :func:`keep_most_confident` shares out among same-pass picks), and where
+    the decided ``<answer>`` and ``</think>`` lie (for :func:`grammar_disallow`)."""
     vocab, dev = batch.vocab, batch.dev
     b, S = tokens.shape
     L = batch.out_tokens.shape[1]
@@ -34,6 +52,7 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor,
     decided = decided.masked_fill(block_masked, vocab.pad)
     is_answer_tok = decided == vocab.answer
     ans_pos = torch.where(is_answer_tok, idx, L).min(dim=1).values  # [b]; L while undecided
+    think_end = torch.where(decided == vocab.end_think, idx, L).min(dim=1).values
     slot_ids = batch.head.token(batch.slot_cols)  # [Kmax]
     onehot = decided[:, :, None] == slot_ids[None, None, :]  # [b, L, Kmax]
     after = idx[None, :] > ans_pos[:, None]
@@ -43,7 +62,44 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor,
     in_answer = pos > ans_pos[:, None]
     room = torch.where(in_answer[:, :, None], room_answer[:, None, :], room_trace[:, None, :])
     out_of_request = torch.arange(batch.kmax, device=dev)[None, :] >= batch.k[batch.alive][:, None]
-    return (room <= 0) | out_of_request[:, None, :], room, in_answer
+    return SlotState((room <= 0) | out_of_request[:, None, :], room, in_answer, pos, ans_pos, think_end, L)
+
+
+def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out: int) -> torch.Tensor:
+    """``[b, S, n_out]``: output columns each block position may not take under the answer grammar
+    (see the module docstring). Every position keeps at least one allowed column."""
+    vocab, head, dev = batch.vocab, batch.head, batch.dev
+    k = batch.k[batch.alive][:, None]  # [b, 1]
+    pos, ans = state.pos, state.ans_pos[:, None]
+    decided = ans < state.undecided
+    j = pos - ans  # place inside the answer (1 = first slot)
+    latest = (max_new_tokens - (k + 3)).clamp(min=0)  # last index where <answer> still fits the budget
+    is_slot = torch.zeros(n_out, dtype=torch.bool, device=dev)
+    is_slot[head.slot_cols] = True
+    answer, end_answer, eos = (head.col(t) for t in (vocab.answer, vocab.end_answer, vocab.eos))
+
+    def only(col: int | None, where: torch.Tensor) -> torch.Tensor:  # everything but col (slots if None)
+        allowed = is_slot if col is None else torch.arange(n_out, device=dev) == col
+        return where[:, :, None] & ~allowed[None, None, :]
+
+    slots_only = decided & (j >= 1) & (j <= k)
+    must_answer = ~decided & ((pos == state.think_end[:, None] + 1) | (pos == latest))
+    out = only(None, slots_only) | only(end_answer, decided & (j == k + 1)) | only(eos, decided & (j >= k + 2))
+    out |= only(answer, must_answer)
+    trace = (decided & (j < 0)) | (~decided & ~must_answer)  # known trace, or not yet known to be answer
+    for col in (end_answer, eos):
+        out[:, :, col] |= trace
+    out[:, :, answer] |= (decided & (j < 0)) | (~decided & (pos > latest))
+    return out
+
+
+def one_answer_per_pass(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState) -> torch.Tensor:
+    """``unmask`` without the positions after a ``<answer>`` picked in this pass (rows whose answer was
+    undecided): they are decided next pass, under the layout that ``<answer>`` fixes."""
+    S = cand.shape[1]
+    picks = unmask & (cand == batch.vocab.answer) & (state.ans_pos == state.undecided)[:, None]
+    first = torch.where(picks, torch.arange(S, device=cand.device)[None, :], S).min(dim=1).values
+    return unmask & (torch.arange(S, device=cand.device)[None, :] <= first[:, None])
 
 
 def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.Tensor:
@@ -56,11 +112,12 @@ def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.T
 
 
 def keep_most_confident(batch: Batch, cand: torch.Tensor, conf: torch.Tensor, unmask: torch.Tensor,
-                        room: torch.Tensor, in_answer: torch.Tensor) -> torch.Tensor:
+                        state: SlotState) -> torch.Tensor:
     """``unmask`` without same-pass excess: per row and slot, of the positions of one section that
     pick it, only the ``room`` most confident keep it (ties: the earliest); the rest stay masked.
     A picked slot is never banned, so the pass's most confident position always survives."""
     b, S = cand.shape
+    room, in_answer = state.room, state.in_answer
     slot_ids = batch.head.token(batch.slot_cols)
     hit = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
     if not bool((hit.sum(dim=1) > 1).any()):  # no slot picked twice in this pass: room suffices (>= 1)

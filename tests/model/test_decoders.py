@@ -41,8 +41,7 @@ def test_every_request_gets_a_valid_ranking(tiny, synth, decoder):
         assert len(res.relevance) == len(req.candidates)
         assert all(0.0 <= s <= 1.0 for s in res.relevance)
         assert res.forward_passes >= 2 and res.generated_tokens >= 1
-        if decoder == "ar":  # constrained: AR is valid as decoded
-            assert res.report.valid_as_decoded
+        assert res.report.valid_as_decoded  # both decoders enforce the answer grammar
 
 
 def test_ar_never_names_a_slot_outside_the_request(tiny, synth):
@@ -149,7 +148,9 @@ def test_constrained_ar_cannot_stop_before_its_answer(tiny, synth):
 def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatch):
     """A model that always wants ``<answer>``: with threshold > 1 the first pass decides one
     position (``<answer>``); the rest of the block lies in the answer section, where
-    ``answer_threshold=0`` decides every position in the next pass, and the plain rule one per pass."""
+    ``answer_threshold=0`` decides the positions in parallel from the next pass, the plain rule one per pass
+    until the ``<eos>`` that the grammar puts after K slots and ``</answer>`` (at least K + 3 passes:
+    forced ``<eos>`` positions past it may come first)."""
     model, vocab = tiny
     logits, prefill = Batch.logits, Batch.prefill
 
@@ -164,13 +165,45 @@ def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatc
     steps = {}
     for answer_threshold in (None, 0.0):
         outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
-                                DecodeConfig(max_new_tokens=S, block_size=S, threshold=1.01,
+                                DecodeConfig(max_new_tokens=2 * S, block_size=S, threshold=1.01,
                                              answer_threshold=answer_threshold))
         steps[answer_threshold] = [o.unmasked_per_step for o in outs]
-    assert steps[None] == [[1] * S] * 2
-    assert steps[0.0] == [[1, S - 1]] * 2
+    for p, s in zip(ps, steps[None], strict=True):
+        assert set(s) == {1} and p.num_slots + 3 <= len(s) <= S
+    for fast, slow in zip(steps[0.0], steps[None], strict=True):
+        # same-pass picks of one slot are deferred but one (the K=1 row has a single slot: all at once)
+        assert fast[0] == 1 and fast[1] > 1 and len(fast) < len(slow)
+    assert steps[0.0][0] == [1, S - 1]
 
 
 def test_answer_threshold_needs_the_answer_constraint():
     with pytest.raises(ValueError, match="constrain_answer"):
         DecodeConfig(answer_threshold=0.5, constrain_answer=False)
+
+
+@pytest.mark.parametrize("junk", ["end_answer", "end_think", "eos"])
+def test_diffusion_answer_follows_the_grammar_whatever_the_model_wants(tiny, synth, monkeypatch, junk):
+    """A model that wants a structural token everywhere (which, unconstrained, ends or breaks the
+    answer early): the decoded answer is still exactly K distinct in-request slots, ``</answer>``,
+    ``<eos>``, with the plain threshold and with ``answer_threshold=0`` (everything in one pass)."""
+    model, vocab = tiny
+    logits, prefill = Batch.logits, Batch.prefill
+
+    def boost(self, out):
+        out[..., self.head.col(getattr(vocab, junk))] += 50.0
+        return out
+
+    monkeypatch.setattr(Batch, "logits", lambda self, block, causal=None: boost(self, logits(self, block, causal)))
+    monkeypatch.setattr(Batch, "prefill", lambda self: boost(self, prefill(self)))
+    ps = batch_prompts(vocab, synth, 5)
+    for answer_threshold in (None, 0.0):
+        outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                                DecodeConfig(max_new_tokens=30, block_size=8, answer_threshold=answer_threshold))
+        for p, o in zip(ps, outs, strict=True):
+            toks = list(o.tokens)
+            a = toks.index(vocab.answer)
+            answer = [vocab.slot_of(t) for t in toks[a + 1: a + 1 + p.num_slots]]
+            assert sorted(answer) == list(range(p.num_slots)), (junk, answer_threshold, vocab.decode(toks))
+            assert toks[a + 1 + p.num_slots:] == [vocab.end_answer, vocab.eos]
+            assert vocab.answer not in toks[:a] and vocab.end_answer not in toks[:a] and vocab.eos not in toks[:a]
+            assert parse_answer(vocab, toks, p.num_slots).valid
