@@ -11,9 +11,10 @@ distribution over the open slots is what the decoder samples from.
 Answer grammar (what the AR decoder enforces token by token, here by position): once ``<answer>``
 is decided at continuation index ``a``, the answer's layout is known, so ``a+1 .. a+K`` may only be
 slots, ``a+K+1`` only ``</answer>`` and what follows only ``<eos>``; before it, ``</answer>`` and
-``<eos>`` are banned and so is a second ``<answer>``. Until ``<answer>`` is decided, the position
-after a decided ``</think>`` and the last position from which a full answer still fits the budget
-may only be ``<answer>``, and no later position may be. In a pass that picks ``<answer>``, the
+``<eos>`` are banned and so is a second ``<answer>``. Until ``<answer>`` is decided, it may only go
+after every decided position of the block (else a trace token decided earlier would sit inside the
+answer), the position after a decided ``</think>`` and the last position from which a full answer
+still fits the budget may only be ``<answer>``, and no later position may be. In a pass that picks ``<answer>``, the
 positions after it wait one pass, so that they are decided under the layout it fixes.
 """
 
@@ -34,6 +35,7 @@ class SlotState(NamedTuple):
     pos: torch.Tensor  # [b, S]: continuation index of each block position
     ans_pos: torch.Tensor  # [b]: continuation index of the decided <answer> (L while undecided)
     think_end: torch.Tensor  # [b]: continuation index of the first decided </think> (L if none)
+    past_decided: torch.Tensor  # [b, S]: block positions after every decided one (where <answer> may go)
     undecided: int  # L: the value of ans_pos / think_end when nothing is decided
 
 
@@ -62,7 +64,11 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offse
     in_answer = pos > ans_pos[:, None]
     room = torch.where(in_answer[:, :, None], room_answer[:, None, :], room_trace[:, None, :])
     out_of_request = torch.arange(batch.kmax, device=dev)[None, :] >= batch.k[batch.alive][:, None]
-    return SlotState((room <= 0) | out_of_request[:, None, :], room, in_answer, pos, ans_pos, think_end, L)
+    arange_s = torch.arange(S, device=dev)
+    last_decided = torch.where(masked, -1, arange_s[None, :]).max(dim=1).values  # [b]; -1: none yet
+    past_decided = arange_s[None, :] > last_decided[:, None]
+    return SlotState((room <= 0) | out_of_request[:, None, :], room, in_answer, pos, ans_pos, think_end,
+                     past_decided, L)
 
 
 def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out: int) -> torch.Tensor:
@@ -83,13 +89,15 @@ def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out:
         return where[:, :, None] & ~allowed[None, None, :]
 
     slots_only = decided & (j >= 1) & (j <= k)
-    must_answer = ~decided & ((pos == state.think_end[:, None] + 1) | (pos == latest))
+    # an <answer> before a decided position would put that (trace) token inside the answer
+    answer_fits = ~decided & state.past_decided & (pos <= latest)
+    must_answer = answer_fits & ((pos == state.think_end[:, None] + 1) | (pos == latest))
     out = only(None, slots_only) | only(end_answer, decided & (j == k + 1)) | only(eos, decided & (j >= k + 2))
     out |= only(answer, must_answer)
     trace = (decided & (j < 0)) | (~decided & ~must_answer)  # known trace, or not yet known to be answer
     for col in (end_answer, eos):
         out[:, :, col] |= trace
-    out[:, :, answer] |= (decided & (j < 0)) | (~decided & (pos > latest))
+    out[:, :, answer] |= ~answer_fits
     return out
 
 

@@ -207,3 +207,32 @@ def test_diffusion_answer_follows_the_grammar_whatever_the_model_wants(tiny, syn
             assert toks[a + 1 + p.num_slots:] == [vocab.end_answer, vocab.eos]
             assert vocab.answer not in toks[:a] and vocab.end_answer not in toks[:a] and vocab.eos not in toks[:a]
             assert parse_answer(vocab, toks, p.num_slots).valid
+
+
+def test_diffusion_answer_never_starts_before_a_decided_trace_token(tiny, synth, monkeypatch):
+    """Planted: the first pass decides a trace token at block positions 3.., later passes want
+    ``<answer>`` everywhere. An ``<answer>`` at positions 0-2 would leave those trace tokens inside the
+    answer; it must go after them, and the answer stays valid."""
+    model, vocab = tiny
+    logits, prefill = Batch.logits, Batch.prefill
+    calls = []
+    trace_tok = vocab.id("<v0>")
+
+    def patched(self, block, causal=None):
+        out = logits(self, block, causal)
+        calls.append(1)
+        if len(calls) == 1:
+            out[:, 2:, self.head.col(trace_tok)] += 1e4  # predicts block positions 3.. (next-token shift)
+        else:
+            out[..., self.head.col(vocab.answer)] += 1e4
+        return out
+
+    monkeypatch.setattr(Batch, "logits", patched)
+    monkeypatch.setattr(Batch, "prefill", lambda self: prefill(self))
+    ps = batch_prompts(vocab, synth, 5)
+    outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                            DecodeConfig(max_new_tokens=40, block_size=8, answer_threshold=0.0))
+    for p, o in zip(ps, outs, strict=True):
+        toks = list(o.tokens)
+        assert toks[3:8] == [trace_tok] * 5 and toks.index(vocab.answer) >= 8, vocab.decode(toks)
+        assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
