@@ -164,7 +164,7 @@ def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatc
         return out
 
     monkeypatch.setattr(Batch, "logits",
-                        lambda self, block, *mask: boost(self, logits(self, block, *mask)))
+                        lambda self, block, **kw: boost(self, logits(self, block, **kw)))
     monkeypatch.setattr(Batch, "prefill", lambda self: boost(self, prefill(self)))
     ps = batch_prompts(vocab, synth, 2)
     S = 8
@@ -200,7 +200,7 @@ def test_diffusion_answer_follows_the_grammar_whatever_the_model_wants(tiny, syn
         return out
 
     monkeypatch.setattr(Batch, "logits",
-                        lambda self, block, *mask: boost(self, logits(self, block, *mask)))
+                        lambda self, block, **kw: boost(self, logits(self, block, **kw)))
     monkeypatch.setattr(Batch, "prefill", lambda self: boost(self, prefill(self)))
     ps = batch_prompts(vocab, synth, 5)
     for answer_threshold in (None, 0.0):
