@@ -73,6 +73,7 @@ class Side:
     ids: list[list[int]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     answer_threshold: float | None = None  # override of the checkpoint's (diffusion)
+    fuse_commit: bool = True  # diffusion: commit pass fused with the next block's first step
 
     def render(self, examples) -> None:
         """The prompts of ``examples`` in this checkpoint's vocabulary."""
@@ -84,9 +85,11 @@ class Side:
         answer = self.answer_threshold
         if length is None:  # natural stop within the completion budget of the trained trace length
             return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=completion_budget(self.trace_len, kmax),
-                                          block_size=block, threshold=threshold, answer_threshold=answer)
+                                          block_size=block, threshold=threshold, answer_threshold=answer,
+                                          fuse_commit=self.fuse_commit)
         return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=length, block_size=block,
-                                      threshold=threshold, answer_threshold=answer, ignore_eos=True)
+                                      threshold=threshold, answer_threshold=answer, ignore_eos=True,
+                                      fuse_commit=self.fuse_commit)
 
 
 @dataclass
@@ -281,6 +284,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                     "point (default %(default)s)")
     p.add_argument("--answer-threshold", type=float, default=None,
                    help="diffusion threshold inside the answer (default: the checkpoint's; 1 = off)")
+    p.add_argument("--separate-commit", action="store_true",
+                   help="diffusion: commit each block in its own causal pass (the unfused reference)")
     p.add_argument("--requests", type=int, default=None,
                    help=f"requests per timed run, rounded up to whole batches (default {FULL['requests']})")
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats per run (default {FULL['repeats']})")
@@ -315,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
              "diffusion": load_side("diffusion", args.diffusion, args.store, args.model, device, args.trace_len)}
     dcfg = sides["diffusion"].ckpt.config
     sides["diffusion"].answer_threshold = args.answer_threshold
+    sides["diffusion"].fuse_commit = not args.separate_commit
     groups = plan(args.quick, lengths, batches, blocks, thresholds, dcfg.block_size, dcfg.threshold)
     for g in groups:
         for block, _ in g.diffusion:
@@ -337,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
         parameters=sum(p.numel() for p in sides["ar"].ckpt.model.parameters()),
         trace_len={d: s.trace_len for d, s in sides.items()}, **prompts,
         answer_threshold=args.answer_threshold if args.answer_threshold is not None else dcfg.answer_threshold,
+        fuse_commit=not args.separate_commit,
         requests=args.requests, repeats=args.repeats, ndcg_users=len(ndcg.examples),
         peak_mem=memory.kind, rss_baseline_mb=rss_mb() if not device.startswith("cuda") else None,
         timed="decoder call on rendered prompts (prefill included; tokenization and guard excluded)",

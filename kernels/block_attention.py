@@ -6,9 +6,15 @@ Spec (``block_attention_ref``):
   v_cache  [B, T, Hkv, D]
   lens     [B] int64       committed length of each sequence before the block
   causal   [B] bool        True: causal inside the block (prefill, commit, AR step with S=1);
-                           False: bidirectional inside the block (a denoising step)
-Key j is visible to block query i of sequence b iff j < lens[b], or lens[b] <= j < lens[b]+S and
-(not causal[b] or j - lens[b] <= i). GQA: query head h reads KV head h // (Hq // Hkv).
+                           False: bidirectional inside the block (a denoising step);
+           or [B] int      how many leading block positions attend causally (0 .. S)
+  visible  [B] int | None  block keys that the other (non-causal) positions see: the first
+                           visible[b] of the block (default S, the whole block)
+Key j is visible to block query i of sequence b iff j < lens[b], or, with r = j - lens[b] in
+[0, S): r <= i when i < causal[b], else r < visible[b]. A fused commit + denoise pass of the
+block-diffusion decoder is causal = S/2, visible = S (the clean half causal, the masked half
+seeing both); a row that only denoises in such a pass is causal = 0, visible = S/2.
+GQA: query head h reads KV head h // (Hq // Hkv).
 Returns [B, S, Hq, D] in q's dtype; softmax in fp32 with scale 1/sqrt(D).
 """
 
@@ -28,22 +34,33 @@ except ImportError:  # the CPU service runs on the torch references only
     triton = None
 
 
-def visible_keys(lens: torch.Tensor, causal: torch.Tensor, block_len: int, n_keys: int) -> torch.Tensor:
+def block_layout(causal: torch.Tensor, visible: torch.Tensor | None,
+                 block_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(causal_len, visible_len)`` as int32 ``[B]`` from either form of ``causal`` (see the spec)."""
+    causal_len = causal.to(torch.int32) * block_len if causal.dtype == torch.bool else causal.to(torch.int32)
+    if visible is None:
+        visible = torch.full_like(causal_len, block_len)
+    return causal_len, visible.to(torch.int32)
+
+
+def visible_keys(lens: torch.Tensor, causal: torch.Tensor, block_len: int, n_keys: int,
+                 visible: torch.Tensor | None = None) -> torch.Tensor:
     """The visibility rule above as a boolean mask ``[B, S, n_keys]``."""
+    causal_len, visible_len = block_layout(causal, visible, block_len)
     j = torch.arange(n_keys, device=lens.device)[None, None, :]
     i = torch.arange(block_len, device=lens.device)[None, :, None]
     start = lens[:, None, None]
-    in_block = (j >= start) & (j < start + block_len)
-    in_block = in_block & (~causal[:, None, None] | (j - start <= i))
-    return (j < start) | in_block
+    r = j - start
+    rule = torch.where(i < causal_len[:, None, None], r <= i, r < visible_len[:, None, None])
+    return (j < start) | ((r < block_len) & rule)
 
 
-def block_attention_ref(q, k_cache, v_cache, lens, causal):
+def block_attention_ref(q, k_cache, v_cache, lens, causal, visible=None):
     B, S, Hq, D = q.shape
     n_keys = min(int(lens.max()) + S, k_cache.shape[1])
     k = k_cache[:, :n_keys].transpose(1, 2)  # [B, Hkv, T, D]
     v = v_cache[:, :n_keys].transpose(1, 2)
-    mask = visible_keys(lens, causal, S, n_keys)[:, None]  # [B, 1, S, T]
+    mask = visible_keys(lens, causal, S, n_keys, visible)[:, None]  # [B, 1, S, T]
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; fp64 stays fp64 (tests)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2).to(acc), k.to(acc), v.to(acc), attn_mask=mask,
@@ -56,7 +73,7 @@ if triton is not None:
 
     @triton.jit
     def _block_attention_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, lens_ptr, causal_ptr,
+        q_ptr, k_ptr, v_ptr, o_ptr, lens_ptr, causal_ptr, visible_ptr,
         sq_b, sq_s, sq_h, sq_d, sk_b, sk_t, sk_h, sk_d, sv_b, sv_t, sv_h, sv_d, so_b, so_s, so_h, so_d,
         S, T, D, qk_scale,
         GROUP: tl.constexpr, HKV: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -75,11 +92,14 @@ if triton is not None:
         d_ok = d < D
 
         start = tl.load(lens_ptr + b)  # the block sits at [start, start + S)
-        bidirectional = tl.load(causal_ptr + b).to(tl.int32) == 0
-        # Keys beyond the last row's horizon are never visible: stop the loop there.
+        n_causal = tl.load(causal_ptr + b)  # block positions i < n_causal attend causally,
+        n_visible = tl.load(visible_ptr + b)  # the others to the block's first n_visible keys
+        # Keys beyond the tile rows' horizon are never visible: stop the loop there.
+        first_i = (pid_m * BLOCK_M) // GROUP
         last_i = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1, S * GROUP - 1) // GROUP
-        hi = tl.where(bidirectional, start + S, start + last_i + 1)
-        hi = tl.minimum(hi, T)
+        hi_causal = tl.where(first_i < n_causal, tl.minimum(last_i, n_causal - 1) + 1, 0)
+        hi_rest = tl.where(last_i >= n_causal, n_visible, 0)
+        hi = tl.minimum(start + tl.maximum(hi_causal, hi_rest), T)
 
         q_off = b * sq_b + i[:, None] * sq_s + head[:, None] * sq_h + d[None, :] * sq_d
         q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # [M, Dp]
@@ -104,7 +124,8 @@ if triton is not None:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))  # [M, N] fp32 accumulation
-            in_block_ok = (j[None, :] - start <= i[:, None]) | bidirectional
+            r = j[None, :] - start
+            in_block_ok = tl.where(i[:, None] < n_causal, r <= i[:, None], r < n_visible)
             visible = j_ok[None, :] & ((j[None, :] < start) | in_block_ok)
             s = tl.where(visible, s * qk_scale, float("-inf"))  # log2 domain
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -126,7 +147,7 @@ def _pow2_at_least(n: int, floor: int) -> int:
     return max(floor, 1 << max(0, n - 1).bit_length())
 
 
-def block_attention_triton(q, k_cache, v_cache, lens, causal):
+def block_attention_triton(q, k_cache, v_cache, lens, causal, visible=None):
     """Flash-attention style kernel for :func:`block_attention_ref`: one program per (tile of query rows,
     sequence, KV head), keys read in tiles up to ``lens[b] + S`` only; no host sync."""
     if triton is None:
@@ -146,8 +167,9 @@ def block_attention_triton(q, k_cache, v_cache, lens, causal):
     block_d = _pow2_at_least(D, 16)  # D padded with masks
     block_n = 64 if same16 else 32  # fp32 K/V tiles are twice as big: keep the pipelined copies in shared memory
     grid = (triton.cdiv(S * group, block_m), B * Hkv)
+    causal_len, visible_len = block_layout(causal, visible, S)
     _block_attention_kernel[grid](
-        q, k_cache, v_cache, out, lens, causal,
+        q, k_cache, v_cache, out, lens, causal_len, visible_len,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
         S, T, D, 1.4426950408889634 / math.sqrt(D),  # scale folded with log2(e) for exp2
         GROUP=group, HKV=Hkv, DOT_FP32=not same16,
@@ -156,7 +178,7 @@ def block_attention_triton(q, k_cache, v_cache, lens, causal):
     return out
 
 
-def block_attention(q, k_cache, v_cache, lens, causal):
+def block_attention(q, k_cache, v_cache, lens, causal, visible=None):
     if backend() == "triton":
-        return block_attention_triton(q, k_cache, v_cache, lens, causal)
-    return block_attention_ref(q, k_cache, v_cache, lens, causal)
+        return block_attention_triton(q, k_cache, v_cache, lens, causal, visible)
+    return block_attention_ref(q, k_cache, v_cache, lens, causal, visible)

@@ -33,6 +33,10 @@ class DecodeConfig:
     ignore_eos: bool = False  # generate exactly max_new_tokens (throughput-vs-length sweeps)
     constrain_answer: bool = True  # both decoders: exclude used and out-of-request slots (see each decoder)
     temperature: float = 0.0  # diffusion only: 0 = greedy; > 0 samples each position (RL rollouts)
+    # diffusion only: commit a finished block in the same forward pass as the next block's first
+    # denoising step (a 2-block-wide pass) when at least half of the rows commit; the decode is the
+    # same, with one pass fewer per block. False: a separate causal commit pass (the reference).
+    fuse_commit: bool = True
     seed: int = 0  # sampling seed when temperature > 0
 
     def __post_init__(self) -> None:
@@ -100,10 +104,12 @@ class Batch:
         self.passes = torch.zeros(B, dtype=torch.long, device=dev)
         self.prompts = prompts
 
-    def logits(self, block: torch.Tensor, causal: torch.Tensor | None = None) -> torch.Tensor:
-        """One forward pass of a block ``[b, S]`` against the cache: output-vocabulary logits ``[b, S, n_out]``."""
+    def logits(self, block: torch.Tensor, causal: torch.Tensor | None = None,
+               visible: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward pass of a block ``[b, S]`` against the cache: output-vocabulary logits ``[b, S, n_out]``;
+        ``causal`` / ``visible`` per row as in :mod:`kernels.block_attention`."""
         self.passes[self.alive] += 1
-        return self.head(self.model.hidden_states(block, cache=self.cache, causal=causal))
+        return self.head(self.model.hidden_states(block, cache=self.cache, causal=causal, visible=visible))
 
     def prefill(self) -> torch.Tensor:
         """Causal pass over the right-padded prompts; returns the logits that predict token 0 ``[B, n_out]``."""

@@ -13,9 +13,11 @@ duplicates are deferred, and the answer follows the AR decoder's grammar (K slot
 
 A full block is committed by one causal pass over its clean tokens, which writes its KV entries
 (identical to what AR decoding would have cached) and yields the logits for the next block's first
-position. Sequences progress independently: in one forward pass some rows denoise
-(``causal=False``) while others commit (``causal=True``). A sequence stops as soon as ``<eos>`` is
-decided with every position before it decided.
+position. With ``fuse_commit`` that pass is two blocks wide: the fresh block's masks ride along,
+attending to the clean block and to each other, so the next block's first denoising step costs no
+pass of its own (the outputs are those of the separate passes; a test checks it). Sequences
+progress independently: in one forward pass some rows denoise while others commit. A sequence
+stops as soon as ``<eos>`` is decided with every position before it decided.
 """
 
 from __future__ import annotations
@@ -57,16 +59,27 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
 
     while True:
         block_in = torch.where(masked, vocab.mask, tokens)
-        logits = batch.logits(block_in, causal=committing)  # [b, S, n_out]
+        fuse = cfg.fuse_commit and 2 * int(committing.sum()) >= max(committing.numel(), 1) and bool(committing.any())
+        if fuse:
+            # [finished block ; fresh masks]: committing rows read their clean block causally and the
+            # masks see all of it (their next block's first denoising step); the other rows denoise
+            # their block in the first half and ignore the second
+            wide = torch.cat([block_in, torch.full_like(block_in, vocab.mask)], dim=1)
+            out = batch.logits(wide, causal=committing.int() * S, visible=S + committing.int() * S)
+            logits = torch.where(committing[:, None, None], out[:, S:], out[:, :S])  # [b, S, n_out]
+            commit_last = out[:, S - 1]
+        else:
+            logits = batch.logits(block_in, causal=committing)  # [b, S, n_out]
+            commit_last = logits[:, -1]
 
         # rows that committed their finished block this pass start a fresh one
         batch.cache.commit(torch.where(committing, S, 0))
-        prev_logits = torch.where(committing[:, None], logits[:, -1], prev_logits)
+        prev_logits = torch.where(committing[:, None], commit_last, prev_logits)
         offset = offset + committing * S
         masked = masked | committing[:, None]
 
         # rows that denoise: next-token shift, then the threshold rule on the still-masked positions
-        denoise = ~committing
+        denoise = torch.ones_like(committing) if fuse else ~committing
         shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
         belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
         if cfg.constrain_answer:

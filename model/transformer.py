@@ -65,7 +65,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, mask=None, cache: KVCache | None = None, causal=None):
+    def forward(self, x, cos, sin, positions, mask=None, cache: KVCache | None = None, causal=None, visible=None):
         B, S, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, S, self.n_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(B, S, self.n_kv, self.head_dim))
@@ -80,7 +80,7 @@ class Attention(nn.Module):
             ).transpose(1, 2)
         else:
             cache.write(self.layer_idx, positions, k, v)
-            out = block_attention(q, cache.k[self.layer_idx], cache.v[self.layer_idx], cache.lens, causal)
+            out = block_attention(q, cache.k[self.layer_idx], cache.v[self.layer_idx], cache.lens, causal, visible)
         return self.o_proj(out.reshape(B, S, self.n_heads * self.head_dim))
 
 
@@ -103,8 +103,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, mask=None, cache=None, causal=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, cache, causal)
+    def forward(self, x, cos, sin, positions, mask=None, cache=None, causal=None, visible=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, cache, causal, visible)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -143,12 +143,14 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device
 
-    def hidden_states(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, causal=None):
+    def hidden_states(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, causal=None,
+                      visible=None):
         """Final-norm hidden states ``[B, S, H]``.
 
         Without a cache: ``positions`` default to ``0..S-1`` and ``mask`` to causal.
         With a cache: the block goes right after each sequence's committed prefix; ``causal [B]``
-        picks causal or bidirectional attention inside the block per sequence.
+        (and ``visible [B]``) pick the attention inside the block per sequence
+        (:mod:`kernels.block_attention`).
         """
         B, S = input_ids.shape
         if cache is not None:
@@ -164,7 +166,7 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = cos[positions].to(x.dtype), sin[positions].to(x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, cache, causal)
+            x = layer(x, cos, sin, positions, mask, cache, causal, visible)
         return self.model.norm(x)
 
     def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, causal=None):

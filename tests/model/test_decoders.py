@@ -67,26 +67,31 @@ def test_diffusion_threshold_above_one_is_one_token_per_step(tiny, synth):
     model, vocab = tiny
     ps = batch_prompts(vocab, synth, 3)
     S = 8
-    outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
-                            DecodeConfig(max_new_tokens=24, block_size=S, threshold=1.01))
-    for o in outs:
-        assert o.unmasked_per_step and set(o.unmasked_per_step) == {1}
-        assert sum(o.unmasked_per_step) >= len(o.tokens)
-        # prefill + one pass per token + one commit pass per full block before the last
-        full_blocks = len(o.tokens) // S
-        assert o.forward_passes == 1 + sum(o.unmasked_per_step) + max(0, full_blocks - (len(o.tokens) % S == 0))
+    for fuse in (False, True):
+        outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                                DecodeConfig(max_new_tokens=24, block_size=S, threshold=1.01, fuse_commit=fuse))
+        for o in outs:
+            assert o.unmasked_per_step and set(o.unmasked_per_step) == {1}
+            assert sum(o.unmasked_per_step) >= len(o.tokens)
+            # prefill + one pass per token + (unfused) one commit pass per full block before the last;
+            # the rows advance in lockstep, so every commit is fused with the next block's first step
+            full_blocks = len(o.tokens) // S
+            commits = 0 if fuse else max(0, full_blocks - (len(o.tokens) % S == 0))
+            assert o.forward_passes == 1 + sum(o.unmasked_per_step) + commits
 
 
 def test_diffusion_low_threshold_decodes_several_tokens_per_forward(tiny, synth):
     model, vocab = tiny
     ps = batch_prompts(vocab, synth, 2)
-    outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
-                            DecodeConfig(max_new_tokens=32, block_size=16, threshold=0.0, ignore_eos=True,
-                                         constrain_answer=False))
-    for o in outs:
-        assert len(o.tokens) == 32
-        assert o.unmasked_per_step == [16, 16]  # everything above threshold 0 goes at once
-        assert o.forward_passes == 1 + 2 + 1  # prefill, one step per block, one commit between
+    for fuse in (False, True):
+        outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                                DecodeConfig(max_new_tokens=32, block_size=16, threshold=0.0, ignore_eos=True,
+                                             constrain_answer=False, fuse_commit=fuse))
+        for o in outs:
+            assert len(o.tokens) == 32
+            assert o.unmasked_per_step == [16, 16]  # everything above threshold 0 goes at once
+            # prefill, one step per block, and one commit between (fused into the second block's step)
+            assert o.forward_passes == 1 + 2 + (0 if fuse else 1)
 
 
 @pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])
@@ -158,7 +163,8 @@ def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatc
         out[..., self.head.col(vocab.answer)] += 1e4
         return out
 
-    monkeypatch.setattr(Batch, "logits", lambda self, block, causal=None: boost(self, logits(self, block, causal)))
+    monkeypatch.setattr(Batch, "logits",
+                        lambda self, block, **kw: boost(self, logits(self, block, **kw)))
     monkeypatch.setattr(Batch, "prefill", lambda self: boost(self, prefill(self)))
     ps = batch_prompts(vocab, synth, 2)
     S = 8
@@ -193,7 +199,8 @@ def test_diffusion_answer_follows_the_grammar_whatever_the_model_wants(tiny, syn
         out[..., self.head.col(getattr(vocab, junk))] += 50.0
         return out
 
-    monkeypatch.setattr(Batch, "logits", lambda self, block, causal=None: boost(self, logits(self, block, causal)))
+    monkeypatch.setattr(Batch, "logits",
+                        lambda self, block, **kw: boost(self, logits(self, block, **kw)))
     monkeypatch.setattr(Batch, "prefill", lambda self: boost(self, prefill(self)))
     ps = batch_prompts(vocab, synth, 5)
     for answer_threshold in (None, 0.0):
@@ -218,8 +225,8 @@ def test_diffusion_answer_never_starts_before_a_decided_trace_token(tiny, synth,
     calls = []
     trace_tok = vocab.id("<v0>")
 
-    def patched(self, block, causal=None):
-        out = logits(self, block, causal)
+    def patched(self, block, causal=None, visible=None):
+        out = logits(self, block, causal, visible)
         calls.append(1)
         if len(calls) == 1:
             out[:, 2:, self.head.col(trace_tok)] += 1e4  # predicts block positions 3.. (next-token shift)
@@ -236,3 +243,25 @@ def test_diffusion_answer_never_starts_before_a_decided_trace_token(tiny, synth,
         toks = list(o.tokens)
         assert toks[3:8] == [trace_tok] * 5 and toks.index(vocab.answer) >= 8, vocab.decode(toks)
         assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
+
+
+@pytest.mark.parametrize("threshold,answer_threshold", [(0.9, None), (0.5, 0.0), (1.01, None)])
+def test_fused_commit_decodes_exactly_what_separate_commit_passes_decode(model64, synth, threshold, answer_threshold):
+    """The two-block commit pass gives the outputs of a causal commit pass followed by a denoising
+    pass (float64, so only summation order could differ): same tokens, same recorded slot
+    log-probabilities, fewer passes. Rows differ in K and progress, so some passes mix committing
+    and denoising rows (fused only when at least half commit)."""
+    model, vocab = model64
+    ps = batch_prompts(vocab, synth, 5)
+    runs = {}
+    for fuse in (False, True):
+        cfg = DecodeConfig(max_new_tokens=40, block_size=8, threshold=threshold, answer_threshold=answer_threshold,
+                           fuse_commit=fuse)
+        runs[fuse] = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps], cfg)
+    fewer = 0
+    for sep, fused in zip(runs[False], runs[True], strict=True):
+        assert fused.tokens == sep.tokens and fused.unmasked_per_step == sep.unmasked_per_step
+        assert abs(fused.slot_logprobs - sep.slot_logprobs).max() < 1e-9
+        assert fused.forward_passes <= sep.forward_passes
+        fewer += fused.forward_passes < sep.forward_passes
+    assert fewer >= 1
