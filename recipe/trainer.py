@@ -183,8 +183,19 @@ class Stage:
     publish: Callable[[dict, int], Path]
 
 
+MAX_SKIPPED_IN_A_ROW = 10  # non-finite gradient steps in a row before a stage is declared broken
+
+
+class StageNotTraining(RuntimeError):
+    """Every recent step had a non-finite gradient: the weights are not moving, so nothing is published."""
+
+
 def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: float, warmup: int = 30) -> Path | None:
-    """The training loop every stage shares: resume, schedule, clip, log, validate, save, publish."""
+    """The training loop every stage shares: resume, schedule, clip, log, validate, save, publish.
+
+    A step whose gradient is non-finite is skipped (logged with ``"skipped": true``); after
+    ``MAX_SKIPPED_IN_A_ROW`` in a row the stage stops with :class:`StageNotTraining` instead of
+    publishing weights that never trained."""
     model = stage.model
     device = next(model.parameters()).device  # the stage placed it (training_device); teachers too
     model.train()
@@ -207,6 +218,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
                dynamic_ncols=True)
     step = start
     last_val: tuple[int, dict] | None = None  # (step, metrics): publishing reuses a final validation
+    skipped_in_a_row = skipped = 0
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
@@ -215,11 +227,20 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if bool(torch.isfinite(d.sum(grad_norm.detach().clone()))):  # every rank skips a non-finite step
+        finite = bool(torch.isfinite(d.sum(grad_norm.detach().clone())))  # every rank skips alike
+        if finite:
             opt.step()
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        skipped += not finite
         loss_value = d.sum(loss.detach().clone()).item() / d.world  # ranks hold world-scaled shares
-        bar.set_postfix(loss=f"{loss_value:.4f}")
+        bar.set_postfix(loss=f"{loss_value:.4f}", **({"skipped": skipped} if skipped else {}))
         record = {"stage": stage.name, "step": step + 1, "loss": round(loss_value, 5), "lr": round(g["lr"], 7)}
+        if not finite:
+            record["skipped"] = True
+        if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            run_dir.log(record)
+            raise StageNotTraining(f"{stage.name}: {skipped_in_a_row} steps in a row had a non-finite gradient "
+                                   f"(up to step {step + 1}, loss {loss_value:.4g}); nothing published")
         out_of_time = bool(args.time_budget_min) and time.time() - t_start > args.time_budget_min * 60
         done = step + 1 == steps or bool(d.sum(torch.tensor(float(out_of_time))).item())
         if d.main and ((step + 1) % args.eval_every == 0 or done):
