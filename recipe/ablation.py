@@ -6,7 +6,8 @@
 
 Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL;
 with ``--answer-threshold X``, each row named in ``--answer-threshold-rows`` again, decoded with
-that threshold inside the answer (``dgr2 eval --answer-threshold X``).
+that threshold inside the answer (``dgr2 eval --answer-threshold X``); each row named in
+``--unconstrained-rows`` again without the answer constraint (``dgr2 eval --unconstrained``).
 Within one seed the rows run back to back on the same machine, so each diffusion row's decode
 tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds).
 """
@@ -40,6 +41,9 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
             if dec == "diffusion" and label in args.answer_threshold_rows:
                 out.append((f"{label}, answer threshold {args.answer_threshold:g}", ref, dec,
                             ["--answer-threshold", str(args.answer_threshold)]))
+    for label, ref, dec in selected:
+        if label in (getattr(args, "unconstrained_rows", None) or []):
+            out.append((f"{label}, unconstrained", ref, dec, ["--unconstrained"]))
     return out
 
 
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate the --answer-threshold-rows with this threshold inside the answer")
     p.add_argument("--answer-threshold-rows", type=lambda s: s.split(","), default=["+CFT+OPD+RL"],
                    help="comma-separated row labels for --answer-threshold (default %(default)s)")
+    p.add_argument("--unconstrained-rows", type=lambda s: s.split(","), default=[],
+                   help="comma-separated row labels to evaluate again without the answer constraint "
+                        "(`dgr2 eval --unconstrained`: the structural gap the grammar hides)")
     p.add_argument("--rows", type=lambda s: s.split(","), default=None,
                    help="comma-separated row labels to evaluate (default: all); answer-threshold rows follow "
                         "their base row")

@@ -95,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
     p.add_argument("--answer-threshold", type=float, default=None,
                    help="diffusion threshold inside the answer (default: checkpoint's, else --threshold; 1 = off)")
+    p.add_argument("--unconstrained", action="store_true",
+                   help="decode without the answer constraint (no slot exclusions or answer grammar): "
+                        "what the model does on its own, the structural gap")
     p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
                    help="trace length the model was trained with (sets the decode budget)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
@@ -120,13 +123,19 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store), device=training_device(args))
     decoder = args.decoder or ckpt.config.decoder
-    cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=completion_budget(args.trace_len, args.candidates),
+    model_cfg = ckpt.config
+    if args.unconstrained:
+        if args.answer_threshold is not None:
+            raise SystemExit("dgr2 eval: --answer-threshold needs the answer constraint; drop --unconstrained")
+        model_cfg = model_cfg.replace(answer_threshold=None)  # it is defined by the constraint's sections
+    cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(args.trace_len, args.candidates),
                                  block_size=args.block_size, threshold=args.threshold,
-                                 answer_threshold=args.answer_threshold)
+                                 answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained)
     result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
     result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                   neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
-                  answer_threshold=cfg.answer_threshold, max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
+                  answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,
+                  max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
                   device=args.device)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0

@@ -39,7 +39,9 @@ def test_answer_threshold_rows_follow_their_base_row():
 def test_rows_and_device_select_what_runs():
     class A:
         rows, answer_threshold, answer_threshold_rows = ["AR", "+CFT"], 0.0, ["+CFT", "+CFT+OPD"]
-    assert [r[0] for r in rows(A)] == ["AR", "+CFT", "+CFT, answer threshold 0"]
+        unconstrained_rows = ["+CFT", "naive conversion"]
+    assert [r[0] for r in rows(A)] == ["AR", "+CFT", "+CFT, answer threshold 0", "+CFT, unconstrained"]
+    assert rows(A)[-1][3] == ["--unconstrained"]
 
     class B:
         name, split, batch_size, store, limit, device = "beauty-gr2", "test", 512, None, None, "cuda"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dgr2cli import main as cli
 from model_store import ModelStore
 from model_store.init import init_pair
@@ -27,3 +29,20 @@ def test_eval_baselines(capsys):
         assert cli(["eval", "--baseline", name, "--synthetic", "--candidates", "10", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["n"] == 200 and out["baseline"] == name and 0.0 <= out["ndcg@10"] <= 1.0
+
+
+def test_eval_unconstrained_decodes_without_the_answer_constraint(tmp_path, synth, capsys):
+    """``--unconstrained``: the structural gap. A random-init model without the constraint almost never
+    writes a valid answer; with it the answer grammar makes every answer valid."""
+    init_pair(ModelStore(tmp_path), "beauty-gr2", synth.catalog)
+    common = ["eval", "--checkpoint", "beauty-gr2:diffusion", "--store", str(tmp_path), "--synthetic", "--split",
+              "test", "--candidates", "6", "--limit", "8", "--trace-len", "8", "--batch-size", "8", "--json"]
+    valid = {}
+    for flag in ([], ["--unconstrained"]):
+        assert cli(common + flag) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["constrained"] is not bool(flag)
+        valid[bool(flag)] = out["valid_raw"]
+    assert valid[False] == 1.0 and valid[True] < 0.5
+    with pytest.raises(SystemExit, match="answer constraint"):
+        cli(common + ["--unconstrained", "--answer-threshold", "0"])
