@@ -32,6 +32,9 @@ class DecodeConfig:
     answer_threshold: float | None = None
     ignore_eos: bool = False  # generate exactly max_new_tokens (throughput-vs-length sweeps)
     constrain_answer: bool = True  # both decoders: exclude used and out-of-request slots (see each decoder)
+    # diffusion only, with constrain_answer: the answer grammar by position (model.slot_constraint);
+    # False keeps the slot exclusions alone (how much validity the model itself learned)
+    answer_grammar: bool = True
     temperature: float = 0.0  # diffusion only: 0 = greedy; > 0 samples each position (RL rollouts)
     # diffusion only: commit a finished block in the same forward pass as the next block's first
     # denoising step (a 2-block-wide pass) when at least half of the rows commit; the decode is the

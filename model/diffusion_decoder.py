@@ -85,8 +85,9 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         if cfg.constrain_answer:
             state = banned_slots(batch, tokens, masked, offset)
             shifted = apply_bans(batch, shifted, state.ban)
-            shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
-                                          float("-inf"))
+            if cfg.answer_grammar:
+                shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
+                                              float("-inf"))
         if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
             probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
             cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
@@ -99,7 +100,8 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
             unmask = keep_most_confident(batch, cand, conf, unmask, state)
-            unmask = one_answer_per_pass(batch, cand, unmask, state)
+            if cfg.answer_grammar:
+                unmask = one_answer_per_pass(batch, cand, unmask, state)
         tokens = torch.where(unmask, cand, tokens)
         masked = masked & ~unmask
         rows, cols = unmask.nonzero(as_tuple=True)

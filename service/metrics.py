@@ -30,6 +30,7 @@ from service.settings import DECODERS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FAULT_KINDS = ("duplicate", "missing", "out_of_set", "malformed")  # the kind label of dgr2_invalid_decodes_total
 AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 REJECTION_REASONS = {413: "too_large", 422: "invalid", 429: "queue_full", 504: "deadline"}
 
@@ -63,6 +64,12 @@ class Metrics:
                                           registry=r)
         self.ab_split = Gauge("dgr2_ab_split", "Share of routed traffic the A/B split sends to the decoder",
                               mdd, registry=r)
+        # Series that should be 0 rather than absent: with both decoders constrained, faults are rare,
+        # and a rate over a never-created series is "no data", not the 0 an SRE expects on the panel.
+        for decoder in DECODERS:
+            for kind in FAULT_KINDS:
+                self.invalid_decodes.labels(self.model, decoder, kind)
+            self.repairs.labels(self.model, decoder)
 
     # ----------------------------------------------------------------- recording helpers
     def observe_request(self, decoder: str | None, status: int, seconds: float, reason: str | None = None) -> None:
@@ -81,8 +88,8 @@ class Metrics:
         self.queue_seconds.labels(self.model, decoder).observe(queue_s)
         self.generated_tokens.labels(self.model, decoder).inc(generated)
         self.forward_passes.labels(self.model, decoder).inc(passes)
-        for kind, bad in (("duplicate", report.duplicates), ("missing", report.missing),
-                          ("out_of_set", report.out_of_set), ("malformed", report.malformed)):
+        for kind, bad in zip(FAULT_KINDS, (report.duplicates, report.missing, report.out_of_set, report.malformed),
+                             strict=True):
             if bad:
                 self.invalid_decodes.labels(self.model, decoder, kind).inc()
         if report.repaired:
