@@ -130,10 +130,15 @@ def keep_most_confident(batch: Batch, cand: torch.Tensor, conf: torch.Tensor, un
     hit = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
     if not bool((hit.sum(dim=1) > 1).any()):  # no slot picked twice in this pass: room suffices (>= 1)
         return unmask
-    # a strictly decreasing tie-break along the block keeps the earliest of equal confidences
-    score = conf.float() - torch.arange(S, device=conf.device)[None, :] * 1e-6
+    # a strict order: higher confidence first, the earlier position among equal ones. (An epsilon
+    # tie-break along the block is not one: at the low confidences an answer threshold of 0 admits,
+    # two positions' conf - i * eps can come out equal, and both kept a slot with room for one.)
+    c = conf.float()
+    idx = torch.arange(S, device=conf.device)
+    earlier = (idx[None, :] < idx[:, None])[None]  # [1, i, j]: j comes before i
+    outranks = (c[:, None, :] > c[:, :, None]) | ((c[:, None, :] == c[:, :, None]) & earlier)
     same_section = in_answer[:, :, None] == in_answer[:, None, :]  # [b, S, S]
-    ahead = same_section & (score[:, None, :] > score[:, :, None])  # [b, i, j]: j outranks i
+    ahead = same_section & outranks  # [b, i, j]: j outranks i
     rank = torch.einsum("bij,bjk->bik", ahead.float(), hit.float())  # same-slot picks ahead of i
     loser = hit & (rank >= room)
     return unmask & ~loser.any(dim=2)

@@ -265,3 +265,28 @@ def test_fused_commit_decodes_exactly_what_separate_commit_passes_decode(model64
         assert fused.forward_passes <= sep.forward_passes
         fewer += fused.forward_passes < sep.forward_passes
     assert fewer >= 1
+
+
+def test_same_pass_duplicates_are_deferred_even_at_nearly_equal_confidences():
+    """Two positions pick one slot with room for one, at confidences 1e-6 apart, the spacing of the old
+    epsilon tie-break (which made them tie and kept both): exactly one keeps it."""
+    from types import SimpleNamespace
+
+    from model.slot_constraint import SlotState, keep_most_confident
+
+    S, kmax = 4, 3
+    slot_ids = torch.tensor([10, 11, 12])
+    batch = SimpleNamespace(head=SimpleNamespace(token=lambda cols: cols), slot_cols=slot_ids)
+    cand = torch.tensor([[5, 11, 11, 5]])
+    base = torch.tensor(0.0173185486, dtype=torch.float32)
+    conf = torch.stack([base, base, base + torch.tensor(1e-6, dtype=torch.float32), base])[None]
+    unmask = torch.ones(1, S, dtype=torch.bool)
+    room = torch.ones(1, S, kmax, dtype=torch.long)
+    state = SlotState(ban=torch.zeros(1, S, kmax, dtype=torch.bool), room=room,
+                      in_answer=torch.ones(1, S, dtype=torch.bool), pos=torch.arange(S)[None],
+                      ans_pos=torch.tensor([0]), think_end=torch.tensor([S]),
+                      past_decided=torch.ones(1, S, dtype=torch.bool), undecided=S)
+    kept = keep_most_confident(batch, cand, conf, unmask, state)
+    assert kept[0].tolist() == [True, False, True, True]  # the more confident of the two keeps <c2>
+    tie = keep_most_confident(batch, cand, torch.full((1, S), 0.02), unmask, state)
+    assert tie[0].tolist() == [True, True, False, True]  # equal confidences: the earlier keeps it
