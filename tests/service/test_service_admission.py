@@ -21,10 +21,16 @@ def _post(url: str, body: dict, timeout: float = 30.0) -> httpx.Response:
 
 def test_429_when_the_queue_is_full(shared_store, h, monkeypatch):
     with h.running(h.settings_for(shared_store, queue_limit=2, max_batch_size=1, max_wait_ms=0)) as srv:
-        srv.slow_down(monkeypatch, "ar", 0.6)
+        calls: list[int] = []
+        srv.slow_down(monkeypatch, "ar", 0.6, calls)
         body = {"candidates": ["S0001", "S0002"], "decoder": "ar"}
         with ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(lambda _: _post(srv.url, body), range(8)))
+            # the burst comes once the first request is decoding: otherwise all 8 can reach the queue
+            # before the decoder takes one, and only 2 (the queue limit) would be admitted
+            first = pool.submit(_post, srv.url, body)
+            h.wait_for(lambda: calls, 10, "the first decode to start")
+            burst = list(pool.map(lambda _: _post(srv.url, body), range(7)))
+            responses = [first.result(), *burst]
         codes = sorted(r.status_code for r in responses)
         # one decoding + two queued are admitted; the rest are refused at once
         assert codes.count(200) >= 3 and codes.count(429) >= 1 and set(codes) <= {200, 429}, codes
