@@ -59,7 +59,8 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
 
     while True:
         block_in = torch.where(masked, vocab.mask, tokens)
-        fuse = cfg.fuse_commit and 2 * int(committing.sum()) >= max(committing.numel(), 1) and bool(committing.any())
+        n_commit = int(committing.sum()) if cfg.fuse_commit else 0  # one host sync, and none when off
+        fuse = n_commit > 0 and 2 * n_commit >= committing.numel()
         if fuse:
             # [finished block ; fresh masks]: committing rows read their clean block causally and the
             # masks see all of it (their next block's first denoising step); the other rows denoise

@@ -80,12 +80,13 @@ def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out:
     decided = ans < state.undecided
     j = pos - ans  # place inside the answer (1 = first slot)
     latest = (max_new_tokens - (k + 3)).clamp(min=0)  # last index where <answer> still fits the budget
+    columns = torch.arange(n_out, device=dev)
     is_slot = torch.zeros(n_out, dtype=torch.bool, device=dev)
     is_slot[head.slot_cols] = True
     answer, end_answer, eos = (head.col(t) for t in (vocab.answer, vocab.end_answer, vocab.eos))
 
     def only(col: int | None, where: torch.Tensor) -> torch.Tensor:  # everything but col (slots if None)
-        allowed = is_slot if col is None else torch.arange(n_out, device=dev) == col
+        allowed = is_slot if col is None else columns == col
         return where[:, :, None] & ~allowed[None, None, :]
 
     slots_only = decided & (j >= 1) & (j <= k)
