@@ -8,8 +8,9 @@ Each step unmasks every masked position whose confidence exceeds ``threshold``, 
 the most confident one (:func:`kernels.unmask_select`); after a decided ``<answer>``,
 ``answer_threshold`` applies instead when it is set. With ``constrain_answer`` (the default, as
 for AR) slots outside the request or already decided in the same section are excluded, same-pass
-duplicates are deferred, and the answer follows the AR decoder's grammar (K slots, ``</answer>``,
-``<eos>`` once ``<answer>`` is decided; :mod:`model.slot_constraint`).
+duplicates are deferred (the earliest position keeps the slot), and the answer follows the AR
+decoder's grammar (K slots, ``</answer>``, ``<eos>`` once ``<answer>`` is decided;
+:mod:`model.slot_constraint`).
 
 A full block is committed by one causal pass over its clean tokens, which writes its KV entries
 (identical to what AR decoding would have cached) and yields the logits for the next block's first
@@ -33,7 +34,7 @@ from model.slot_constraint import (
     apply_bans,
     banned_slots,
     grammar_disallow,
-    keep_most_confident,
+    keep_earliest,
     one_answer_per_pass,
 )
 from model.tokenizer import Vocab
@@ -100,7 +101,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             unmask = unmask | (masked & denoise[:, None] & state.in_answer & (conf >= cfg.answer_threshold))
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
-            unmask = keep_most_confident(batch, cand, conf, unmask, state)
+            unmask = keep_earliest(batch, cand, unmask, state)
             if cfg.answer_grammar:
                 unmask = one_answer_per_pass(batch, cand, unmask, state)
         tokens = torch.where(unmask, cand, tokens)

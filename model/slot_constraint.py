@@ -4,7 +4,7 @@ Slot exclusions: a masked position may not name a slot outside the request, nor 
 decided in its own section (everything after the decided ``<answer>`` is answer; in the trace, a
 slot is banned once decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice).
 Positions that one denoising pass unmasks together may still pick a slot more often than their
-section allows; only the most confident of them keep it, the others stay masked for the next pass.
+section allows; only the earliest of them keep it, the others stay masked for the next pass.
 Training uses the same exclusions (:func:`recipe.block_diffusion.row_exclusions`), so the model's
 distribution over the open slots is what the decoder samples from.
 
@@ -41,7 +41,7 @@ class SlotState(NamedTuple):
 
 def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
     """Slot exclusions of every block position given what is decided so far, the room each section
-    has left per slot (which :func:`keep_most_confident` shares out among same-pass picks), and where
+    has left per slot (which :func:`keep_earliest` shares out among same-pass picks), and where
     the decided ``<answer>`` and ``</think>`` lie (for :func:`grammar_disallow`)."""
     vocab, dev = batch.vocab, batch.dev
     b, S = tokens.shape
@@ -120,26 +120,24 @@ def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.T
     return logits.masked_fill(full, float("-inf"))
 
 
-def keep_most_confident(batch: Batch, cand: torch.Tensor, conf: torch.Tensor, unmask: torch.Tensor,
-                        state: SlotState) -> torch.Tensor:
+def keep_earliest(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState) -> torch.Tensor:
     """``unmask`` without same-pass excess: per row and slot, of the positions of one section that
-    pick it, only the ``room`` most confident keep it (ties: the earliest); the rest stay masked.
-    A picked slot is never banned, so the pass's most confident position always survives."""
-    b, S = cand.shape
-    room, in_answer = state.room, state.in_answer
+    pick it, only the ``room`` earliest keep it; the rest stay masked for the next pass.
+
+    Position order, not confidence: the answer is a Plackett-Luce sequence, rank r chosen among the
+    candidates ranks < r left open, so an earlier rank has the first claim on a slot, as it has in
+    AR decoding. Ranking by confidence gave the answer's first slot (the model's guess at the
+    held-out item, a spread-out distribution) to whichever later rank was surer of the same item,
+    and cost the shipped CFT model more than half of its HR@1 (docs/design.md). A picked slot is
+    never banned (room >= 1), so each slot's earliest pick survives and every pass makes progress.
+    """
     slot_ids = batch.head.token(batch.slot_cols)
     hit = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
     if not bool((hit.sum(dim=1) > 1).any()):  # no slot picked twice in this pass: room suffices (>= 1)
         return unmask
-    # a strict order: higher confidence first, the earlier position among equal ones. (An epsilon
-    # tie-break along the block is not one: at the low confidences an answer threshold of 0 admits,
-    # two positions' conf - i * eps can come out equal, and both kept a slot with room for one.)
-    c = conf.float()
-    idx = torch.arange(S, device=conf.device)
-    earlier = (idx[None, :] < idx[:, None])[None]  # [1, i, j]: j comes before i
-    outranks = (c[:, None, :] > c[:, :, None]) | ((c[:, None, :] == c[:, :, None]) & earlier)
-    same_section = in_answer[:, :, None] == in_answer[:, None, :]  # [b, S, S]
-    ahead = same_section & outranks  # [b, i, j]: j outranks i
-    rank = torch.einsum("bij,bjk->bik", ahead.float(), hit.float())  # same-slot picks ahead of i
-    loser = hit & (rank >= room)
+    # the answer section follows the trace inside a block, so counting per section is two cumsums
+    in_answer = state.in_answer[:, :, None]
+    hit_i = hit.int()
+    earlier = torch.where(in_answer, (hit_i * in_answer).cumsum(dim=1), (hit_i * ~in_answer).cumsum(dim=1)) - hit_i
+    loser = hit & (earlier >= state.room)
     return unmask & ~loser.any(dim=2)

@@ -267,26 +267,44 @@ def test_fused_commit_decodes_exactly_what_separate_commit_passes_decode(model64
     assert fewer >= 1
 
 
-def test_same_pass_duplicates_are_deferred_even_at_nearly_equal_confidences():
-    """Two positions pick one slot with room for one, at confidences 1e-6 apart, the spacing of the old
-    epsilon tie-break (which made them tie and kept both): exactly one keeps it."""
+def _slot_state(S, kmax, in_answer, room):
+    from model.slot_constraint import SlotState
+
+    return SlotState(ban=torch.zeros(1, S, kmax, dtype=torch.bool), room=room, in_answer=in_answer,
+                     pos=torch.arange(S)[None], ans_pos=torch.tensor([0]), think_end=torch.tensor([S]),
+                     past_decided=torch.ones(1, S, dtype=torch.bool), undecided=S)
+
+
+def test_same_pass_duplicates_the_earlier_rank_keeps_the_slot():
+    """Two answer positions pick one slot with room for one: the earlier keeps it, however much surer
+    the later one is (rank 1's spread-out guess at the held-out item must not lose it to rank 7's
+    confident one); the later waits for the next pass."""
     from types import SimpleNamespace
 
-    from model.slot_constraint import SlotState, keep_most_confident
+    from model.slot_constraint import keep_earliest
 
-    S, kmax = 4, 3
-    slot_ids = torch.tensor([10, 11, 12])
-    batch = SimpleNamespace(head=SimpleNamespace(token=lambda cols: cols), slot_cols=slot_ids)
-    cand = torch.tensor([[5, 11, 11, 5]])
-    base = torch.tensor(0.0173185486, dtype=torch.float32)
-    conf = torch.stack([base, base, base + torch.tensor(1e-6, dtype=torch.float32), base])[None]
-    unmask = torch.ones(1, S, dtype=torch.bool)
-    room = torch.ones(1, S, kmax, dtype=torch.long)
-    state = SlotState(ban=torch.zeros(1, S, kmax, dtype=torch.bool), room=room,
-                      in_answer=torch.ones(1, S, dtype=torch.bool), pos=torch.arange(S)[None],
-                      ans_pos=torch.tensor([0]), think_end=torch.tensor([S]),
-                      past_decided=torch.ones(1, S, dtype=torch.bool), undecided=S)
-    kept = keep_most_confident(batch, cand, conf, unmask, state)
-    assert kept[0].tolist() == [True, False, True, True]  # the more confident of the two keeps <c2>
-    tie = keep_most_confident(batch, cand, torch.full((1, S), 0.02), unmask, state)
-    assert tie[0].tolist() == [True, True, False, True]  # equal confidences: the earlier keeps it
+    S, kmax = 5, 3
+    batch = SimpleNamespace(head=SimpleNamespace(token=lambda cols: cols), slot_cols=torch.tensor([10, 11, 12]))
+    cand = torch.tensor([[11, 12, 11, 11, 10]])
+    unmask = torch.tensor([[True, True, True, False, True]])
+    state = _slot_state(S, kmax, torch.ones(1, S, dtype=torch.bool), torch.ones(1, S, kmax, dtype=torch.long))
+    kept = keep_earliest(batch, cand, unmask, state)
+    assert kept[0].tolist() == [True, True, False, False, True]
+    # a slot with room 0 left is never picked (it is banned); a picked one always keeps its earliest pick
+    assert kept.any()
+
+
+def test_same_pass_duplicates_are_counted_per_section():
+    """The trace names each slot twice (room 2) and the answer once: picks in the trace do not use up
+    the answer's room, and the third trace pick of a slot is deferred."""
+    from types import SimpleNamespace
+
+    from model.slot_constraint import keep_earliest
+
+    S, kmax = 6, 2
+    batch = SimpleNamespace(head=SimpleNamespace(token=lambda cols: cols), slot_cols=torch.tensor([10, 11]))
+    cand = torch.tensor([[10, 10, 10, 10, 10, 11]])  # three trace picks of <c1>, then two answer picks
+    in_answer = torch.tensor([[False, False, False, True, True, True]])
+    room = torch.where(in_answer[:, :, None], 1, 2).expand(1, S, kmax).clone()
+    kept = keep_earliest(batch, cand, torch.ones(1, S, dtype=torch.bool), _slot_state(S, kmax, in_answer, room))
+    assert kept[0].tolist() == [True, True, False, True, False, True]
