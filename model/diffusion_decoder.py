@@ -9,8 +9,8 @@ the most confident one (:func:`kernels.unmask_select`); after a decided ``<answe
 ``answer_threshold`` applies instead when it is set. With ``constrain_answer`` (the default, as
 for AR) slots outside the request or already decided in the same section are excluded, same-pass
 duplicates are deferred (the earliest position keeps the slot), and the answer follows the AR
-decoder's grammar (K slots, ``</answer>``, ``<eos>`` once ``<answer>`` is decided;
-:mod:`model.slot_constraint`).
+decoder's grammar (K slots, ``</answer>``, ``<eos>`` once ``<answer>`` is decided; the first rank
+is decided before the others; :mod:`model.slot_constraint`).
 
 A full block is committed by one causal pass over its clean tokens, which writes its KV entries
 (identical to what AR decoding would have cached) and yields the logits for the next block's first
@@ -36,6 +36,7 @@ from model.slot_constraint import (
     grammar_disallow,
     keep_earliest,
     one_answer_per_pass,
+    waits_for_first_rank,
 )
 from model.tokenizer import Vocab
 from model.transformer import Transformer
@@ -84,21 +85,23 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         denoise = torch.ones_like(committing) if fuse else ~committing
         shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
         belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
+        eligible = masked & denoise[:, None]  # positions this pass may unmask
         if cfg.constrain_answer:
             state = banned_slots(batch, tokens, masked, offset)
             shifted = apply_bans(batch, shifted, state.ban)
             if cfg.answer_grammar:
                 shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
                                               float("-inf"))
+                eligible = eligible & ~waits_for_first_rank(state)
         if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
             probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
             cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
             conf = probs.gather(-1, cand_cols[..., None])[..., 0]
-            unmask = threshold_rule(conf, masked & denoise[:, None], cfg.threshold)
+            unmask = threshold_rule(conf, eligible, cfg.threshold)
         else:
-            cand_cols, conf, unmask = unmask_select(shifted, masked & denoise[:, None], cfg.threshold)
+            cand_cols, conf, unmask = unmask_select(shifted, eligible, cfg.threshold)
         if cfg.answer_threshold is not None:
-            unmask = unmask | (masked & denoise[:, None] & state.in_answer & (conf >= cfg.answer_threshold))
+            unmask = unmask | (eligible & state.in_answer & (conf >= cfg.answer_threshold))
         cand = batch.head.token(cand_cols)
         if cfg.constrain_answer:
             unmask = keep_earliest(batch, cand, unmask, state)

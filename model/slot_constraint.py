@@ -15,7 +15,8 @@ slots, ``a+K+1`` only ``</answer>`` and what follows only ``<eos>``; before it, 
 after every decided position of the block (else a trace token decided earlier would sit inside the
 answer), the position after a decided ``</think>`` and the last position from which a full answer
 still fits the budget may only be ``<answer>``, and no later position may be. In a pass that picks ``<answer>``, the
-positions after it wait one pass, so that they are decided under the layout it fixes.
+positions after it wait one pass, so that they are decided under the layout it fixes; and the
+answer's first rank is decided before the others (:func:`waits_for_first_rank`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SlotState(NamedTuple):
     think_end: torch.Tensor  # [b]: continuation index of the first decided </think> (L if none)
     past_decided: torch.Tensor  # [b, S]: block positions after every decided one (where <answer> may go)
     undecided: int  # L: the value of ans_pos / think_end when nothing is decided
+    first_rank_open: torch.Tensor | None = None  # [b]: <answer> decided, its first slot not yet
 
 
 def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
@@ -67,8 +69,18 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offse
     arange_s = torch.arange(S, device=dev)
     last_decided = torch.where(masked, -1, arange_s[None, :]).max(dim=1).values  # [b]; -1: none yet
     past_decided = arange_s[None, :] > last_decided[:, None]
+    first_rank = decided.gather(1, (ans_pos + 1).clamp(max=L - 1)[:, None])[:, 0]
+    first_rank_open = (ans_pos < L - 1) & (first_rank == vocab.pad)
     return SlotState((room <= 0) | out_of_request[:, None, :], room, in_answer, pos, ans_pos, think_end,
-                     past_decided, L)
+                     past_decided, L, first_rank_open)
+
+
+def waits_for_first_rank(state: SlotState) -> torch.Tensor:
+    """``[b, S]``: answer positions past the first rank, while the first rank is undecided. They wait
+    so that rank 1, the model's guess at the held-out item (a spread-out distribution), is decided
+    before any surer later rank can claim its candidate; the tail ranks follow the trace's strengths
+    and lose nothing by waiting. It costs at most one pass per answer."""
+    return state.in_answer & (state.pos - state.ans_pos[:, None] >= 2) & state.first_rank_open[:, None]
 
 
 def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out: int) -> torch.Tensor:

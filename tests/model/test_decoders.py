@@ -153,7 +153,8 @@ def test_constrained_ar_cannot_stop_before_its_answer(tiny, synth):
 def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatch):
     """A model that always wants ``<answer>``: with threshold > 1 the first pass decides one
     position (``<answer>``); the rest of the block lies in the answer section, where
-    ``answer_threshold=0`` decides the positions in parallel from the next pass, the plain rule one per pass
+    ``answer_threshold=0`` decides rank 1 in the next pass (it goes first) and the other positions in
+    parallel from the pass after, the plain rule one per pass
     until the ``<eos>`` that the grammar puts after K slots and ``</answer>`` (at least K + 3 passes:
     forced ``<eos>`` positions past it may come first)."""
     model, vocab = tiny
@@ -178,8 +179,8 @@ def test_answer_threshold_commits_the_answer_in_parallel(tiny, synth, monkeypatc
         assert set(s) == {1} and p.num_slots + 3 <= len(s) <= S
     for fast, slow in zip(steps[0.0], steps[None], strict=True):
         # same-pass picks of one slot are deferred but one (the K=1 row has a single slot: all at once)
-        assert fast[0] == 1 and fast[1] > 1 and len(fast) < len(slow)
-    assert steps[0.0][0] == [1, S - 1]
+        assert fast[:2] == [1, 1] and fast[2] > 1 and len(fast) < len(slow)
+    assert steps[0.0][0] == [1, 1, S - 2]
 
 
 def test_answer_threshold_needs_the_answer_constraint():
@@ -242,6 +243,37 @@ def test_diffusion_answer_never_starts_before_a_decided_trace_token(tiny, synth,
     for p, o in zip(ps, outs, strict=True):
         toks = list(o.tokens)
         assert toks[3:8] == [trace_tok] * 5 and toks.index(vocab.answer) >= 8, vocab.decode(toks)
+        assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
+
+
+@pytest.mark.parametrize("answer_threshold", [None, 0.0])
+def test_diffusion_first_rank_is_not_claimed_by_a_surer_later_rank(tiny, synth, monkeypatch, answer_threshold):
+    """Planted: ``<answer>`` at block position 3; rank 1 mildly prefers ``<c1>`` (below the threshold),
+    every later rank is sure of ``<c1>``. A later rank must not take it first: rank 1 is decided
+    before the others (at threshold 0.9 the sure ranks would unmask first) and, in one pass, the
+    earlier rank keeps a slot (at answer threshold 0 all ranks unmask together)."""
+    model, vocab = tiny
+    logits = Batch.logits
+    calls = []
+
+    def patched(self, block, causal=None, visible=None):
+        out = logits(self, block, causal, visible)
+        calls.append(1)
+        c1 = self.head.col(vocab.slot_ids[0])
+        if len(calls) == 1:
+            out[:, 2, self.head.col(vocab.answer)] += 1e4  # predicts block position 3
+        for row, a in (block[:, : out.shape[1]] == vocab.answer).nonzero().tolist():
+            out[row, a, c1] += 3.0  # the output at <answer> predicts rank 1
+            out[row, a + 1:, c1] += 1e4  # ranks 2.. (those in this block)
+        return out
+
+    monkeypatch.setattr(Batch, "logits", patched)
+    ps = batch_prompts(vocab, synth, 5)
+    outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                            DecodeConfig(max_new_tokens=40, block_size=8, answer_threshold=answer_threshold))
+    for p, o in zip(ps, outs, strict=True):
+        toks = list(o.tokens)
+        assert toks[3] == vocab.answer and toks[4] == vocab.slot_ids[0], vocab.decode(toks)
         assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
 
 
