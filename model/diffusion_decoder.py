@@ -55,6 +55,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
     masked = torch.ones(B, S, dtype=torch.bool, device=dev)
     committing = torch.zeros(B, dtype=torch.bool, device=dev)
     offset = torch.zeros(B, dtype=torch.long, device=dev)  # continuation index of each row's block start
+    rank1_causal = torch.zeros(B, dtype=torch.long, device=dev)  # block positions read causally (causal_first_rank)
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     arange_s = torch.arange(S, device=dev)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
@@ -68,11 +69,12 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             # masks see all of it (their next block's first denoising step); the other rows denoise
             # their block in the first half and ignore the second
             wide = torch.cat([block_in, torch.full_like(block_in, vocab.mask)], dim=1)
-            out = batch.logits(wide, causal=committing.int() * S, visible=S + committing.int() * S)
+            out = batch.logits(wide, causal=torch.where(committing, S, rank1_causal), visible=S + committing.int() * S)
             logits = torch.where(committing[:, None, None], out[:, S:], out[:, :S])  # [b, S, n_out]
             commit_last = out[:, S - 1]
         else:
-            logits = batch.logits(block_in, causal=committing)  # [b, S, n_out]
+            causal = torch.where(committing, S, rank1_causal) if cfg.causal_first_rank else committing
+            logits = batch.logits(block_in, causal=causal)  # [b, S, n_out]
             commit_last = logits[:, -1]
 
         # rows that committed their finished block this pass start a fresh one
@@ -117,6 +119,12 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         batch.out_scores[orig, pos] = batch.scores(belief[rows, cols][:, None], rows)[:, 0]
         steps_log.append((batch.alive[denoise], unmask[denoise].sum(1)))
 
+        if cfg.causal_first_rank:  # next pass: read up to a decided <answer> causally while rank 1 is open
+            is_ans = (tokens == vocab.answer) & ~masked
+            a = torch.where(is_ans, arange_s, S).min(dim=1).values
+            open_ = (a + 1 < S) & masked.gather(1, (a + 1).clamp(max=S - 1)[:, None])[:, 0]
+            rank1_causal = torch.where(open_, a + 1, 0)
+
         # stop: <eos> decided with everything before it decided
         decided_prefix = (~masked).long().cumprod(dim=1).sum(dim=1)  # [b] leading decided positions
         is_eos = (tokens == vocab.eos) & ~masked
@@ -133,7 +141,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             if keep.numel() == 0:
                 break
             tokens, masked, committing = tokens[keep], masked[keep], committing[keep]
-            offset, prev_logits = offset[keep], prev_logits[keep]
+            offset, prev_logits, rank1_causal = offset[keep], prev_logits[keep], rank1_causal[keep]
 
     results = batch.results()
     for rows, counts in steps_log:  # read back once, after decoding, not once per pass

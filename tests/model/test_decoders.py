@@ -277,6 +277,41 @@ def test_diffusion_first_rank_is_not_claimed_by_a_surer_later_rank(tiny, synth, 
         assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
 
 
+def test_causal_first_rank_predicts_rank_1_from_the_ar_view(model64, synth, monkeypatch):
+    """Planted ``<answer>`` at block position 3 (threshold 0: the trace before it is decided in the same
+    pass). With ``causal_first_rank`` the slot log-probabilities recorded for rank 1 are those of a plain
+    causal forward over the prompt and the decoded tokens up to ``<answer>`` (float64); without it,
+    rank 1 is predicted with the masks after it in view, which differs."""
+    model, vocab = model64
+    logits = Batch.logits
+    calls = []
+
+    def patched(self, block, causal=None, visible=None):
+        out = logits(self, block, causal, visible)
+        calls.append(1)
+        if len(calls) == 1:
+            out[:, 2, self.head.col(vocab.answer)] += 1e4
+        return out
+
+    monkeypatch.setattr(Batch, "logits", patched)
+    ps = [p for p in batch_prompts(vocab, synth, 5) if p.num_slots >= 4]
+    gap = {}
+    for flag in (True, False):
+        calls.clear()
+        outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
+                                DecodeConfig(max_new_tokens=40, block_size=8, threshold=0.0, causal_first_rank=flag))
+        gap[flag] = []
+        for p, o in zip(ps, outs, strict=True):
+            toks = list(o.tokens)
+            assert toks[3] == vocab.answer, vocab.decode(toks)
+            with torch.no_grad():
+                causal = model(torch.tensor([p.ids + toks[:4]]))[0, -1]
+            want = torch.log_softmax(causal[torch.tensor(vocab.slot_ids[: p.num_slots])].float(), dim=-1)
+            gap[flag].append(float((torch.from_numpy(o.slot_logprobs[4]) - want).abs().max()))
+    assert max(gap[True]) < 1e-5, gap
+    assert min(gap[False]) > 1e-4, gap
+
+
 @pytest.mark.parametrize("threshold,answer_threshold", [(0.9, None), (0.5, 0.0), (1.01, None)])
 def test_fused_commit_decodes_exactly_what_separate_commit_passes_decode(model64, synth, threshold, answer_threshold):
     """The two-block commit pass gives the outputs of a causal commit pass followed by a denoising
