@@ -41,9 +41,10 @@ class DecodeConfig:
     # same, with one pass fewer per block. False: a separate causal commit pass (the reference).
     fuse_commit: bool = True
     seed: int = 0  # sampling seed when temperature > 0
-    # diffusion only, with the answer grammar: the pass that decides rank 1 reads the block up to
-    # <answer> causally, so rank 1 is predicted from the view AR has (nothing after it)
-    causal_first_rank: bool = False
+    # diffusion only: the pass that decides rank 1 reads the block up to <answer> causally, so rank 1
+    # is predicted from the view AR has (nothing after it); +0.0035 NDCG@10 on 500 test users x 3
+    # seeds, no extra pass (README, "Larger sample")
+    causal_first_rank: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:

@@ -98,9 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unconstrained", action="store_true",
                    help="decode without the answer constraint (no slot exclusions or answer grammar): "
                         "what the model does on its own, the structural gap")
-    p.add_argument("--causal-first-rank", action="store_true",
+    p.add_argument("--causal-first-rank", action=argparse.BooleanOptionalAction, default=None,
                    help="diffusion: the pass that decides rank 1 reads the block up to <answer> causally "
-                        "(the view AR predicts rank 1 from)")
+                        "(the view AR predicts rank 1 from; default on)")
     p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
                    help="trace length the model was trained with (sets the decode budget)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(args.trace_len, args.candidates),
                                  block_size=args.block_size, threshold=args.threshold,
                                  answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
-                                 causal_first_rank=args.causal_first_rank or None)
+                                 causal_first_rank=args.causal_first_rank)
     result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
     result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                   neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
