@@ -10,7 +10,9 @@ the most confident one (:func:`kernels.unmask_select`); after a decided ``<answe
 for AR) slots outside the request or already decided in the same section are excluded, same-pass
 duplicates are deferred (the earliest position keeps the slot), and the answer follows the AR
 decoder's grammar (K slots, ``</answer>``, ``<eos>`` once ``<answer>`` is decided; the first rank
-is decided before the others; :mod:`model.slot_constraint`).
+is decided before the others; :mod:`model.slot_constraint`). With ``causal_first_rank`` (the
+default) the pass that decides rank 1 reads its block up to ``<answer>`` causally, so rank 1 is
+predicted from the view AR has.
 
 A full block is committed by one causal pass over its clean tokens, which writes its KV entries
 (identical to what AR decoding would have cached) and yields the logits for the next block's first
