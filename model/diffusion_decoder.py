@@ -57,7 +57,9 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
     masked = torch.ones(B, S, dtype=torch.bool, device=dev)
     committing = torch.zeros(B, dtype=torch.bool, device=dev)
     offset = torch.zeros(B, dtype=torch.long, device=dev)  # continuation index of each row's block start
-    rank1_causal = torch.zeros(B, dtype=torch.long, device=dev)  # block positions read causally (causal_first_rank)
+    # per row, the block positions read causally: S when committing, else up to a decided <answer>
+    # while rank 1 is open (causal_first_rank), else 0
+    rank1_causal = torch.zeros(B, dtype=torch.long, device=dev)
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     arange_s = torch.arange(S, device=dev)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
@@ -75,8 +77,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
             logits = torch.where(committing[:, None, None], out[:, S:], out[:, :S])  # [b, S, n_out]
             commit_last = out[:, S - 1]
         else:
-            causal = torch.where(committing, S, rank1_causal) if cfg.causal_first_rank else committing
-            logits = batch.logits(block_in, causal=causal)  # [b, S, n_out]
+            logits = batch.logits(block_in, causal=torch.where(committing, S, rank1_causal))  # [b, S, n_out]
             commit_last = logits[:, -1]
 
         # rows that committed their finished block this pass start a fresh one

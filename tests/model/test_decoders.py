@@ -246,6 +246,25 @@ def test_diffusion_answer_never_starts_before_a_decided_trace_token(tiny, synth,
         assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
 
 
+def plant_answer_at_block_position_3(monkeypatch, vocab, then=None):
+    """Patches ``Batch.logits``: the first pass puts ``<answer>`` at block position 3 (the output at 2
+    predicts it); ``then(batch, block, out)`` edits every pass's output. Returns the list of calls
+    (clear it to plant again in a new decode)."""
+    logits, calls = Batch.logits, []
+
+    def patched(self, block, causal=None, visible=None):
+        out = logits(self, block, causal, visible)
+        calls.append(1)
+        if len(calls) == 1:
+            out[:, 2, self.head.col(vocab.answer)] += 1e4
+        if then is not None:
+            then(self, block, out)
+        return out
+
+    monkeypatch.setattr(Batch, "logits", patched)
+    return calls
+
+
 @pytest.mark.parametrize("answer_threshold", [None, 0.0])
 def test_diffusion_first_rank_is_not_claimed_by_a_surer_later_rank(tiny, synth, monkeypatch, answer_threshold):
     """Planted: ``<answer>`` at block position 3; rank 1 mildly prefers ``<c1>`` (below the threshold),
@@ -253,21 +272,14 @@ def test_diffusion_first_rank_is_not_claimed_by_a_surer_later_rank(tiny, synth, 
     before the others (at threshold 0.9 the sure ranks would unmask first) and, in one pass, the
     earlier rank keeps a slot (at answer threshold 0 all ranks unmask together)."""
     model, vocab = tiny
-    logits = Batch.logits
-    calls = []
 
-    def patched(self, block, causal=None, visible=None):
-        out = logits(self, block, causal, visible)
-        calls.append(1)
+    def later_ranks_sure_of_c1(self, block, out):
         c1 = self.head.col(vocab.slot_ids[0])
-        if len(calls) == 1:
-            out[:, 2, self.head.col(vocab.answer)] += 1e4  # predicts block position 3
         for row, a in (block[:, : out.shape[1]] == vocab.answer).nonzero().tolist():
             out[row, a, c1] += 3.0  # the output at <answer> predicts rank 1
             out[row, a + 1:, c1] += 1e4  # ranks 2.. (those in this block)
-        return out
 
-    monkeypatch.setattr(Batch, "logits", patched)
+    plant_answer_at_block_position_3(monkeypatch, vocab, then=later_ranks_sure_of_c1)
     ps = batch_prompts(vocab, synth, 5)
     outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps],
                             DecodeConfig(max_new_tokens=40, block_size=8, answer_threshold=answer_threshold))
@@ -283,17 +295,7 @@ def test_causal_first_rank_predicts_rank_1_from_the_ar_view(model64, synth, monk
     causal forward over the prompt and the decoded tokens up to ``<answer>`` (float64); without it,
     rank 1 is predicted with the masks after it in view, which differs."""
     model, vocab = model64
-    logits = Batch.logits
-    calls = []
-
-    def patched(self, block, causal=None, visible=None):
-        out = logits(self, block, causal, visible)
-        calls.append(1)
-        if len(calls) == 1:
-            out[:, 2, self.head.col(vocab.answer)] += 1e4
-        return out
-
-    monkeypatch.setattr(Batch, "logits", patched)
+    calls = plant_answer_at_block_position_3(monkeypatch, vocab)
     ps = [p for p in batch_prompts(vocab, synth, 5) if p.num_slots >= 4]
     gap = {}
     for flag in (True, False):
