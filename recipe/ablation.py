@@ -6,7 +6,8 @@
 
 Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL;
 with ``--answer-threshold X``, each row named in ``--answer-threshold-rows`` again, decoded with
-that threshold inside the answer (``dgr2 eval --answer-threshold X``); each row named in
+that threshold inside the answer (``dgr2 eval --answer-threshold X``; ``--answer-threshold-only``:
+instead of, not beside, the row at the checkpoint's own threshold); each row named in
 ``--unconstrained-rows`` again without the answer constraint (``dgr2 eval --unconstrained``).
 Within one seed the rows run back to back on the same machine, so each diffusion row's decode
 tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds).
@@ -35,12 +36,15 @@ ROWS = [  # label, checkpoint alias, decoder
 def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
     """(label, alias, decoder, extra ``dgr2 eval`` flags) of every row this run evaluates."""
     selected = [r for r in ROWS if not getattr(args, "rows", None) or r[0] in args.rows]
-    out = [(label, ref, dec, []) for label, ref, dec in selected]
-    if getattr(args, "answer_threshold", None) is not None:
-        for label, ref, dec in selected:
-            if dec == "diffusion" and label in args.answer_threshold_rows:
-                out.append((f"{label}, answer threshold {args.answer_threshold:g}", ref, dec,
-                            ["--answer-threshold", str(args.answer_threshold)]))
+    threshold = getattr(args, "answer_threshold", None)
+    variant = {label for label, _, dec in selected
+               if threshold is not None and dec == "diffusion" and label in args.answer_threshold_rows}
+    only = getattr(args, "answer_threshold_only", False)
+    out = [(label, ref, dec, []) for label, ref, dec in selected if not (only and label in variant)]
+    for label, ref, dec in selected:
+        if label in variant:
+            out.append((f"{label}, answer threshold {threshold:g}", ref, dec,
+                        ["--answer-threshold", str(threshold)]))
     for label, ref, dec in selected:
         if label in (getattr(args, "unconstrained_rows", None) or []):
             out.append((f"{label}, unconstrained", ref, dec, ["--unconstrained"]))
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate the --answer-threshold-rows with this threshold inside the answer")
     p.add_argument("--answer-threshold-rows", type=lambda s: s.split(","), default=["+CFT+OPD+RL"],
                    help="comma-separated row labels for --answer-threshold (default %(default)s)")
+    p.add_argument("--answer-threshold-only", action="store_true",
+                   help="evaluate the --answer-threshold-rows only with --answer-threshold (not also without)")
     p.add_argument("--unconstrained-rows", type=lambda s: s.split(","), default=[],
                    help="comma-separated row labels to evaluate again without the answer constraint "
                         "(`dgr2 eval --unconstrained`: the structural gap the grammar hides)")

@@ -46,3 +46,10 @@ def test_rows_and_device_select_what_runs():
     class B:
         name, split, batch_size, store, limit, device = "beauty-gr2", "test", 512, None, None, "cuda"
     assert eval_command(B, "ar", "ar", 1)[-2:] == ["--device", "cuda"]
+
+
+def test_answer_threshold_only_replaces_its_base_rows():
+    class A:
+        answer_threshold, answer_threshold_rows, answer_threshold_only = 0.0, ["+CFT", "+CFT+OPD+RL"], True
+    assert [r[0] for r in rows(A)] == ["AR", "naive conversion", "+CFT+OPD", "+CFT, answer threshold 0",
+                                       "+CFT+OPD+RL, answer threshold 0"]
