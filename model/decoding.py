@@ -105,6 +105,9 @@ class Batch:
         self.k = torch.tensor(num_slots, device=dev)
         self.head = OutputHead(model, vocab)
         self.slot_cols = self.head.cols(vocab.slot_ids[: self.kmax])  # logit columns of <c1>..<cKmax>
+        # slot index of every token id (kmax for the rest): slot uses are counted with one scatter
+        self.slot_index = torch.full((len(vocab),), self.kmax, dtype=torch.long, device=dev)
+        self.slot_index[torch.tensor(vocab.slot_ids[: self.kmax], device=dev)] = torch.arange(self.kmax, device=dev)
         self.out_tokens = torch.full((B, max_new + block), vocab.pad, dtype=torch.long, device=dev)
         self.out_scores = torch.zeros((B, max_new + block, self.kmax), dtype=torch.float32, device=dev)
         self.length = torch.zeros(B, dtype=torch.long, device=dev)  # final continuation length

@@ -57,11 +57,13 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offse
     is_answer_tok = decided == vocab.answer
     ans_pos = torch.where(is_answer_tok, idx, L).min(dim=1).values  # [b]; L while undecided
     think_end = torch.where(decided == vocab.end_think, idx, L).min(dim=1).values
-    slot_ids = batch.head.token(batch.slot_cols)  # [Kmax]
-    onehot = decided[:, :, None] == slot_ids[None, None, :]  # [b, L, Kmax]
+    # uses of each slot per section, one bin per (section, slot) and a spare bin for other tokens
+    kmax = batch.kmax
     after = idx[None, :] > ans_pos[:, None]
-    room_answer = 1 - (onehot & after[:, :, None]).sum(dim=1)
-    room_trace = TRACE_SLOT_USES - (onehot & ~after[:, :, None]).sum(dim=1)
+    bins = batch.slot_index[decided] + after * (kmax + 1)  # [b, L]
+    uses = torch.zeros(b, 2 * (kmax + 1), dtype=torch.long, device=dev).scatter_add_(1, bins, torch.ones_like(bins))
+    room_trace = TRACE_SLOT_USES - uses[:, :kmax]
+    room_answer = 1 - uses[:, kmax + 1: 2 * kmax + 1]
     pos = offset[:, None] + torch.arange(S, device=dev)[None, :]  # [b, S] continuation index
     in_answer = pos > ans_pos[:, None]
     room = torch.where(in_answer[:, :, None], room_answer[:, None, :], room_trace[:, None, :])

@@ -40,6 +40,11 @@ CASES = [
     # first half, a row that only commits
     Case("fused-commit", (0, 9, 30), (8, 0, 16), S=16, Hq=4, Hkv=2, D=16, T=48, visible=(16, 8, 16)),
     Case("fused-two-row-tiles", (3, 21), (20, 0), S=40, Hq=4, Hkv=2, D=16, T=64, visible=(40, 20)),
+    # layouts where every query sees every key, which the reference runs unmasked: one length,
+    # denoising (and AR) steps; a batch-1 commit still needs its mask
+    Case("one-length-denoise", (21, 21), (False, False), S=9, Hq=4, Hkv=2, D=16, T=40),
+    Case("batch1-ar-step", (37,), (True,), S=1, Hq=4, Hkv=2, D=16, T=40),
+    Case("batch1-commit", (12,), (True,), S=8, Hq=4, Hkv=2, D=16, T=24),
 ]
 if ON_GPU:  # compiled kernels are fast: add model-sized shapes
     CASES += [
@@ -113,3 +118,15 @@ def test_stale_cache_entries_are_never_read(device):
     stale = torch.arange(case.T, device=device)[None, :] >= (lens + case.S)[:, None]  # [B, T]
     k, v = (t.masked_fill(stale[:, :, None, None], float("nan")) for t in (k, v))
     torch.testing.assert_close(block_attention_triton(q, k, v, lens, causal), clean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["one-length-denoise", "batch1-ar-step"])
+def test_unmasked_reference_reads_no_stale_entries(name):
+    """The reference's unmasked layouts read keys up to lens + S only: NaN past them must not leak in."""
+    case = next(c for c in CASES if c.name == name)
+    q, k, v, lens, causal, _ = make_inputs(case, torch.float32, "cpu")
+    clean = block_attention_ref(q, k, v, lens, causal)
+    torch.testing.assert_close(clean, attention_f64(q, k, v, lens, causal).float(), rtol=1e-4, atol=1e-5)
+    k[:, case.lens[0] + case.S:] = float("nan")
+    v[:, case.lens[0] + case.S:] = float("nan")
+    torch.testing.assert_close(block_attention_ref(q, k, v, lens, causal), clean, rtol=0, atol=0)
