@@ -2,8 +2,9 @@
 
 Why a queue per decoder: a batch runs one decoder over padded prompts, so AR and diffusion requests
 cannot share one. The worker takes up to ``max_batch_size`` requests, waiting at most ``max_wait``
-after the oldest arrived, and runs :meth:`Reranker.rank` in its own thread (torch releases the GIL,
-so the event loop keeps admitting). Admission happens before any tokenization, so an overloaded
+after the oldest arrived, and runs :meth:`Reranker.rank` on the runtime's torch thread, which both
+decoders share (torch releases the GIL, so the event loop keeps admitting; why one thread:
+:mod:`service.torch_thread`). Admission happens before any tokenization, so an overloaded
 service refuses work (429) at the cost of a ``len()``.
 """
 
@@ -16,7 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from model.engine import RankRequest, RankResult
@@ -25,6 +26,13 @@ from service.metrics import Metrics
 from service.models import Engine
 
 log = logging.getLogger(__name__)
+
+
+def timed(fn: Callable[[list[RankRequest]], list[RankResult]],
+          requests: list[RankRequest]) -> tuple[list[RankResult], float, float]:
+    """``fn(requests)``, when it started (``time.monotonic``) and how long it took."""
+    start = time.monotonic()
+    return fn(requests), start, time.monotonic() - start
 
 
 @dataclass
@@ -44,15 +52,15 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, decoder: str, engine: Callable[[], Engine], metrics: Metrics, *, max_batch_size: int,
-                 max_wait_s: float, queue_limit: int) -> None:
+    def __init__(self, decoder: str, engine: Callable[[], Engine], metrics: Metrics, executor: Executor, *,
+                 max_batch_size: int, max_wait_s: float, queue_limit: int) -> None:
         self.decoder, self.engine, self.metrics = decoder, engine, metrics
         self.max_batch_size, self.max_wait_s, self.queue_limit = max_batch_size, max_wait_s, queue_limit
         self._queue: deque[Job] = deque()
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"dgr2-decode-{decoder}")
+        self._executor = executor  # owned by the runtime
         self._batch_s = 0.05  # running mean of a batch's decode time, for Retry-After
 
     @property
@@ -110,7 +118,6 @@ class Batcher:
         while self._queue:
             self._fail(self._queue.popleft(), Unavailable("the service shut down", code="draining"))
         self._gauge()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ----------------------------------------------------------------- worker
     async def _run(self) -> None:
@@ -155,10 +162,10 @@ class Batcher:
         if not jobs:
             return
         engine = self.engine()
-        start = time.monotonic()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, engine.reranker.rank, [j.request for j in jobs])
+            # timed on the torch thread: waiting there for the other decoder's batch is not decode time
+            results, start, decode_s = await asyncio.get_running_loop().run_in_executor(
+                self._executor, timed, engine.reranker.rank, [j.request for j in jobs])
             if len(results) != len(jobs):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         except Exception:
@@ -167,7 +174,6 @@ class Batcher:
             for job in jobs:
                 self._fail(job, DecodeFailed())
             return
-        decode_s = time.monotonic() - start
         self._batch_s = 0.8 * self._batch_s + 0.2 * decode_s
         self.metrics.observe_batch(self.decoder, len(jobs), decode_s)
         for job, result in zip(jobs, results, strict=True):

@@ -23,6 +23,7 @@ from service.errors import InvalidInput, ServiceError, Unavailable, public_messa
 from service.metrics import Metrics
 from service.models import ModelHolder, ModelSet, load_model_set, warm_up
 from service.settings import DECODERS, Settings
+from service.torch_thread import in_side_thread, torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Runtime:
         self._reload_lock: asyncio.Lock | None = None
         self._drained: asyncio.Task[None] | None = None
         self._threads_before: int | None = None
+        self.torch_executor = torch_thread()
 
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -60,11 +62,12 @@ class Runtime:
         if s.torch_threads is not None:  # process-wide; put back by stop() for embedders and tests
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(s.torch_threads)
-        models = await asyncio.to_thread(self._load, {d: s.ref(d) for d in DECODERS})
+        loop = asyncio.get_running_loop()
+        models = await loop.run_in_executor(self.torch_executor, self._load, {d: s.ref(d) for d in DECODERS})
         self._install(models)
         self._reload_lock = asyncio.Lock()
         for d in DECODERS:
-            self.batchers[d] = Batcher(d, lambda d=d: self.models.engine(d), self.metrics,
+            self.batchers[d] = Batcher(d, lambda d=d: self.models.engine(d), self.metrics, self.torch_executor,
                                        max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000,
                                        queue_limit=s.queue_limit)
             self.batchers[d].start()
@@ -72,7 +75,7 @@ class Runtime:
 
     async def _warm(self, models: ModelSet) -> None:
         try:
-            await asyncio.to_thread(warm_up, models)
+            await asyncio.get_running_loop().run_in_executor(self.torch_executor, warm_up, models)
         except Exception as e:
             log.exception("warm-up failed; /readyz stays 503")
             self.warm_error = f"warm-up failed: {_public_reason(e)}"
@@ -116,6 +119,7 @@ class Runtime:
             await b.stop()
         for t in list(self._tasks):
             t.cancel()
+        self.torch_executor.shutdown(wait=False, cancel_futures=True)
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
 
@@ -162,7 +166,7 @@ class Runtime:
             wanted = {d: refs.get(d) or (old.engines[d].ref if old else self.settings.ref(d)) for d in DECODERS}
             start = time.perf_counter()
             try:
-                new = await asyncio.to_thread(self._load_and_warm, wanted)
+                new = await in_side_thread(self._load_and_warm, wanted)  # serving goes on meanwhile
             except Exception as e:
                 log.exception("reload of %s failed, still serving %s", wanted, previous)
                 raise ReloadFailed(f"reload failed; still serving {previous}: {_public_reason(e)}") from None

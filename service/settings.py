@@ -76,9 +76,7 @@ class Settings(BaseSettings):
                                                             "(prefer the env var: flags show in ps)")
     device: str = Field("cpu", description="torch device the models run on, e.g. cpu or cuda")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads (unset: torch's "
-                                      "default); on a small CPU box 1 cuts latency at low load (the decode "
-                                      "runs in a worker thread, where 2 threads gained nothing) and costs "
-                                      "throughput at high concurrency: see docs/operations.md")
+                                      "default); match the pod's CPU request: see docs/operations.md")
     drain_timeout_s: float = Field(30.0, ge=0.0, description="longest a graceful shutdown waits for "
                                                              "admitted requests")
     log_level: str = Field("info", description="uvicorn log level")

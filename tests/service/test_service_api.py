@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -236,3 +237,21 @@ def test_request_metrics_by_decoder_and_status(client, server, h):
                  "dgr2_queue_duration_seconds_count", "dgr2_request_duration_seconds_count"):
         assert h.metric(m, name, decoder="ar") > 0, name
     assert h.metric(m, "dgr2_queue_depth", decoder="ar") == 0
+
+
+def test_both_decoders_decode_on_the_one_torch_thread(client, server, h, monkeypatch):
+    """Every decode runs on the runtime's torch thread (service/torch_thread.py: a thread per decoder
+    made OpenMP stop spinning and doubled a diffusion request's latency)."""
+    threads: dict[str, str] = {}
+    for decoder in ("ar", "diffusion"):
+        reranker = server.rt.models.engine(decoder).reranker
+
+        def record(requests, real=reranker.rank, decoder=decoder):
+            threads[decoder] = threading.current_thread().name
+            return real(requests)
+
+        monkeypatch.setattr(reranker, "rank", record)
+    for decoder in ("ar", "diffusion"):
+        assert client.post("/v1/rerank", json=h.rerank_body(decoder=decoder)).status_code == 200
+    assert threads["ar"] == threads["diffusion"]
+    assert threads["ar"].startswith("dgr2-torch")

@@ -1,0 +1,37 @@
+"""Where the service runs torch: one long-lived thread for every decode, plus short-lived side threads.
+
+Why one thread. On CPU, torch's intra-op parallelism is OpenMP (libgomp), which keeps a team of
+worker threads per thread that ever ran a parallel region. Once libgomp manages more threads than
+there are CPUs, every team stops spinning between parallel regions and sleeps instead (its
+"throttled" spin), and a denoising pass, made of many small parallel operators, pays a futex
+wake-up for each. With the loader, the warm-up and one decode thread per decoder, each with its
+own team, the diffusion decode of one request took 1.7-1.9x as long inside the server as on its
+own (the README, "Service under load", has the measurement). All decodes of both decoders therefore go through
+one thread: on a CPU two concurrent decodes would only share the same cores anyway.
+
+A reload loads and warms the new checkpoints in a side thread that ends with it (serving goes on
+meanwhile), so its OpenMP team is gone once the swap is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def torch_thread() -> ThreadPoolExecutor:
+    """The executor of every decode (both decoders' batches, start-up load and warm-up)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="dgr2-torch")
+
+
+async def in_side_thread(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a thread of its own that exits when it returns."""
+    side = ThreadPoolExecutor(1, thread_name_prefix="dgr2-side")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(side, fn, *args)
+    finally:
+        side.shutdown(wait=False)
