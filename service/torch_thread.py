@@ -1,16 +1,17 @@
 """Where the service runs torch: one long-lived thread for every decode, plus short-lived side threads.
 
 Why one thread. On CPU, torch's intra-op parallelism is OpenMP (libgomp), which keeps a team of
-worker threads per thread that ever ran a parallel region. Once libgomp manages more threads than
-there are CPUs, every team stops spinning between parallel regions and sleeps instead (its
-"throttled" spin), and a denoising pass, made of many small parallel operators, pays a futex
-wake-up for each. With the loader, the warm-up and one decode thread per decoder, each with its
-own team, the diffusion decode of one request took 1.7-1.9x as long inside the server as on its
-own (the README, "Service under load", has the measurement). All decodes of both decoders therefore go through
-one thread: on a CPU two concurrent decodes would only share the same cores anyway.
+worker threads for each thread that ran a parallel region. When it manages more threads than there
+are CPUs, its workers spin only ~100 times before sleeping between parallel regions (GCC libgomp
+manual, GOMP_SPINCOUNT), so a denoising pass, made of many small parallel operators, pays a wake-up
+for each. Measured: with the model loaded on one thread and decoded on another, one diffusion
+decode took 1.7-1.9x as long as with both on the same thread; in the server (loader, warm-up and a
+decode thread per decoder) a diffusion request took twice as long as on its own (the README,
+"Service under load"). All decodes of both decoders therefore go through one thread: on a CPU two
+concurrent decodes would only share the same cores anyway.
 
 A reload loads and warms the new checkpoints in a side thread that ends with it (serving goes on
-meanwhile), so its OpenMP team is gone once the swap is done.
+meanwhile, at the contended speed for those seconds), so its OpenMP team is gone once the swap is done.
 """
 
 from __future__ import annotations
