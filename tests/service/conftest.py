@@ -35,8 +35,9 @@ HISTORY = ["S0051", "S0027", "S0032", "S0021"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core box two decoder threads
-    each spinning two OpenMP workers can slow a decode tenfold; restored for the other test packages."""
+    """The tiny model gains nothing from intra-op threads, and with the test process's own thread and the
+    server's torch thread each running an OpenMP team, a busy 2-core box slows a decode several-fold
+    (service/torch_thread.py); restored for the other test packages."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
