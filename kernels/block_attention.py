@@ -21,6 +21,7 @@ Returns [B, S, Hq, D] in q's dtype; softmax in fp32 with scale 1/sqrt(D).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,19 +56,48 @@ def visible_keys(lens: torch.Tensor, causal: torch.Tensor, block_len: int, n_key
     return (j < start) | ((r < block_len) & rule)
 
 
-def block_attention_ref(q, k_cache, v_cache, lens, causal, visible=None):
-    B, S, Hq, D = q.shape
-    causal_len, visible_len = block_layout(causal, visible, S)
+class RefLayout(NamedTuple):
+    """What the torch reference needs beyond the tensors: how many cache keys to read, and the mask."""
+
+    n_keys: int
+    mask: torch.Tensor | None  # [B, 1, S, n_keys]; None when every query sees every key
+
+
+def ref_layout(lens: torch.Tensor, causal: torch.Tensor, visible: torch.Tensor | None, block_len: int,
+               capacity: int) -> RefLayout:
+    causal_len, visible_len = block_layout(causal, visible, block_len)
     # one host sync for both the key count and whether the layout needs a mask at all
     longest, shortest, sees_all = torch.stack([
-        lens.max(), lens.min(), ((causal_len == 0) | (S == 1)).all() & (visible_len == S).all()]).tolist()
-    n_keys = min(longest + S, k_cache.shape[1])
-    k = k_cache[:, :n_keys].transpose(1, 2)  # [B, Hkv, T, D]
-    v = v_cache[:, :n_keys].transpose(1, 2)
+        lens.max(), lens.min(), ((causal_len == 0) | (block_len == 1)).all() & (visible_len == block_len).all()
+    ]).tolist()
+    n_keys = min(longest + block_len, capacity)
     # Every query seeing every key (one length, a denoising step or an AR step): SDPA unmasked, which
     # on CPU takes its fused kernel instead of the masked path (batch 1 decodes, docs/design.md)
-    sees_everything = bool(sees_all) and longest == shortest and n_keys == longest + S
-    mask = None if sees_everything else visible_keys(lens, causal_len, S, n_keys, visible_len)[:, None]
+    if bool(sees_all) and longest == shortest and n_keys == longest + block_len:
+        return RefLayout(n_keys, None)
+    return RefLayout(n_keys, visible_keys(lens, causal_len, block_len, n_keys, visible_len)[:, None])
+
+
+class BlockPlan(NamedTuple):
+    """The block-attention arguments of one forward pass, worked out once for all its layers."""
+
+    lens: torch.Tensor
+    causal: torch.Tensor
+    visible: torch.Tensor | None
+    ref: RefLayout | None  # the torch reference's layout (None under the Triton backend, which needs none)
+
+
+def plan_block_attention(lens: torch.Tensor, causal: torch.Tensor, visible: torch.Tensor | None, block_len: int,
+                         capacity: int) -> BlockPlan:
+    ref = None if backend() == "triton" else ref_layout(lens, causal, visible, block_len, capacity)
+    return BlockPlan(lens, causal, visible, ref)
+
+
+def block_attention_ref(q, k_cache, v_cache, lens, causal, visible=None, layout: RefLayout | None = None):
+    B, S, Hq, D = q.shape
+    n_keys, mask = layout or ref_layout(lens, causal, visible, S, k_cache.shape[1])
+    k = k_cache[:, :n_keys].transpose(1, 2)  # [B, Hkv, T, D]
+    v = v_cache[:, :n_keys].transpose(1, 2)
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation; fp64 stays fp64 (tests)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2).to(acc), k.to(acc), v.to(acc), attn_mask=mask,
@@ -185,7 +215,9 @@ def block_attention_triton(q, k_cache, v_cache, lens, causal, visible=None):
     return out
 
 
-def block_attention(q, k_cache, v_cache, lens, causal, visible=None):
+def block_attention(q, k_cache, v_cache, lens, causal, visible=None, layout: RefLayout | None = None):
+    """``layout``: the reference's :class:`RefLayout` when the caller worked it out already
+    (:func:`plan_block_attention`, once per forward pass instead of once per layer)."""
     if backend() == "triton":
         return block_attention_triton(q, k_cache, v_cache, lens, causal, visible)
-    return block_attention_ref(q, k_cache, v_cache, lens, causal, visible)
+    return block_attention_ref(q, k_cache, v_cache, lens, causal, visible, layout)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import block_attention
+from kernels.block_attention import BlockPlan, plan_block_attention
 from model.config import ModelConfig
 from model.kv_cache import KVCache
 
@@ -65,7 +66,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, mask=None, cache: KVCache | None = None, causal=None, visible=None):
+    def forward(self, x, cos, sin, positions, mask=None, cache: KVCache | None = None, plan: BlockPlan | None = None):
         B, S, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, S, self.n_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(B, S, self.n_kv, self.head_dim))
@@ -80,7 +81,7 @@ class Attention(nn.Module):
             ).transpose(1, 2)
         else:
             cache.write(self.layer_idx, positions, k, v)
-            out = block_attention(q, cache.k[self.layer_idx], cache.v[self.layer_idx], cache.lens, causal, visible)
+            out = block_attention(q, cache.k[self.layer_idx], cache.v[self.layer_idx], *plan)
         return self.o_proj(out.reshape(B, S, self.n_heads * self.head_dim))
 
 
@@ -103,8 +104,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, mask=None, cache=None, causal=None, visible=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, cache, causal, visible)
+    def forward(self, x, cos, sin, positions, mask=None, cache=None, plan=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, cache, plan)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -153,10 +154,13 @@ class Transformer(nn.Module):
         (:mod:`kernels.block_attention`).
         """
         B, S = input_ids.shape
+        plan = None
         if cache is not None:
             positions = cache.block_positions(S)
             if causal is None:
                 causal = torch.ones(B, dtype=torch.bool, device=input_ids.device)
+            # the lengths do not move within a pass (only commit moves them): one plan for all layers
+            plan = plan_block_attention(cache.lens, causal, visible, S, cache.k[0].shape[1])
         else:
             if positions is None:
                 positions = torch.arange(S, device=input_ids.device)[None, :].expand(B, S)
@@ -166,7 +170,7 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = cos[positions].to(x.dtype), sin[positions].to(x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, cache, causal, visible)
+            x = layer(x, cos, sin, positions, mask, cache, plan)
         return self.model.norm(x)
 
     def forward(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, causal=None):
