@@ -3,7 +3,8 @@
   config.json         Qwen3 config + our fields (mask_token_id, block_size, threshold, decoder)
   model.safetensors   weights in Hugging Face naming (tied lm_head omitted, as transformers does)
   tokenizer.json      the ``tokenizers`` vocabulary
-  catalog.jsonl       item features the prompt renders
+  catalog.jsonl.xz    item features the prompt renders (xz-compressed JSON lines; format 1
+                      checkpoints hold a plain catalog.jsonl, still read)
   manifest.json       sha256 of every file above, parent, recipe stage, command, data hash, metrics
 
 Loading verifies every hash and refuses a missing, truncated or tampered file with an error that
@@ -29,9 +30,20 @@ from model.config import ModelConfig
 from model.tokenizer import Vocab
 from model.transformer import Transformer
 
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "catalog.jsonl")
+# The catalog's co-occurrence links are most of its size (~11 MB as plain text on Beauty, 1.5 MB in
+# xz), and the shipped pair carries two catalogs inside a 25 MB budget: format 2 compresses it.
+CATALOG = "catalog.jsonl.xz"
+LEGACY_CATALOG = "catalog.jsonl"  # format 1
+FILES = ("config.json", "model.safetensors", "tokenizer.json", CATALOG)
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def files_of(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files a checkpoint of this manifest's format must hold."""
+    if manifest.get("format", 1) == 1:
+        return (*FILES[:-1], LEGACY_CATALOG)
+    return FILES
 
 
 class CheckpointError(ValueError):
@@ -80,7 +92,8 @@ def save_checkpoint(path: str | Path, model: Transformer, vocab: Vocab, catalog:
              if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     vocab.save(path / "tokenizer.json")
-    catalog.save(path / "catalog.jsonl")
+    catalog.save(path / CATALOG)
+    (path / LEGACY_CATALOG).unlink(missing_ok=True)  # a format-1 checkpoint rewritten in place
     manifest = {
         "format": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -108,7 +121,10 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{MANIFEST} is missing in checkpoint {path.name}") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} is unreadable: {e}") from None
-    for name in FILES:
+    if not isinstance(manifest.get("format", 1), int) or manifest.get("format", 1) > FORMAT_VERSION:
+        raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} has format {manifest.get('format')!r}; "
+                              f"this version reads formats 1..{FORMAT_VERSION}")
+    for name in files_of(manifest):
         if name not in files:
             raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} does not list {name}")
         if not (path / name).is_file():
@@ -130,7 +146,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     try:
         config = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
         vocab = Vocab.from_file(path / "tokenizer.json")
-        catalog = Catalog.load(path / "catalog.jsonl")
+        catalog = Catalog.load(path / files_of(manifest)[-1])
         if len(vocab) != config.vocab_size:
             raise CheckpointError(f"tokenizer.json has {len(vocab)} tokens but config.json says {config.vocab_size}")
         model = Transformer(config)

@@ -58,6 +58,8 @@ def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) ->
         cmd += ["--store", args.store]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
+    if getattr(args, "sample", None):
+        cmd += ["--sample", str(args.sample)]
     if getattr(args, "device", "cpu") != "cpu":
         cmd += ["--device", args.device]
     return cmd
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=None)
     p.add_argument("--name", default="beauty-gr2")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.add_argument("--limit", type=int, default=None, help="users per run (default: all)")
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--limit", type=int, default=None, help="the first N users per run (default: all)")
+    users.add_argument("--sample", type=int, default=None, help="N users drawn uniformly per run (dgr2 eval --sample)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[12345, 1, 2])
     p.add_argument("--out", required=True, help="JSON lines, one per (row, seed); appended, resumable")

@@ -32,7 +32,9 @@ from model.catalog import Catalog, Item, popularity_buckets
 DATA_ENV = "DGR2_DATA_DIR"
 REQUIRED = ("Beauty.txt", "items.jsonl")
 WINDOW = 5
-LINK_MIN = 2
+# One shared window is enough evidence: on 4,000 validation users the evidence score ranks the target
+# with NDCG@10 0.359 at LINK_MIN 1 vs 0.350 at 2 and 0.335 at 3 (docs/design.md, "Prompt").
+LINK_MIN = 1
 
 
 class DataError(ValueError):
@@ -198,13 +200,32 @@ def sample_negatives(rng: random.Random, pool: list[str], exclude: set[str], n: 
     return out
 
 
+SAMPLE_SEED = 0  # the one fixed user sample of ``--sample`` (documented, so any run can repeat it)
+
+
 def eval_examples(sequences: dict[str, list[str]], pool: list[str], split: str, num_candidates: int = 100,
-                  neg_seed: int = 12345, limit: int | None = None) -> list[Example]:
-    """One example per user: target = last item (test) or second last (valid)."""
+                  neg_seed: int = 12345, limit: int | None = None, sample: int | None = None) -> list[Example]:
+    """One example per user: target = last item (test) or second last (valid).
+
+    ``limit``: the first N users of the file; ``sample``: N users drawn uniformly (seed
+    ``SAMPLE_SEED``), an unbiased estimate of the all-users metrics where the first users are not
+    (Beauty test, evidence score: NDCG@10 0.258 on the first 2,000 users, 0.327 on a sample of
+    2,000, 0.325 on all 22,363). Each user's candidate list
+    depends only on ``neg_seed`` and the user, so a subset's lists are those of the all-users run.
+    """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, not {split!r}")
+    if limit is not None and sample is not None:
+        raise ValueError("give limit or sample, not both")
+    users = list(sequences)
+    if sample is not None:
+        if not 1 <= sample <= len(users):
+            raise ValueError(f"sample must be in 1..{len(users)} users, not {sample}")
+        chosen = set(random.Random(SAMPLE_SEED).sample(users, sample))
+        users = [u for u in users if u in chosen]
     out = []
-    for user, seq in sequences.items():
+    for user in users:
+        seq = sequences[user]
         if limit is not None and len(out) >= limit:
             break
         rng = random.Random(f"{neg_seed}:{user}")  # same negatives for valid and test, per user

@@ -89,7 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["valid", "test"], default="test", help="leave-one-out split")
     p.add_argument("--candidates", type=int, default=100, help="candidates per user: target + K-1 negatives")
     p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    users.add_argument("--sample", type=int, default=None,
+                       help="evaluate N users drawn uniformly at random (fixed seed; unbiased, unlike --limit)")
     p.add_argument("--batch-size", type=int, default=32, help="requests decoded together")
     p.add_argument("--block-size", type=int, default=None, help="diffusion block size (default: checkpoint's)")
     p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
@@ -114,12 +117,16 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.baseline):
         raise SystemExit("dgr2 eval: give exactly one of --checkpoint or --baseline")
     source = load_source(args.data_dir, args.synthetic)
-    examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
-                             args.limit)
+    try:
+        examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
+                                 args.limit, args.sample)
+    except ValueError as e:
+        raise SystemExit(f"dgr2 eval: {e}") from None
+    users = {"limit": args.limit, "sample": args.sample}
     if args.baseline:
         result = {"n": len(examples), **summarize(baseline_ranks(args.baseline, source, examples)),
                   "baseline": args.baseline, "split": args.split, "candidates": args.candidates,
-                  "neg_seed": args.neg_seed}
+                  "neg_seed": args.neg_seed, **users}
         print(json.dumps(result) if args.json else json.dumps(result, indent=2))
         return 0
     from recipe.trainer import training_device
@@ -141,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                   answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,
                   causal_first_rank=cfg.causal_first_rank,
                   max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
-                  device=args.device)
+                  device=args.device, **users)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

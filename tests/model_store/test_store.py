@@ -14,6 +14,7 @@ from model_store import (
     save_checkpoint,
     verify_checkpoint,
 )
+from model_store.checkpoint import sha256_file
 from model_store.init import init_pair
 
 
@@ -35,13 +36,40 @@ def test_round_trip(ckpt, tiny):
     assert len(loaded.catalog) == 60
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "catalog.jsonl", "config.json"])
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "catalog.jsonl.xz", "config.json"])
 def test_tampered_file_is_refused_by_name(ckpt, name):
     data = bytearray((ckpt / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (ckpt / name).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
         load_checkpoint(ckpt)
+
+
+def test_format_1_checkpoint_with_plain_catalog_still_loads(ckpt, catalog):
+    """Checkpoints written before the catalog was compressed (format 1) hold catalog.jsonl."""
+    catalog.save(ckpt / "catalog.jsonl")
+    (ckpt / "catalog.jsonl.xz").unlink()
+    m = json.loads((ckpt / "manifest.json").read_text())
+    for key in ("files", "sizes"):
+        m[key].pop("catalog.jsonl.xz")
+    m["files"]["catalog.jsonl"] = sha256_file(ckpt / "catalog.jsonl")
+    m["format"] = 1
+    (ckpt / "manifest.json").write_text(json.dumps(m))
+    loaded = load_checkpoint(ckpt)
+    assert loaded.catalog.ids() == catalog.ids()
+    assert all(loaded.catalog.get(i).links == catalog.get(i).links for i in catalog.ids())
+    m["format"] = 2  # the same folder claiming format 2 lacks the compressed catalog
+    (ckpt / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match=r"does not list catalog\.jsonl\.xz"):
+        load_checkpoint(ckpt)
+
+
+def test_newer_format_is_refused(ckpt):
+    m = json.loads((ckpt / "manifest.json").read_text())
+    m["format"] = 99
+    (ckpt / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="format 99"):
+        verify_checkpoint(ckpt)
 
 
 def test_truncated_file_is_refused(ckpt):

@@ -30,6 +30,21 @@ def test_leave_one_out_and_candidates(synth):
     assert [e.candidates for e in other] != [e.candidates for e in test]
 
 
+def test_sample_is_a_seeded_subset_of_the_all_users_lists(synth):
+    seqs, pool = synth.sequences, synth.item_ids
+    everyone = {e.user: e for e in eval_examples(seqs, pool, "test", num_candidates=20, neg_seed=7)}
+    sample = eval_examples(seqs, pool, "test", num_candidates=20, neg_seed=7, sample=25)
+    assert len(sample) == 25 == len({e.user for e in sample})
+    assert all(e.candidates == everyone[e.user].candidates and e.target == everyone[e.user].target for e in sample)
+    assert [e.user for e in sample] == [e.user for e in eval_examples(seqs, pool, "test", 20, 7, sample=25)]
+    first = [e.user for e in eval_examples(seqs, pool, "test", 20, 7, limit=25)]
+    assert [e.user for e in sample] != first  # not the head of the file
+    with pytest.raises(ValueError, match="limit or sample"):
+        eval_examples(seqs, pool, "test", 20, 7, limit=5, sample=5)
+    with pytest.raises(ValueError, match="sample must be"):
+        eval_examples(seqs, pool, "test", 20, 7, sample=len(seqs) + 1)
+
+
 def test_target_slot_is_uniform(synth):
     seqs = {f"{u}-{i}": s for i in range(5) for u, s in synth.sequences.items()}
     slots = Counter(e.target_slot for e in eval_examples(seqs, synth.item_ids, "test", num_candidates=10))

@@ -31,6 +31,16 @@ def test_eval_baselines(capsys):
         assert out["n"] == 200 and out["baseline"] == name and 0.0 <= out["ndcg@10"] <= 1.0
 
 
+def test_eval_sample_reports_its_users_and_refuses_with_limit(capsys):
+    assert cli(["eval", "--baseline", "evidence", "--synthetic", "--candidates", "10", "--sample", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 30 and out["sample"] == 30 and out["limit"] is None
+    with pytest.raises(SystemExit):  # argparse: mutually exclusive
+        cli(["eval", "--baseline", "evidence", "--synthetic", "--sample", "3", "--limit", "3", "--json"])
+    with pytest.raises(SystemExit, match="sample must be"):
+        cli(["eval", "--baseline", "evidence", "--synthetic", "--sample", "100000", "--json"])
+
+
 def test_eval_unconstrained_decodes_without_the_answer_constraint(tmp_path, synth, capsys):
     """``--unconstrained``: the structural gap. A random-init model without the constraint almost never
     writes a valid answer; with it the answer grammar makes every answer valid."""
