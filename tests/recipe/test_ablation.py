@@ -25,6 +25,10 @@ def test_eval_command_is_the_documented_cli():
         "--candidates", "100", "--neg-seed", "7", "--batch-size", "50", "--json", "--store", "runs/store",
         "--limit", "200"]
 
+    class S:
+        name, split, batch_size, store, limit, sample = "beauty-gr2", "test", 50, None, None, 1000
+    assert eval_command(S, "ar", "ar", 1)[-2:] == ["--sample", "1000"]
+
 
 def test_answer_threshold_rows_follow_their_base_row():
     class A:
