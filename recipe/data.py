@@ -210,8 +210,8 @@ def eval_examples(sequences: dict[str, list[str]], pool: list[str], split: str, 
     ``limit``: the first N users of the file; ``sample``: N users drawn uniformly (seed
     ``SAMPLE_SEED``), an unbiased estimate of the all-users metrics where the first users are not
     (Beauty test, evidence score: NDCG@10 0.258 on the first 2,000 users, 0.327 on a sample of
-    2,000, 0.325 on all 22,363). Each user's candidate list
-    depends only on ``neg_seed`` and the user, so a subset's lists are those of the all-users run.
+    2,000, 0.325 on all 22,363). Each user's candidate list depends only on ``neg_seed`` and the
+    user, so a subset's lists are those of the all-users run.
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, not {split!r}")
