@@ -40,10 +40,8 @@ FORMAT_VERSION = 2
 
 
 def files_of(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """The files a checkpoint of this manifest's format must hold."""
-    if manifest.get("format", 1) == 1:
-        return (*FILES[:-1], LEGACY_CATALOG)
-    return FILES
+    """The files a checkpoint of this manifest's format must hold (format 1: manifests without the key)."""
+    return (*FILES[:-1], LEGACY_CATALOG) if manifest.get("format", 1) == 1 else FILES
 
 
 class CheckpointError(ValueError):
@@ -121,8 +119,9 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{MANIFEST} is missing in checkpoint {path.name}") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} is unreadable: {e}") from None
-    if not isinstance(manifest.get("format", 1), int) or manifest.get("format", 1) > FORMAT_VERSION:
-        raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} has format {manifest.get('format')!r}; "
+    fmt = manifest.get("format", 1)
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise CheckpointError(f"{MANIFEST} of checkpoint {path.name} has format {fmt!r}; "
                               f"this version reads formats 1..{FORMAT_VERSION}")
     for name in files_of(manifest):
         if name not in files:

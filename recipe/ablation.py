@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recipe.evaluate import add_user_arguments
 from recipe.metrics import mean_and_stderr
 
 ROWS = [  # label, checkpoint alias, decoder
@@ -122,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=None)
     p.add_argument("--name", default="beauty-gr2")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    users = p.add_mutually_exclusive_group()
-    users.add_argument("--limit", type=int, default=None, help="the first N users per run (default: all)")
-    users.add_argument("--sample", type=int, default=None, help="N users drawn uniformly per run (dgr2 eval --sample)")
+    add_user_arguments(p)  # per run; default: all users
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[12345, 1, 2])
     p.add_argument("--out", required=True, help="JSON lines, one per (row, seed); appended, resumable")

@@ -77,6 +77,14 @@ def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
     return ranks
 
 
+def add_user_arguments(p: argparse.ArgumentParser) -> None:
+    """``--limit`` / ``--sample``: which users an eval covers (``dgr2 eval`` and the ablation)."""
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    users.add_argument("--sample", type=int, default=None,
+                       help="evaluate N users drawn uniformly at random (fixed seed; unbiased, unlike --limit)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
     p.add_argument("--baseline", choices=["pop", "evidence"], default=None,
@@ -89,10 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["valid", "test"], default="test", help="leave-one-out split")
     p.add_argument("--candidates", type=int, default=100, help="candidates per user: target + K-1 negatives")
     p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
-    users = p.add_mutually_exclusive_group()
-    users.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
-    users.add_argument("--sample", type=int, default=None,
-                       help="evaluate N users drawn uniformly at random (fixed seed; unbiased, unlike --limit)")
+    add_user_arguments(p)
     p.add_argument("--batch-size", type=int, default=32, help="requests decoded together")
     p.add_argument("--block-size", type=int, default=None, help="diffusion block size (default: checkpoint's)")
     p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
