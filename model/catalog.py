@@ -26,9 +26,15 @@ class Item:
     # items that co-occur with this one in other users' training sequences (see recipe.traces):
     # the prompt marks a candidate linked to a history item, which the trace cites as evidence
     links: tuple[str, ...] = ()
+    # shared windows per link, parallel to ``links``; empty in catalogs written before the counts
+    # were kept (their prompts show links only, see model.prompt)
+    link_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "links", tuple(self.links))
+        object.__setattr__(self, "link_counts", tuple(self.link_counts))
+        if self.link_counts and len(self.link_counts) != len(self.links):
+            raise ValueError(f"item {self.id!r}: {len(self.link_counts)} link counts for {len(self.links)} links")
 
 
 class Catalog:
@@ -43,7 +49,10 @@ class Catalog:
         self.brands: list[str] = sorted({it.brand for it in items if it.brand})
         self.categories: list[str] = sorted({it.category for it in items if it.category})
         self.brand_index = {b: i for i, b in enumerate(self.brands)}
-        self._links = {it.id: frozenset(it.links) for it in items if it.links}
+        # a -> {b: shared windows}; 1 stands for "linked" where the catalog has no counts
+        self._links = {it.id: dict(zip(it.links, it.link_counts or [1] * len(it.links), strict=True))
+                       for it in items if it.links}
+        self.has_link_counts = any(it.link_counts for it in items) or not self._links
         self.category_index = {c: i for i, c in enumerate(self.categories)}
 
     def __len__(self) -> int:
@@ -59,6 +68,10 @@ class Catalog:
         """Whether items ``a`` and ``b`` co-occur often enough in training data to be linked."""
         return b in self._links.get(a, ())
 
+    def link_count(self, a: str, b: str) -> int:
+        """How many training windows ``a`` and ``b`` share (0: not linked)."""
+        return self._links.get(a, {}).get(b, 0)
+
     def ids(self) -> list[str]:
         return list(self.items)
 
@@ -68,6 +81,7 @@ class Catalog:
             for it in self.items.values():
                 row = asdict(it)
                 row["links"] = list(it.links)
+                row["link_counts"] = list(it.link_counts)
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     @classmethod

@@ -16,7 +16,7 @@ from model.catalog import Catalog
 from model.decoding import DecodeConfig, SequenceResult, completion_budget
 from model.diffusion_decoder import decode_diffusion
 from model.guard import GuardReport, guard
-from model.prompt import AnswerParse, ItemRef, parse_answer, render_prompt
+from model.prompt import AnswerParse, ItemRef, check_catalog, parse_answer, render_prompt
 from model.tokenizer import MAX_HISTORY, Vocab
 from model.transformer import Transformer
 
@@ -66,6 +66,7 @@ class Reranker:
         budget is capped at what a full completion for its largest K needs."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
+        check_catalog(vocab, catalog)  # at load, not on every request
         self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
         self.decode = decode or DecodeConfig.for_model(model.config)
         self.max_history = max_history

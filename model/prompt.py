@@ -6,14 +6,20 @@ A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eo
   item      = <item:ID> <brand:i> <cat:i> <popN>         (the MATCH_SCAN most recent history items)
   match     = brand-match cat-match: <hI>, the most recent of the last MATCH_SCAN history items with
               the candidate's brand (category), or <r:none>
-  link      = <hI>, the most recent history item the candidate co-occurs with in other users' training
-              sequences (catalog links), or <r:none>
+  link      = <hI> [<coN>], the most recent history item the candidate co-occurs with in other users'
+              training sequences (catalog links) and, in prompt v4, how many windows they share
+              (``<coN>``, a log-scale bucket), or <r:none>
+
+Prompt v4 (ninth session) differs from v3 only by that ``<coN>``: a vocabulary that has the
+``<coN>`` tokens (``Vocab.co_strength``) gets v4 prompts, one without (the checkpoints trained
+before) gets v3, so each checkpoint keeps seeing the prompts it was trained on.
 
 A candidate is rendered by its evidence, not its raw ids: a model trained for an hour on a CPU
 cannot learn 12k item, brand or category embeddings from ~20k sequences, but it can learn to
-weigh popularity, matches and links. Each candidate's evidence sits in a fixed window right after
-its slot token, so the trace entry that starts with ``<cK>`` reads it back with one lookup of the
-tokens that followed ``<cK>`` in the prompt (an induction-style copy; docs/design.md, "Prompt").
+weigh popularity, matches and links. Each candidate's evidence sits in a short window right after
+its slot token (five tokens, six with a ``<coN>``), so the trace entry that starts with ``<cK>``
+reads it back with one lookup of the tokens that followed ``<cK>`` in the prompt (an
+induction-style copy; docs/design.md, "Prompt").
 
 ``parse_answer`` reads a decoded continuation back into slots and classifies what is wrong with it.
 """
@@ -24,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from model.catalog import Catalog
-from model.tokenizer import MAX_HISTORY, MAX_SLOTS, Vocab, history_token, item_token, slot_token
+from model.tokenizer import MAX_HISTORY, MAX_SLOTS, Vocab, co_token, history_token, item_token, slot_token
 
 ItemRef = str | Mapping[str, object]
 
@@ -58,15 +64,17 @@ class RenderedPrompt:
     history_used: int = 0
 
 
-Linked = Callable[[str, str], bool]
+LinkCount = Callable[[str, str], int]
 
 
-def link_token(history_ids: Sequence[str], candidate: str, linked: Linked) -> str:
-    """``<hI>`` for the most recent history item linked to ``candidate``, else ``<r:none>``."""
+def link_tokens(history_ids: Sequence[str], candidate: str, link_count: LinkCount, co_strength: bool) -> list[str]:
+    """``<hI>`` for the most recent history item linked to ``candidate`` (followed by the ``<coN>``
+    of their shared windows when ``co_strength``), else ``<r:none>``."""
     for r, h in enumerate(reversed(history_ids)):
-        if linked(h, candidate):
-            return history_token(r)
-    return "<r:none>"
+        n = link_count(h, candidate)
+        if n > 0:
+            return [history_token(r), co_token(n)] if co_strength else [history_token(r)]
+    return ["<r:none>"]
 
 
 MATCH_SCAN = 20  # history items (most recent first) searched for a brand or category match
@@ -81,6 +89,12 @@ def match_token(history_feats: Sequence[str], feat: str) -> str:
     return "<r:none>"
 
 
+def check_catalog(vocab: Vocab, catalog: Catalog) -> None:
+    """A v4 vocabulary needs a catalog that kept its link counts (format-2 catalogs written since)."""
+    if vocab.co_strength and not catalog.has_link_counts:
+        raise ValueError("this vocabulary renders link strengths (prompt v4) but the catalog has no link counts")
+
+
 def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], candidates: Sequence[ItemRef],
                   max_history: int = MAX_HISTORY) -> RenderedPrompt:
     """Token ids of the prompt; ``history`` is oldest first and is cut to its ``max_history`` most recent.
@@ -90,6 +104,7 @@ def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], ca
     """
     if not 1 <= len(candidates) <= MAX_SLOTS:
         raise ValueError(f"need 1..{MAX_SLOTS} candidates, got {len(candidates)}")
+    check_catalog(vocab, catalog)
     history = list(history)[-min(max_history, MAX_HISTORY):] if max_history > 0 else []
     tokens, unknown, rendered = ["<history>"], [], []
     for i, ref in enumerate(history):
@@ -106,7 +121,7 @@ def render_prompt(vocab: Vocab, catalog: Catalog, history: Sequence[ItemRef], ca
     for k, ref in enumerate(candidates):
         toks, unk = item_tokens(ref, catalog)
         tokens += [slot_token(k), toks[3], match_token(recent_brands, toks[1]), match_token(recent_cats, toks[2]),
-                   link_token(history_ids, item_id_of(ref), catalog.linked)]
+                   *link_tokens(history_ids, item_id_of(ref), catalog.link_count, vocab.co_strength)]
         if unk:
             unknown.append(item_id_of(ref))
     tokens += ["</candidates>", "<think>"]

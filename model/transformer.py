@@ -135,6 +135,24 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
+    @torch.no_grad()
+    def grow_vocab(self, vocab_size: int) -> None:
+        """Append embedding rows (newly initialised) up to ``vocab_size``: a warm start onto a
+        vocabulary that extends this model's (``model.tokenizer.Vocab.extends``)."""
+        old = self.model.embed_tokens.weight
+        if vocab_size < old.shape[0]:
+            raise ValueError(f"cannot shrink the vocabulary from {old.shape[0]} to {vocab_size}")
+        grown = nn.Embedding(vocab_size, old.shape[1], device=old.device, dtype=old.dtype)
+        nn.init.normal_(grown.weight, std=0.02)
+        grown.weight[: old.shape[0]] = old
+        self.model.embed_tokens = grown
+        self.lm_head = nn.Linear(old.shape[1], vocab_size, bias=False, device=old.device, dtype=old.dtype)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = grown.weight
+        else:
+            raise ValueError("grow_vocab supports tied embeddings only (every preset ties them)")
+        self.config = self.config.replace(vocab_size=vocab_size)
+
     def rope(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._rope:
             self._rope[device] = rope_tables(self.config, device)

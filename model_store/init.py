@@ -14,9 +14,11 @@ from model_store.checkpoint import Provenance, save_checkpoint
 from model_store.registry import ModelStore
 
 
-def new_model(catalog: Catalog, preset_name: str, seed: int = 0, **overrides) -> tuple[Transformer, Vocab]:
-    """A freshly initialised model whose vocabulary covers ``catalog``."""
-    vocab = Vocab(build_tokenizer(catalog))
+def new_model(catalog: Catalog, preset_name: str, seed: int = 0, co_strength: bool = True,
+              **overrides) -> tuple[Transformer, Vocab]:
+    """A freshly initialised model whose vocabulary covers ``catalog`` (``co_strength=False``: the
+    v3 vocabulary, without the <coN> tokens)."""
+    vocab = Vocab(build_tokenizer(catalog, co_strength))
     config = preset(preset_name, vocab_size=len(vocab), mask_token_id=vocab.mask, pad_token_id=vocab.pad,
                     eos_token_id=vocab.eos, **overrides)
     torch.manual_seed(seed)

@@ -63,16 +63,18 @@ def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
     """Rank of each target under a non-learned baseline on the same candidate lists.
 
     ``pop``: training-interaction count (PopRec); ``evidence``: the trace's evidence score
-    (brand, category and co-occurrence matches with the history, plus popularity).
+    (brand, category and co-occurrence matches with the history, plus popularity) under the current
+    rule (v4); ``evidence-v3``: under the rule of the checkpoints trained before it.
     """
-    from recipe.traces import evidence, heuristic_order
+    from recipe.traces import RULE_V3, RULE_V4, evidence, heuristic_order
 
     ranks = []
     for ex in examples:
         if name == "pop":
             order = sorted(range(len(ex.candidates)), key=lambda k: (-source.counts.get(ex.candidates[k], 0), k))
         else:
-            order = heuristic_order(evidence(source.catalog, ex.history, ex.candidates))
+            rule = RULE_V3 if name == "evidence-v3" else RULE_V4
+            order = heuristic_order(evidence(source.catalog, ex.history, ex.candidates, rule))
         ranks.append(order.index(ex.target_slot))
     return ranks
 
@@ -87,7 +89,7 @@ def add_user_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
-    p.add_argument("--baseline", choices=["pop", "evidence"], default=None,
+    p.add_argument("--baseline", choices=["pop", "evidence", "evidence-v3"], default=None,
                    help="score a non-learned baseline on the same candidate lists instead of a checkpoint")
     p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
     p.add_argument("--decoder", choices=["ar", "diffusion"], default=None,

@@ -19,7 +19,7 @@ from model.catalog import Catalog
 from model.prompt import render_completion, render_prompt
 from model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab
 from recipe.data import Example, UserView, train_example, train_prefixes
-from recipe.traces import DEFAULT_TRACE_LEN, evidence, sft_target
+from recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, sft_target
 
 
 class Source(Protocol):
@@ -46,7 +46,8 @@ def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_T
                                                                  own_sequence)
     prompt = render_prompt(vocab, items, ex.history, ex.candidates)
     tie_seed = zlib.crc32(" ".join([*ex.history[-1:], *ex.candidates]).encode())  # fixed per example
-    trace, ranking = sft_target(evidence(items, ex.history, ex.candidates), ex.target_slot, trace_len, tie_seed)
+    evs = evidence(items, ex.history, ex.candidates, rule_for(vocab))  # the rule of the prompt it renders
+    trace, ranking = sft_target(evs, ex.target_slot, trace_len, tie_seed)
     completion = vocab.ids(render_completion(trace, ranking))
     return Encoded(prompt.ids + completion, len(prompt.ids), len(prompt.ids) + len(trace) + 2, prompt.num_slots)
 

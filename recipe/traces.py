@@ -3,10 +3,11 @@
 The trace assesses every candidate, in slot order, from the evidence the prompt shows for it:
   brand  the most recent history item of the same brand         -> ``<r:brand> <hI>``
   cat    the most recent history item of the same leaf category  -> ``<r:cat> <hI>``
-  co     the history item the prompt marks it as linked to       -> ``<r:co> <hI>``
-         (co-occurrence in other users' training sequences, see :mod:`recipe.data`)
+  co     the history item the prompt marks it as linked to       -> ``<r:co> <hI>`` (v4: ``<r:co> <hI> <coN>``,
+         with the bucket of their shared windows; co-occurrence in other users' training
+         sequences, see :mod:`recipe.data`)
 and a strength ``<v0>..<v9>``: the evidence score (those matches, recency-weighted, plus
-popularity) on a fixed scale (``LEVEL_EDGES``), so each entry depends on its own candidate only;
+popularity) on a fixed scale (:class:`EvidenceRule`), so each entry depends on its own candidate only;
 the entry closes by naming its slot again, right after the strength. ``<hI>`` names the I-th most
 recent history item. Entries are cut whole at ``trace_len`` tokens:
 
@@ -31,23 +32,62 @@ alone does not say.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from model.catalog import Catalog
 from model.prompt import MATCH_SCAN
-from model.tokenizer import EVIDENCE_LEVELS, MAX_HISTORY, history_token, slot_token
+from model.tokenizer import (
+    CO_FLOORS,
+    EVIDENCE_LEVELS,
+    MAX_HISTORY,
+    Vocab,
+    co_bucket,
+    co_token,
+    history_token,
+    slot_token,
+)
 
-# Weights of the evidence score (recency-weighted by 1 / (1 + I)); chosen on 5,000 Beauty
-# validation users, where the score alone ranks the target with NDCG@10 of about 0.26.
-W_BRAND, W_CAT, W_CO, W_POP = 3.0, 1.0, 3.0, 0.35
+
+@dataclass(frozen=True)
+class EvidenceRule:
+    """The evidence score's weights and its strength levels, for one prompt version.
+
+    score = pop * popularity bucket + sum over brand (category) matches among the ``SCAN`` most
+    recent history items of brand (cat) / (1 + I) + co / (1 + I) for the most recent linked item
+    I, times log(1 + its shared windows) when the prompt shows them (v4: the ``<coN>`` bucket's
+    floor, so the score is a function of the tokens the model sees). ``edges`` cut it into levels.
+    """
+    brand: float
+    cat: float
+    co: float
+    pop: float
+    edges: tuple[float, ...]
+    co_strength: bool
+
+    def level(self, score: float) -> int:
+        return min(EVIDENCE_LEVELS - 1, bisect.bisect_right(self.edges, score))
+
+
+# v3 (the checkpoints of the first eight sessions): weights chosen on 5,000 validation users with
+# 2-window links; edges from the validation score distribution (sorting by level kept NDCG@10
+# 0.270 of the exact score's 0.280 on 3,000 validation users).
+RULE_V3 = EvidenceRule(brand=3.0, cat=1.0, co=3.0, pop=0.35,
+                       edges=(1.4, 1.75, 2.1, 2.27, 2.45, 2.75, 3.1, 4.05, 6.0), co_strength=False)
+# v4 (ninth session): weights by grid search and edges by coordinate ascent on 4,000 random
+# validation users (seed 12345), 1-window links. Held out on 4,000 random test users, level-sorted
+# NDCG@10 0.337 / 0.332 (seeds 12345 / 1) against v3's 0.316 / 0.308 (docs/design.md, "Prompt").
+RULE_V4 = EvidenceRule(brand=5.0, cat=1.0, co=4.0, pop=0.15,
+                       edges=(0.45, 0.6, 0.79, 0.99, 1.47, 2.43, 3.57, 4.39, 7.02), co_strength=True)
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
 DEFAULT_TRACE_LEN = 420  # ~all 100 candidates (3 tokens each, more with evidence); the answer is 103
-# Strength levels: score edges from the Beauty validation distribution (popularity dominates most
-# candidates; matches push the rest up). Sorting by level keeps NDCG@10 0.270 of the exact
-# score's 0.280 on 3,000 validation users.
-LEVEL_EDGES = (1.4, 1.75, 2.1, 2.27, 2.45, 2.75, 3.1, 4.05, 6.0)
+
+
+def rule_for(vocab: Vocab) -> EvidenceRule:
+    """The rule of the prompt a vocabulary renders (``Vocab.co_strength``: v4)."""
+    return RULE_V4 if vocab.co_strength else RULE_V3
 
 
 @dataclass
@@ -57,29 +97,38 @@ class Evidence:
     brand: int | None = None  # recency index of the most recent matching history item
     cat: int | None = None
     co: int | None = None
+    co_token: str | None = None  # v4: the <coN> of the windows shared with the linked item ``co``
+    level: int = 0  # the score's strength level under the rule that computed it
 
 
-def evidence(catalog: Catalog, history: Sequence[str], candidates: Sequence[str]) -> list[Evidence]:
+def evidence(catalog: Catalog, history: Sequence[str], candidates: Sequence[str],
+             rule: EvidenceRule = RULE_V4) -> list[Evidence]:
     """Evidence for each candidate, in slot order (``catalog`` may be a per-user training view)."""
-    linked = catalog.linked
+    link_count = catalog.link_count
     recent = list(history)[::-1][:MAX_HISTORY]
     hist = [catalog.get(h) for h in recent]
     out = []
     for k, c in enumerate(candidates):
         item = catalog.get(c)
-        ev = Evidence(slot=k, score=W_POP * (item.pop if item else 0))
+        ev = Evidence(slot=k, score=rule.pop * (item.pop if item else 0))
         for r, (h, hi) in enumerate(zip(recent, hist, strict=True)):
             w = 1.0 / (1 + r)
             if item is not None and hi is not None and r < SCAN:
                 if item.brand and hi.brand == item.brand:
-                    ev.score += W_BRAND * w
+                    ev.score += rule.brand * w
                     ev.brand = r if ev.brand is None else ev.brand
                 if item.category and hi.category == item.category:
-                    ev.score += W_CAT * w
+                    ev.score += rule.cat * w
                     ev.cat = r if ev.cat is None else ev.cat
-            if ev.co is None and linked(h, c):  # the prompt shows only the most recent link
-                ev.co = r
-                ev.score += W_CO * w
+            if ev.co is None:  # the prompt shows only the most recent link
+                n = link_count(h, c)
+                if n > 0:
+                    ev.co, strength = r, 1.0
+                    if rule.co_strength:
+                        ev.co_token = co_token(n)
+                        strength = math.log1p(CO_FLOORS[co_bucket(n) - 1])
+                    ev.score += rule.co * w * strength
+        ev.level = rule.level(ev.score)
         out.append(ev)
     return out
 
@@ -87,10 +136,6 @@ def evidence(catalog: Catalog, history: Sequence[str], candidates: Sequence[str]
 def heuristic_order(evs: list[Evidence]) -> list[int]:
     """Slots by decreasing score, ties by slot."""
     return [e.slot for e in sorted(evs, key=lambda e: (-e.score, e.slot))]
-
-
-def level(score: float) -> int:
-    return min(EVIDENCE_LEVELS - 1, bisect.bisect_right(LEVEL_EDGES, score))
 
 
 def trace_entries(evs: list[Evidence], trace_len: int = DEFAULT_TRACE_LEN) -> list[tuple[int, list[str]]]:
@@ -101,7 +146,9 @@ def trace_entries(evs: list[Evidence], trace_len: int = DEFAULT_TRACE_LEN) -> li
         for rel, r in (("brand", e.brand), ("cat", e.cat), ("co", e.co)):
             if r is not None:
                 entry += [f"<r:{rel}>", history_token(r)]
-        entry += [f"<v{level(e.score)}>", slot_token(e.slot)]
+        if e.co_token is not None:
+            entry.append(e.co_token)
+        entry += [f"<v{e.level}>", slot_token(e.slot)]
         if used + len(entry) > trace_len:
             break
         out.append((e.slot, entry))
@@ -124,7 +171,7 @@ def sft_target(evs: list[Evidence], target_slot: int, trace_len: int = DEFAULT_T
     slot order). With random ties the strengths are the only thing an answer step can predict."""
     entries = trace_entries(evs, trace_len)
     reached = {s for s, _ in entries}
-    strength = {e.slot: level(e.score) for e in evs if e.slot in reached}
+    strength = {e.slot: e.level for e in evs if e.slot in reached}
     tie = random.Random(tie_seed).sample(range(len(evs)), len(evs))
     order = sorted((e.slot for e in evs if e.slot != target_slot), key=lambda k: (-strength.get(k, -1), tie[k]))
     return [t for _, entry in entries for t in entry], [target_slot, *order]

@@ -82,17 +82,22 @@ def validate_with(model, vocab, source, args, decoder: str, trace_len: int) -> d
 
 def warm_start(ref: str, store: str | None, vocab):
     """The weights of an earlier AR checkpoint, checked to share the vocabulary built from this data
-    (the item tokens index the catalog, so a checkpoint from other data would silently mis-rank)."""
+    (the item tokens index the catalog, so a checkpoint from other data would silently mis-rank).
+    A checkpoint whose vocabulary is a prefix of this one (a v3 model, before the ``<coN>`` tokens)
+    gets new embedding rows for the tokens it lacks and trains on this data's (v4) prompts."""
     from dgr2cli import resolve_checkpoint
     from model_store import load_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(ref, store))
-    if not ckpt.vocab.same_tokens(vocab):
-        raise SystemExit(f"--init-from {ref}: its vocabulary differs from the one built from this data "
-                         "(a checkpoint trained on other data or another catalog)")
     if ckpt.config.decoder != "ar":
         raise SystemExit(f"--init-from {ref}: a {ckpt.config.decoder} checkpoint; warm starts take an AR one")
-    return ckpt.model, ckpt.vocab, str(ckpt.path.name)
+    if ckpt.vocab.same_tokens(vocab):
+        return ckpt.model, ckpt.vocab, str(ckpt.path.name)
+    if not vocab.extends(ckpt.vocab):
+        raise SystemExit(f"--init-from {ref}: its vocabulary differs from the one built from this data "
+                         "(a checkpoint trained on other data or another catalog)")
+    ckpt.model.grow_vocab(len(vocab))
+    return ckpt.model, vocab, str(ckpt.path.name)
 
 
 def run(args: argparse.Namespace) -> int:

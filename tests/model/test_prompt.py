@@ -1,9 +1,12 @@
 """Prompt rendering and answer parsing, with every kind of invalid answer classified."""
 
+from dataclasses import replace
+
 import pytest
 
+from model.catalog import Catalog
 from model.prompt import parse_answer, render_completion, render_prompt
-from model.tokenizer import MAX_SLOTS, slot_token
+from model.tokenizer import CO_TOKENS, MAX_SLOTS, Vocab, build_tokenizer, slot_token
 
 
 def toks(vocab, prompt):
@@ -19,7 +22,9 @@ def test_prompt_layout(tiny, catalog):
     assert t[t.index("<candidates>") + 1] == "<c1>"
     assert f"<item:{ids[2]}>" in t and f"<item:{ids[10]}>" not in t  # candidates are shown by their evidence
     assert p.num_slots == 2 and p.unknown_items == [] and "<unk>" not in t
-    assert len(t) == 1 + 3 * 4 + 2 + 2 * 5 + 2  # history items: 4 tokens; candidates: pop, 2 matches, link, slot
+    linked = sum(any(catalog.linked(h, c) for h in ids[:3]) for c in ids[10:12])
+    # history items: 4 tokens; candidates: slot, pop, 2 matches, link, and <coN> when linked (v4)
+    assert len(t) == 1 + 3 * 4 + 2 + 2 * 5 + linked + 2
 
 
 def test_history_keeps_most_recent(tiny, catalog):
@@ -47,18 +52,41 @@ def test_candidate_link_names_the_most_recent_linked_history_item(tiny, catalog)
     _, vocab = tiny
     ids = catalog.ids()
     history, cand = ids[:4], ids[30]
-    links = {(ids[1], cand), (ids[2], cand)}
+    links = {(ids[1], cand): 1, (ids[2], cand): 6}
 
     class Linked:  # the catalog, with the links of this test
         get, brand_index, category_index = catalog.get, catalog.brand_index, catalog.category_index
+        has_link_counts = True
 
         @staticmethod
-        def linked(h, c):
-            return (h, c) in links
+        def link_count(h, c):
+            return links.get((h, c), 0)
 
-    p = render_prompt(vocab, Linked, history, [cand])
-    t = toks(vocab, p)
-    assert t[t.index("<c1>") + 4] == "<h2>"  # ids[2] is the second most recent of four
+    t = toks(vocab, render_prompt(vocab, Linked, history, [cand]))
+    # ids[2] is the second most recent of four; 6 shared windows fall in the 5-8 bucket
+    assert t[t.index("<c1>") + 4: t.index("<c1>") + 6] == ["<h2>", "<co4>"]
+    v3 = Vocab(build_tokenizer(catalog, co_strength=False))
+    t3 = toks(v3, render_prompt(v3, Linked, history, [cand]))
+    assert t3[t3.index("<c1>") + 4: t3.index("<c1>") + 6] == ["<h2>", "</candidates>"]
+
+
+def test_prompt_version_follows_the_vocabulary(catalog):
+    v4, v3 = Vocab(build_tokenizer(catalog)), Vocab(build_tokenizer(catalog, co_strength=False))
+    assert v4.co_strength and not v3.co_strength
+    assert v4.extends(v3) and not v3.extends(v4) and len(v4) == len(v3) + len(CO_TOKENS)
+    assert set(v4.output_ids) - set(v3.output_ids) == {v4.id(t) for t in CO_TOKENS}
+    ids = catalog.ids()
+    p4 = toks(v4, render_prompt(v4, catalog, ids[:6], ids[6:40]))
+    p3 = toks(v3, render_prompt(v3, catalog, ids[:6], ids[6:40]))
+    assert any(t in CO_TOKENS for t in p4)  # the synthetic catalog links some of them
+    assert [t for t in p4 if t not in CO_TOKENS] == p3
+    # a v4 vocabulary refuses a catalog without link counts (one written before they were kept)
+    no_counts = Catalog([replace(catalog.get(i), link_counts=()) for i in ids])
+    assert not no_counts.has_link_counts and no_counts.linked(*next((a, b) for a in ids for b in ids
+                                                                     if catalog.linked(a, b)))
+    with pytest.raises(ValueError, match="no link counts"):
+        render_prompt(v4, no_counts, ids[:6], ids[6:40])
+    assert toks(v3, render_prompt(v3, no_counts, ids[:6], ids[6:40])) == p3
 
 
 def test_match_tokens_name_the_most_recent_history_item_with_the_same_brand_or_category(tiny, catalog):

@@ -25,7 +25,7 @@ def ckpt(tmp_path, tiny, catalog):
                            Provenance(stage="test", parent="none", metrics={"ndcg@10": 0.5}))
 
 
-def test_round_trip(ckpt, tiny):
+def test_round_trip(ckpt, tiny, catalog):
     model, _ = tiny
     loaded = load_checkpoint(ckpt)
     ids = torch.randint(0, model.config.vocab_size, (1, 9))
@@ -33,7 +33,10 @@ def test_round_trip(ckpt, tiny):
     m = loaded.manifest
     assert m["stage"] == "test" and m["metrics"] == {"ndcg@10": 0.5} and set(m["files"]) >= {"config.json"}
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "qwen3"
-    assert len(loaded.catalog) == 60
+    assert len(loaded.catalog) == 60 and loaded.catalog.has_link_counts
+    assert all(loaded.catalog.get(i).link_counts == catalog.get(i).link_counts for i in catalog.ids())
+    assert any(catalog.get(i).link_counts for i in catalog.ids())
+    assert loaded.vocab.co_strength
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "catalog.jsonl.xz", "config.json"])

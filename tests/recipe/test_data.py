@@ -10,7 +10,7 @@ import torch
 from model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab, build_tokenizer
 from recipe.data import DataError, UserView, eval_examples, load_beauty, train_example, train_prefixes
 from recipe.sft import TrainStream, encode, slot_exclusions
-from recipe.traces import evidence, render_trace, sft_target
+from recipe.traces import RULE_V3, RULE_V4, evidence, render_trace, rule_for, sft_target
 
 
 def test_leave_one_out_and_candidates(synth):
@@ -78,7 +78,7 @@ def test_no_test_target_in_training_examples_or_traces(tiny, synth):
 def test_trace_is_content_dependent_and_bounded(synth):
     ex = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=15)[0]
     evs = evidence(synth.catalog, ex.history, ex.candidates)
-    for n in (16, 32, 64):  # an entry is at most 9 tokens
+    for n in (16, 32, 64):  # an entry is at most 10 tokens
         trace = render_trace(evs, n)
         assert 0 < len(trace) <= n
     trace, ranking = sft_target(evs, ex.target_slot, 64)
@@ -86,6 +86,55 @@ def test_trace_is_content_dependent_and_bounded(synth):
     assert any(t in trace for t in ("<r:brand>", "<r:cat>")), "synthetic users share brand/category"
     other = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=15)[1]
     assert render_trace(evidence(synth.catalog, other.history, other.candidates), 64) != render_trace(evs, 64)
+
+
+def test_trace_cites_the_link_window_of_the_prompt(synth):
+    """Every linked candidate's trace entry repeats the prompt's ``<hI> <coN>`` (v4) or ``<hI>`` (v3):
+    the trace is computable from the prompt, whichever version the vocabulary renders."""
+    exs = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=30)[:20]
+    cited = 0
+    for co_strength in (True, False):
+        vocab = Vocab(build_tokenizer(synth.catalog, co_strength=co_strength))
+        assert rule_for(vocab) is (RULE_V4 if co_strength else RULE_V3)
+        for ex in exs:
+            enc = encode(vocab, synth, ex, trace_len=400)
+            t = vocab.decode(enc.ids).split()
+            think = t.index("<think>")
+            prompt, trace = t[:think], t[think + 1: t.index("</think>")]
+            for k in range(30):
+                slot = f"<c{k + 1}>"
+                window = prompt[prompt.index(slot) + 1:]
+                link = window[3:5] if window[4].startswith("<co") else window[3:4]
+                entry = trace[trace.index(slot) + 1:]
+                entry = entry[: entry.index(slot)]
+                if link == ["<r:none>"]:
+                    assert "<r:co>" not in entry
+                else:
+                    cited += 1
+                    at = entry.index("<r:co>")
+                    assert entry[at + 1: at + 1 + len(link)] == link and len(link) == 1 + co_strength
+    assert cited > 20
+
+
+def test_link_strength_raises_the_v4_score_only(synth):
+    ex = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=30)[0]
+    hist, cand = ex.history[-1:], ex.candidates[0]
+
+    class Windows:  # the catalog with one link of a given count
+        get = synth.catalog.get
+
+        def __init__(self, n):
+            self.n = n
+
+        def link_count(self, a, b):
+            return self.n if (a, b) == (hist[0], cand) else 0
+
+    v4 = [evidence(Windows(n), hist, [cand], RULE_V4)[0] for n in (0, 1, 4, 20)]
+    v3 = [evidence(Windows(n), hist, [cand], RULE_V3)[0] for n in (0, 1, 4, 20)]
+    assert v4[0].score < v4[1].score < v4[2].score < v4[3].score
+    assert [e.co_token for e in v4] == [None, "<co1>", "<co3>", "<co6>"]
+    assert v3[0].score < v3[1].score == v3[2].score == v3[3].score and all(e.co_token is None for e in v3)
+    assert [e.level for e in v4] == [RULE_V4.level(e.score) for e in v4]
 
 
 def test_missing_or_malformed_data_dir(tmp_path, monkeypatch):
