@@ -21,14 +21,18 @@ from model.decoding import DecodeConfig, completion_budget
 from model.engine import RankRequest, Reranker
 from recipe.data import Example, eval_examples
 from recipe.metrics import summarize
-from recipe.traces import DEFAULT_TRACE_LEN
+from recipe.trace_fidelity import TraceFidelity
+from recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, trace_entries
 
 
 def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
-             progress: bool = True) -> dict:
+             progress: bool = True, trace_len: int = DEFAULT_TRACE_LEN) -> dict:
+    """Metrics of the guarded rankings, validity as decoded, decode speed, and the trace fidelity
+    (:mod:`recipe.trace_fidelity`) against the rule's trace cut at ``trace_len`` tokens."""
     ranks, valid, passes, generated = [], 0, 0, 0
     kinds = {"duplicates": 0, "missing": 0, "out_of_set": 0, "malformed": 0}
     decode_s = 0.0
+    fidelity, rule = TraceFidelity(), rule_for(reranker.vocab)
     bar = tqdm(total=len(examples), desc=f"eval {reranker.decoder}", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     for start in range(0, len(examples), batch_size):
@@ -43,6 +47,8 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
                 kinds[kind] += bool(getattr(res.report, kind))
             passes += res.forward_passes
             generated += res.generated_tokens
+            reference = trace_entries(evidence(reranker.catalog, ex.history, ex.candidates, rule), trace_len)
+            fidelity.add(res.reasoning.split(), reference, res.order)
         bar.update(len(chunk))
         bar.set_postfix(ndcg10=f"{summarize(ranks)['ndcg@10']:.4f}", valid=f"{valid / len(ranks):.3f}")
     bar.close()
@@ -56,6 +62,7 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
         "decode_tokens_per_s": round(generated / max(decode_s, 1e-9), 2),
         "generated_tokens_mean": round(generated / n, 2),
         "decode_seconds": round(decode_s, 3),
+        "trace": fidelity.summary(),  # what the model gets right of the rule it was taught
     }
 
 
@@ -66,7 +73,7 @@ def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
     (brand, category and co-occurrence matches with the history, plus popularity) under the current
     rule (v4); ``evidence-v3``: under the rule of the checkpoints trained before it.
     """
-    from recipe.traces import RULE_V3, RULE_V4, evidence, heuristic_order
+    from recipe.traces import RULE_V3, RULE_V4, heuristic_order
 
     ranks = []
     for ex in examples:
@@ -149,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
                                  block_size=args.block_size, threshold=args.threshold,
                                  answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
                                  causal_first_rank=args.causal_first_rank)
-    result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size)
+    result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,
+                      trace_len=args.trace_len)
     result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                   neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
                   answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,

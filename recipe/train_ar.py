@@ -77,7 +77,8 @@ def validate_with(model, vocab, source, args, decoder: str, trace_len: int) -> d
     examples = eval_examples(source.sequences, source.item_ids, "valid", args.candidates, args.neg_seed,
                              args.val_users)
     cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))
-    return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
+    return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False,
+                    trace_len=trace_len)
 
 
 def warm_start(ref: str, store: str | None, vocab):

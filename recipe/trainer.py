@@ -249,7 +249,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
             last_val = (step + 1, val)
             model.train()
             record.update({"val_ndcg@10": val["ndcg@10"], "val_valid_raw": val["valid_raw"],
-                           "val_tokens_per_forward": val.get("tokens_per_forward")})
+                           "val_tokens_per_forward": val.get("tokens_per_forward"), "val_trace": val.get("trace")})
             bar.write(f"step {step + 1}: loss {loss_value:.4f} val ndcg@10 {val['ndcg@10']:.4f} "
                       f"valid {val['valid_raw']:.3f}")
         run_dir.log(record)

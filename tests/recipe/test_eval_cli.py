@@ -22,6 +22,8 @@ def test_eval_json_for_both_decoders(tmp_path, synth, capsys):
         out = json.loads(capsys.readouterr().out)
         assert set(out) >= FIELDS and out["n"] == 8 and out["decoder"] == decoder
         assert 0.0 <= out["valid_raw"] <= 1.0 and out["tokens_per_forward"] > 0
+        assert set(out["trace"]) == {"entries_exact", "levels_exact", "answer_sorted"}
+        assert all(0.0 <= v <= 1.0 for v in out["trace"].values())
 
 
 def test_eval_baselines(capsys):
