@@ -88,11 +88,13 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of ``base``."""
+def lr_at(step: int, total: int, base: float, warmup: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``base``, over whichever runs out first: the
+    steps or the time budget (``time_fraction`` of it spent). Without the second, a run stopped
+    by ``--time-budget-min`` long before ``--steps`` would end at a high learning rate."""
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -219,9 +221,17 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
     step = start
     last_val: tuple[int, dict] | None = None  # (step, metrics): publishing reuses a final validation
     skipped_in_a_row = skipped = 0
+    budget_s = (args.time_budget_min or 0) * 60
+
+    def spent() -> float:  # fraction of the time budget used, the ranks' mean (so they agree on the lr)
+        if not budget_s:
+            return 0.0
+        return d.sum(torch.tensor(time.time() - t_start, device=device)).item() / d.world / budget_s
+
     for step in bar:
+        time_fraction = spent()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
+            g["lr"] = lr_at(step, steps, lr, warmup, time_fraction)
         with autocast:
             loss = stage.loss(step, hidden)
         opt.zero_grad(set_to_none=True)
@@ -241,8 +251,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
             run_dir.log(record)
             raise StageNotTraining(f"{stage.name}: {skipped_in_a_row} steps in a row had a non-finite gradient "
                                    f"(up to step {step + 1}, loss {loss_value:.4g}); nothing published")
-        out_of_time = bool(args.time_budget_min) and time.time() - t_start > args.time_budget_min * 60
-        done = step + 1 == steps or bool(d.sum(torch.tensor(float(out_of_time))).item())
+        done = step + 1 == steps or spent() >= 1.0
         if d.main and ((step + 1) % args.eval_every == 0 or done):
             model.eval()
             val = stage.validate()

@@ -1,12 +1,13 @@
-"""run_stage and non-finite gradients: a stray step is skipped and logged, a stage that never
-trains stops instead of publishing its untouched weights."""
+"""run_stage: a stray non-finite step is skipped and logged, a stage that never trains stops
+instead of publishing its untouched weights, and the schedule ends with the time budget."""
 
 import argparse
 import json
+import time
 
 import torch
 
-from recipe.trainer import MAX_SKIPPED_IN_A_ROW, Dist, Stage, StageNotTraining, run_stage
+from recipe.trainer import MAX_SKIPPED_IN_A_ROW, Dist, Stage, StageNotTraining, lr_at, run_stage
 
 
 class Tiny(torch.nn.Module):
@@ -18,17 +19,18 @@ class Tiny(torch.nn.Module):
         return self.w
 
 
-def run(tmp_path, nan_steps, steps):
+def run(tmp_path, nan_steps, steps, time_budget_min=None, step_s=0.0):
     model, published = Tiny(), []
 
     def loss(step, hidden):
+        time.sleep(step_s)
         scale = float("nan") if step in nan_steps else 1.0
         return (hidden() * scale).sum()
 
     stage = Stage("probe", model, loss, lambda: {"ndcg@10": 0.0, "valid_raw": 1.0},
                   lambda metrics, n: published.append(n) or tmp_path / "published")
-    args = argparse.Namespace(run_dir=str(tmp_path / "run"), fresh=True, time_budget_min=None, eval_every=1000,
-                              save_every=1000)
+    args = argparse.Namespace(run_dir=str(tmp_path / "run"), fresh=True, time_budget_min=time_budget_min,
+                              eval_every=1000, save_every=1000)
     outcome = None
     try:
         run_stage(stage, args, Dist(), steps=steps, lr=0.1, warmup=0)
@@ -50,3 +52,20 @@ def test_a_stage_whose_every_step_is_non_finite_stops_unpublished(tmp_path):
     assert isinstance(outcome, StageNotTraining) and f"{MAX_SKIPPED_IN_A_ROW} steps in a row" in str(outcome)
     assert published == [] and torch.equal(model.w.detach(), torch.ones(3))
     assert len(log) == MAX_SKIPPED_IN_A_ROW and all(r["skipped"] for r in log)
+
+
+def test_the_schedule_decays_over_steps_or_time_whichever_ends_first():
+    assert lr_at(0, 100, 1.0, 10) == 0.1 and lr_at(9, 100, 1.0, 10) == 1.0  # linear warm-up
+    assert lr_at(10, 100, 1.0, 10) == 1.0 and abs(lr_at(100, 100, 1.0, 10) - 0.1) < 1e-9
+    assert abs(lr_at(55, 100, 1.0, 10) - 0.55) < 1e-9  # cosine midpoint: half-way to the 10% floor
+    assert abs(lr_at(20, 100, 1.0, 10, time_fraction=0.5) - 0.55) < 1e-9  # half the budget spent
+    assert abs(lr_at(20, 100, 1.0, 10, time_fraction=1.0) - 0.1) < 1e-9
+
+
+def test_a_time_budget_ends_the_run_with_the_decayed_learning_rate(tmp_path):
+    # 0.05 s steps against a 1 s budget: stops after ~20 of 1,000 steps, lr near its floor
+    model, published, log, outcome = run(tmp_path, nan_steps=set(), steps=1000, time_budget_min=1 / 60,
+                                         step_s=0.05)
+    assert outcome is None and 5 <= len(log) <= 21 and published == [len(log)]
+    lrs = [r["lr"] for r in log]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 * 0.2  # base 0.1, floor 0.01
