@@ -77,8 +77,9 @@ class EvidenceRule:
 RULE_V3 = EvidenceRule(brand=3.0, cat=1.0, co=3.0, pop=0.35,
                        edges=(1.4, 1.75, 2.1, 2.27, 2.45, 2.75, 3.1, 4.05, 6.0), co_strength=False)
 # v4 (ninth session): weights by grid search and edges by coordinate ascent on 4,000 random
-# validation users (seed 12345), 1-window links (scripts/fit_evidence_rule.py). Held out on 4,000 random test users, level-sorted
-# NDCG@10 0.338 / 0.333 (seeds 12345 / 1) against v3's 0.318 / 0.314 (docs/design.md, "Prompt").
+# validation users (seed 12345), 1-window links (scripts/fit_evidence_rule.py). Held out on 4,000
+# random test users, level-sorted NDCG@10 0.338 / 0.333 (seeds 12345 / 1) against v3's 0.318 /
+# 0.314 (docs/design.md, "Prompt").
 RULE_V4 = EvidenceRule(brand=5.0, cat=1.0, co=4.0, pop=0.15,
                        edges=(0.45, 0.6, 0.79, 0.99, 1.47, 2.43, 3.57, 4.39, 7.02), co_strength=True)
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
