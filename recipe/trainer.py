@@ -146,7 +146,11 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     run.add_argument("--batch-size", type=int, default=8, help="global batch (sequences per step)")
     run.add_argument("--lr", type=float, default=None, help="peak learning rate")
     run.add_argument("--time-budget-min", type=float, default=None,
-                     help="stop (and save) once this many minutes have passed")
+                     help="stop (and save) once this many minutes of this invocation have passed")
+    run.add_argument("--schedule-to-budget", action="store_true",
+                     help="end the cosine schedule when --time-budget-min runs out, if that comes before "
+                          "--steps (a one-shot run to a deadline; leave it off for a run resumed across "
+                          "invocations, whose schedule must follow the steps)")
     run.add_argument("--save-every", type=int, default=50, help="steps between resumable saves")
     run.add_argument("--eval-every", type=int, default=100, help="steps between validation runs")
     run.add_argument("--val-users", type=int, default=200, help="validation users per validation run")
@@ -223,13 +227,13 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
     skipped_in_a_row = skipped = 0
     budget_s = (args.time_budget_min or 0) * 60
 
-    def spent() -> float:  # fraction of the time budget used, the ranks' mean (so they agree on the lr)
+    def spent() -> float:  # fraction of the time budget used, the ranks' mean (so they agree on it)
         if not budget_s:
             return 0.0
         return d.sum(torch.tensor(time.time() - t_start, device=device)).item() / d.world / budget_s
 
     for step in bar:
-        time_fraction = spent()
+        time_fraction = spent() if args.schedule_to_budget else 0.0
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup, time_fraction)
         with autocast:

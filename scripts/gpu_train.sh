@@ -3,7 +3,9 @@
 #   - the Triton kernel tests compiled on CUDA (in the background, beside the training);
 #   - optionally the answer-step probe (scripts/answer_sort_probe.py) at GPU step counts (PROBE_S > 0);
 #   - the AR re-ranker on Beauty (`dgr2 train ar --device cuda`, batch 64, bf16 autocast, loader workers),
-#     from scratch or warm-started from AR_INIT (an AR checkpoint folder or store reference);
+#     from scratch or warm-started from AR_INIT (an AR checkpoint folder or store reference; a v3 one,
+#     like the shipped ar-small-gpu5, grows the <coN> tokens and trains on prompt v4); the learning rate
+#     decays over AR_STEPS or AR_MIN, whichever ends first (--schedule-to-budget), likewise for CFT;
 #   - CFT from that AR model when its validation NDCG@10 beats chance clearly (> 0.08);
 #   - then, until EVAL_DEADLINE_S seconds after the start, the test-split evals of the new pair on all
 #     users (or EVAL_LIMIT) with `recipe.ablation --device cuda`: AR for the 3 seeds first, then +CFT
@@ -33,13 +35,13 @@ common=(--device "$DEVICE" --loader-workers "${LOADER_WORKERS:-10}" --data-dir "
 warm=()
 [[ -n ${AR_INIT:-} ]] && warm=(--init-from "$AR_INIT" --lr "${AR_LR:-1e-3}")
 "$PYTHON" -m dgr2cli train ar "${common[@]}" "${warm[@]}" --run-dir "$out/ar" --batch-size "${AR_BATCH:-64}" \
-    --steps "${AR_STEPS:-3000}" --time-budget-min "${AR_MIN:-3.5}" --eval-every "${AR_EVAL_EVERY:-500}" \
+    --steps "${AR_STEPS:-3000}" --time-budget-min "${AR_MIN:-3.5}" --schedule-to-budget --eval-every "${AR_EVAL_EVERY:-500}" \
     2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$out/ar.log"
 ndcg=$("$PYTHON" -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if 'val_ndcg@10' in l]; print(r[-1]['val_ndcg@10'] if r else 0)" "$out/ar/log.jsonl" 2>/dev/null || echo 0)
 echo "AR final validation NDCG@10: $ndcg"
 if "$PYTHON" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$ndcg" "${CFT_IF_NDCG:-0.08}"; then
     "$PYTHON" -m dgr2cli train cft "${common[@]}" --from "$out/store/beauty-gr2/ar-small-s0" --run-dir "$out/cft" \
-        --batch-size "${CFT_BATCH:-32}" --steps "${CFT_STEPS:-800}" --time-budget-min "${CFT_MIN:-1.3}" \
+        --batch-size "${CFT_BATCH:-32}" --steps "${CFT_STEPS:-800}" --time-budget-min "${CFT_MIN:-1.3}" --schedule-to-budget \
         --eval-every "${CFT_EVAL_EVERY:-400}" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$out/cft.log"
 else
     echo "CFT skipped: the AR model is not clearly above chance (0.045)"

@@ -5,6 +5,7 @@ import argparse
 import json
 import time
 
+import pytest
 import torch
 
 from recipe.trainer import MAX_SKIPPED_IN_A_ROW, Dist, Stage, StageNotTraining, lr_at, run_stage
@@ -19,7 +20,7 @@ class Tiny(torch.nn.Module):
         return self.w
 
 
-def run(tmp_path, nan_steps, steps, time_budget_min=None, step_s=0.0):
+def run(tmp_path, nan_steps, steps, time_budget_min=None, step_s=0.0, schedule_to_budget=False):
     model, published = Tiny(), []
 
     def loss(step, hidden):
@@ -30,7 +31,7 @@ def run(tmp_path, nan_steps, steps, time_budget_min=None, step_s=0.0):
     stage = Stage("probe", model, loss, lambda: {"ndcg@10": 0.0, "valid_raw": 1.0},
                   lambda metrics, n: published.append(n) or tmp_path / "published")
     args = argparse.Namespace(run_dir=str(tmp_path / "run"), fresh=True, time_budget_min=time_budget_min,
-                              eval_every=1000, save_every=1000)
+                              schedule_to_budget=schedule_to_budget, eval_every=1000, save_every=1000)
     outcome = None
     try:
         run_stage(stage, args, Dist(), steps=steps, lr=0.1, warmup=0)
@@ -62,10 +63,15 @@ def test_the_schedule_decays_over_steps_or_time_whichever_ends_first():
     assert abs(lr_at(20, 100, 1.0, 10, time_fraction=1.0) - 0.1) < 1e-9
 
 
-def test_a_time_budget_ends_the_run_with_the_decayed_learning_rate(tmp_path):
-    # 0.05 s steps against a 1 s budget: stops after ~20 of 1,000 steps, lr near its floor
+@pytest.mark.parametrize("to_budget", [True, False])
+def test_a_time_budget_stops_the_run_and_can_end_the_schedule(tmp_path, to_budget):
+    # 0.05 s steps against a 1 s budget: stops after ~20 of 1,000 steps
     model, published, log, outcome = run(tmp_path, nan_steps=set(), steps=1000, time_budget_min=1 / 60,
-                                         step_s=0.05)
+                                         step_s=0.05, schedule_to_budget=to_budget)
     assert outcome is None and 5 <= len(log) <= 21 and published == [len(log)]
     lrs = [r["lr"] for r in log]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 * 0.2  # base 0.1, floor 0.01
+    assert lrs == sorted(lrs, reverse=True)
+    if to_budget:  # decayed near its floor (base 0.1, floor 0.01) by the end of the budget
+        assert lrs[-1] < 0.1 * 0.2
+    else:  # the schedule follows the 1,000 steps: barely moved
+        assert lrs[-1] > 0.1 * 0.99
