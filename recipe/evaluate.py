@@ -20,50 +20,48 @@ from tqdm import tqdm
 from model.decoding import DecodeConfig, completion_budget
 from model.engine import RankRequest, Reranker
 from recipe.data import Example, eval_examples
+from recipe.eval_tally import INVALID_KINDS, ResumeError, ResumeFile, Tally
 from recipe.metrics import summarize
-from recipe.trace_fidelity import TraceFidelity
 from recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, trace_entries
 
 
 def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
-             progress: bool = True, trace_len: int = DEFAULT_TRACE_LEN) -> dict:
+             progress: bool = True, trace_len: int = DEFAULT_TRACE_LEN, resume: ResumeFile | None = None) -> dict:
     """Metrics of the guarded rankings, validity as decoded, decode speed, and the trace fidelity
-    (:mod:`recipe.trace_fidelity`) against the rule's trace cut at ``trace_len`` tokens."""
-    ranks, valid, passes, generated = [], 0, 0, 0
-    kinds = {"duplicates": 0, "missing": 0, "out_of_set": 0, "malformed": 0}
-    decode_s = 0.0
-    fidelity, rule = TraceFidelity(), rule_for(reranker.vocab)
-    bar = tqdm(total=len(examples), desc=f"eval {reranker.decoder}", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start: start + batch_size]
+    (:mod:`recipe.trace_fidelity`) against the rule's trace cut at ``trace_len`` tokens. With
+    ``resume``, users already in that file are not decoded again and count towards the result."""
+    total = resume.load() if resume else Tally()
+    done = set(total.users)
+    todo = [e for e in examples if e.user not in done]
+    if len(done) + len(todo) != len(examples):
+        raise ResumeError(f"{resume.path} holds {len(done) + len(todo) - len(examples)} users this eval does not")
+    rule = rule_for(reranker.vocab)
+    bar = tqdm(total=len(examples), initial=len(done), desc=f"eval {reranker.decoder}", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start: start + batch_size]
+        batch = Tally()
         t0 = time.perf_counter()
         results = reranker.rank([RankRequest(e.history, e.candidates) for e in chunk])
-        decode_s += time.perf_counter() - t0
+        batch.decode_s = time.perf_counter() - t0
         for ex, res in zip(chunk, results, strict=True):
-            ranks.append(res.order.index(ex.target_slot))
-            valid += res.report.valid_as_decoded
-            for kind in kinds:
-                kinds[kind] += bool(getattr(res.report, kind))
-            passes += res.forward_passes
-            generated += res.generated_tokens
+            batch.users.append(ex.user)
+            batch.ranks.append(res.order.index(ex.target_slot))
+            batch.valid += res.report.valid_as_decoded
+            for kind in INVALID_KINDS:
+                batch.invalid[kind] += bool(getattr(res.report, kind))
+            batch.passes += res.forward_passes
+            batch.generated += res.generated_tokens
             reference = trace_entries(evidence(reranker.catalog, ex.history, ex.candidates, rule), trace_len)
-            fidelity.add(res.reasoning.split(), reference, res.order)
+            batch.fidelity.add(res.reasoning.split(), reference, res.order)
+        if resume:
+            resume.append(batch)
+        total.merge(batch)
         bar.update(len(chunk))
-        bar.set_postfix(ndcg10=f"{summarize(ranks)['ndcg@10']:.4f}", valid=f"{valid / len(ranks):.3f}")
+        bar.set_postfix(ndcg10=f"{summarize(total.ranks)['ndcg@10']:.4f}",
+                        valid=f"{total.valid / len(total.ranks):.3f}")
     bar.close()
-    n = len(ranks)
-    return {
-        "n": n,
-        **summarize(ranks),
-        "valid_raw": round(valid / n, 6),
-        "invalid_raw": {k: round(v / n, 6) for k, v in kinds.items()},
-        "tokens_per_forward": round(generated / max(passes, 1), 4),
-        "decode_tokens_per_s": round(generated / max(decode_s, 1e-9), 2),
-        "generated_tokens_mean": round(generated / n, 2),
-        "decode_seconds": round(decode_s, 3),
-        "trace": fidelity.summary(),  # what the model gets right of the rule it was taught
-    }
+    return total.summary()
 
 
 def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
@@ -122,6 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trace length the model was trained with (sets the decode budget)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--resume-file", default=None,
+                   help="append each finished batch to this file and, when it exists, skip the users it "
+                        "holds (an all-users CPU eval that survives a stop; refused if written by another eval)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,14 +157,21 @@ def run(args: argparse.Namespace) -> int:
                                  block_size=args.block_size, threshold=args.threshold,
                                  answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
                                  causal_first_rank=args.causal_first_rank)
-    result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,
-                      trace_len=args.trace_len)
-    result.update(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
-                  neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
-                  answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,
-                  causal_first_rank=cfg.causal_first_rank,
-                  max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
-                  device=args.device, **users)
+    settings = dict(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
+                    neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
+                    answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,
+                    causal_first_rank=cfg.causal_first_rank,
+                    max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
+                    device=args.device, **users)
+    # the resume file also pins the weights, so a re-trained checkpoint of the same name is refused
+    resume = ResumeFile(args.resume_file, {**settings, "weights_sha256": ckpt.manifest["files"]["model.safetensors"],
+                                           "trace_len": args.trace_len}) if args.resume_file else None
+    try:
+        result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,
+                          trace_len=args.trace_len, resume=resume)
+    except ResumeError as e:
+        raise SystemExit(f"dgr2 eval: {e}") from None
+    result.update(settings)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

@@ -1,0 +1,105 @@
+"""``--resume-file``: an eval stopped part-way and run again decodes each user once and reports
+exactly what one uninterrupted run reports; a file of another eval is refused by the setting."""
+
+import json
+
+import pytest
+
+from dgr2cli import main as cli
+from model.decoding import DecodeConfig
+from model.engine import Reranker
+from model_store import ModelStore
+from model_store.init import new_model
+from recipe.data import eval_examples
+from recipe.eval_tally import ResumeError, ResumeFile
+from recipe.evaluate import evaluate
+
+DECODE = DecodeConfig(max_new_tokens=16)
+TIMING = ("decode_tokens_per_s", "decode_seconds")
+
+
+class Counting(Reranker):
+    """A reranker that counts the users it decodes and can stop after some batches."""
+
+    def __init__(self, *args, stop_after=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoded, self.calls, self.stop_after = [], 0, stop_after
+
+    def rank(self, requests):
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.decoded += [r.history for r in requests]
+        return super().rank(requests)
+
+
+def same(a, b):
+    return {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+
+
+@pytest.fixture()
+def setup(synth, catalog):
+    model, vocab = new_model(catalog, "tiny", seed=3)
+    examples = eval_examples(synth.sequences, synth.item_ids, "test", num_candidates=6, neg_seed=5)[:12]
+
+    def reranker(**kw):
+        return Counting(model, vocab, catalog, "ar", DECODE, **kw)
+
+    return reranker, examples
+
+
+def test_a_stopped_eval_resumes_where_it_stopped(setup, tmp_path):
+    reranker, examples = setup
+    whole = evaluate(reranker(), examples, batch_size=4, progress=False)
+    resume = ResumeFile(tmp_path / "r.jsonl", {"run": "x"})
+    first = reranker(stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(first, examples, batch_size=4, progress=False, resume=resume)
+    assert len(first.decoded) == 8 and len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+    second = reranker()
+    resumed = evaluate(second, examples, batch_size=4, progress=False, resume=resume)
+    assert len(second.decoded) == 4 and same(resumed, whole) and resumed["n"] == 12
+    third = reranker()  # everything done: nothing decoded, the same result
+    assert same(evaluate(third, examples, batch_size=4, progress=False, resume=resume), whole) and not third.decoded
+
+
+def test_a_batch_cut_in_mid_write_is_decoded_again(setup, tmp_path):
+    reranker, examples = setup
+    whole = evaluate(reranker(), examples, batch_size=4, progress=False)
+    path = tmp_path / "r.jsonl"
+    resume = ResumeFile(path, {"run": "x"})
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(reranker(stop_after=2), examples, batch_size=4, progress=False, resume=resume)
+    text = path.read_text()
+    path.write_text(text[: len(text) - 40])  # the second batch's line cut short
+    again = reranker()
+    assert same(evaluate(again, examples, batch_size=4, progress=False, resume=resume), whole)
+    assert len(again.decoded) == 12 - 4
+
+
+def test_a_file_of_another_eval_is_refused(setup, tmp_path):
+    reranker, examples = setup
+    path = tmp_path / "r.jsonl"
+    evaluate(reranker(), examples[:4], batch_size=4, progress=False, resume=ResumeFile(path, {"neg_seed": 1}))
+    with pytest.raises(ResumeError, match="neg_seed 1 there, 2 now"):
+        evaluate(reranker(), examples[:4], batch_size=4, progress=False, resume=ResumeFile(path, {"neg_seed": 2}))
+    with pytest.raises(ResumeError, match="holds 4 users this eval does not"):
+        evaluate(reranker(), examples[4:8], batch_size=4, progress=False, resume=ResumeFile(path, {"neg_seed": 1}))
+    (tmp_path / "other.jsonl").write_text('{"n": 3}\n')
+    with pytest.raises(ResumeError, match="not an eval resume file"):
+        ResumeFile(tmp_path / "other.jsonl", {}).load()
+
+
+def test_cli_resume_file(tmp_path, synth, capsys):
+    from model_store.init import init_pair
+
+    init_pair(ModelStore(tmp_path / "store"), "beauty-gr2", synth.catalog)
+    args = ["eval", "--checkpoint", "beauty-gr2:ar", "--store", str(tmp_path / "store"), "--synthetic",
+            "--candidates", "6", "--limit", "6", "--trace-len", "8", "--batch-size", "3", "--json",
+            "--resume-file", str(tmp_path / "r.jsonl")]
+    assert cli(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert cli(args) == 0  # everything is in the file: same metrics, nothing decoded again
+    assert same(json.loads(capsys.readouterr().out), first)
+    with pytest.raises(SystemExit, match="neg_seed 12345 there, 7 now"):
+        cli([*args, "--neg-seed", "7"])
