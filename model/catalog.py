@@ -66,7 +66,7 @@ class Catalog:
 
     def linked(self, a: str, b: str) -> bool:
         """Whether items ``a`` and ``b`` co-occur often enough in training data to be linked."""
-        return b in self._links.get(a, ())
+        return self.link_count(a, b) > 0
 
     def link_count(self, a: str, b: str) -> int:
         """How many training windows ``a`` and ``b`` share (0: not linked)."""

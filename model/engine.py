@@ -66,7 +66,7 @@ class Reranker:
         budget is capped at what a full completion for its largest K needs."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
-        check_catalog(vocab, catalog)  # at load, not on every request
+        check_catalog(vocab, catalog)  # fail at load, not at the first request
         self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
         self.decode = decode or DecodeConfig.for_model(model.config)
         self.max_history = max_history

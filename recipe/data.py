@@ -80,16 +80,11 @@ class UserView:
         pop = popularity_buckets({item_id: self.counts.get(item_id, 0) - 1})[item_id]
         return replace(item, pop=pop)
 
+    has_link_counts = True  # counted from the training pairs themselves
+
     def link_count(self, a: str, b: str) -> int:
         n = self.pairs.get((a, b), 0) - self.own_pairs.get((a, b), 0)
         return n if n >= LINK_MIN else 0
-
-    def linked(self, a: str, b: str) -> bool:
-        return self.link_count(a, b) > 0
-
-    @property
-    def has_link_counts(self) -> bool:
-        return True
 
 
 def pair_counts(sequences: Sequence[Sequence[str]]) -> Counter:
@@ -103,13 +98,13 @@ def pair_counts(sequences: Sequence[Sequence[str]]) -> Counter:
     return pairs
 
 
-def links_from(pairs: Counter) -> dict[str, list[tuple[str, int]]]:
-    """Each item's links as sorted ``(other item, shared windows)``."""
+def links_from(pairs: Counter) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Each item's links, sorted, and their shared windows: ``(other items, counts)``."""
     out: dict[str, list[tuple[str, int]]] = {}
     for (a, b), n in pairs.items():
         if n >= LINK_MIN:
             out.setdefault(a, []).append((b, n))
-    return {a: sorted(bs) for a, bs in out.items()}
+    return {a: tuple(zip(*sorted(bs), strict=True)) for a, bs in out.items()}
 
 
 def with_features(items: list[Item], train_sequences: dict[str, list[str]]) -> tuple[Catalog, Counter, Counter]:
@@ -118,8 +113,7 @@ def with_features(items: list[Item], train_sequences: dict[str, list[str]]) -> t
     pop = popularity_buckets({it.id: counts.get(it.id, 0) for it in items})
     pairs = pair_counts(list(train_sequences.values()))
     links = links_from(pairs)
-    catalog = Catalog([Item(it.id, it.title, it.brand, it.category, pop[it.id],
-                            tuple(b for b, _ in links.get(it.id, ())), tuple(n for _, n in links.get(it.id, ())))
+    catalog = Catalog([Item(it.id, it.title, it.brand, it.category, pop[it.id], *links.get(it.id, ((), ())))
                        for it in items])
     return catalog, pairs, counts
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from recipe.metrics import summarize
@@ -44,8 +44,7 @@ class Tally:
         self.passes += other.passes
         self.generated += other.generated
         self.decode_s += other.decode_s
-        for f in fields(TraceFidelity):
-            setattr(self.fidelity, f.name, getattr(self.fidelity, f.name) + getattr(other.fidelity, f.name))
+        self.fidelity.merge(other.fidelity)
 
     def record(self) -> dict:
         return asdict(self)

@@ -14,7 +14,7 @@ worse than the rule it was taught, these counts say which step it gets wrong:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 SORTED_RANKS = range(1, 10)  # answer ranks 2..10 (0-based): rank 1 is the model's guess, not a sort
 
@@ -67,6 +67,10 @@ class TraceFidelity:
                 self.ranks += 1
                 self.sorted_ranks += open_levels[slot] == max(open_levels)
             open_levels[slot] = -2  # ranked: no longer open
+
+    def merge(self, other: TraceFidelity) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def summary(self) -> dict[str, float]:
         return {"entries_exact": round(self.entries / max(self.reference, 1), 4),

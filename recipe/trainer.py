@@ -232,10 +232,10 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
             return 0.0
         return d.sum(torch.tensor(time.time() - t_start, device=device)).item() / d.world / budget_s
 
+    time_fraction = 0.0  # measured once per step, after it: it stops the run and sets the next lr
     for step in bar:
-        time_fraction = spent() if args.schedule_to_budget else 0.0
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup, time_fraction)
+            g["lr"] = lr_at(step, steps, lr, warmup, time_fraction if args.schedule_to_budget else 0.0)
         with autocast:
             loss = stage.loss(step, hidden)
         opt.zero_grad(set_to_none=True)
@@ -255,7 +255,8 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
             run_dir.log(record)
             raise StageNotTraining(f"{stage.name}: {skipped_in_a_row} steps in a row had a non-finite gradient "
                                    f"(up to step {step + 1}, loss {loss_value:.4g}); nothing published")
-        done = step + 1 == steps or spent() >= 1.0
+        time_fraction = spent()
+        done = step + 1 == steps or time_fraction >= 1.0
         if d.main and ((step + 1) % args.eval_every == 0 or done):
             model.eval()
             val = stage.validate()

@@ -3,52 +3,39 @@
     python scripts/fit_evidence_rule.py --fit-users 4000 --test-users 4000 --test-seeds 12345,1
 
 How ``recipe.traces.RULE_V4`` was chosen (ninth session). For a uniform sample of validation users
-(``--sample`` semantics of ``dgr2 eval``) it extracts each candidate's score components (popularity
-bucket; brand and category matches among the ``SCAN`` most recent history items, recency-weighted;
-the most recent linked history item's recency weight and the log of its ``<coN>`` bucket floor),
+(``--sample`` semantics of ``dgr2 eval``) it takes each candidate's score terms from
+``recipe.traces.evidence`` under rules that weigh one term alone (popularity bucket; brand and
+category matches, recency-weighted; the most recent link, times log of its ``<coN>`` floor in v4),
 grid-searches the weights by NDCG@10 of the exact score, then fits the level edges by coordinate
 ascent on NDCG@10 of level-sorted candidates with random ties (what the SFT answer follows). It
 prints the fitted rule and, on test users it was not fitted on, the exact and level-sorted NDCG@10
-of the fitted rule, RULE_V4 and RULE_V3. The components are checked against ``recipe.traces.evidence``
-on the first users, so the vectorised score is the rule the trainer uses.
+of the fitted rule, RULE_V4 and RULE_V3 (the weighted sum of the terms is checked against the
+rules' own scores on the first users).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import math
 
 import numpy as np
 
-from model.tokenizer import CO_FLOORS, MAX_HISTORY, co_bucket
 from recipe.data import eval_examples, load_beauty
-from recipe.traces import RULE_V3, RULE_V4, SCAN, EvidenceRule, evidence
+from recipe.traces import RULE_V3, RULE_V4, EvidenceRule, evidence
 
 GRID = {"brand": (3, 4, 5, 6), "cat": (0.5, 1, 1.5), "co": (1.5, 2, 3, 4), "pop": (0.1, 0.15, 0.2, 0.3)}
 
 
+UNIT = {name: dict.fromkeys(("brand", "cat", "co", "pop"), 0.0) | {name: 1.0} for name in ("brand", "cat", "co", "pop")}
+COMPONENTS = {**{name: EvidenceRule(**w, edges=(), co_strength=True) for name, w in UNIT.items()},
+              "co_v3": EvidenceRule(**UNIT["co"], edges=(), co_strength=False)}
+
+
 def components(data, examples) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``[users, K]`` arrays: pop, brand, cat, co (v4: weight x log floor), co_v3 (weight only); targets."""
-    cat = data.catalog
-    n, k = len(examples), len(examples[0].candidates)
-    out = {name: np.zeros((n, k)) for name in ("pop", "brand", "cat", "co", "co_v3")}
-    for u, ex in enumerate(examples):
-        recent = list(ex.history)[::-1][:MAX_HISTORY]
-        hist = [cat.get(h) for h in recent]
-        for j, c in enumerate(ex.candidates):
-            it = cat.get(c)
-            out["pop"][u, j] = it.pop
-            linked = False
-            for r, (h, hi) in enumerate(zip(recent, hist, strict=True)):
-                w = 1.0 / (1 + r)
-                if r < SCAN:
-                    out["brand"][u, j] += w * bool(it.brand and hi.brand == it.brand)
-                    out["cat"][u, j] += w * bool(it.category and hi.category == it.category)
-                if not linked and (windows := cat.link_count(h, c)):
-                    linked = True
-                    out["co_v3"][u, j] = w
-                    out["co"][u, j] = w * math.log1p(CO_FLOORS[co_bucket(windows) - 1])
+    """``[users, K]`` arrays of each score term (``recipe.traces.evidence`` under a rule weighing that
+    term alone; the score is linear in the weights), and the targets' slots."""
+    out = {name: np.array([[e.score for e in evidence(data.catalog, ex.history, ex.candidates, rule)]
+                           for ex in examples]) for name, rule in COMPONENTS.items()}
     return out, np.array([ex.target_slot for ex in examples])
 
 
@@ -98,7 +85,7 @@ def main() -> None:
 
     fit = eval_examples(data.sequences, data.item_ids, "valid", 100, args.fit_seed, sample=args.fit_users)
     comp, target = components(data, fit)
-    for row, ex in enumerate(fit[:20]):  # the vectorised score is the trainer's rule
+    for row, ex in enumerate(fit[:20]):  # the weighted sum of the terms is the rule's score
         for rule in (RULE_V4, RULE_V3):
             ref = [e.score for e in evidence(data.catalog, ex.history, ex.candidates, rule)]
             assert np.allclose(score({k: v[row: row + 1] for k, v in comp.items()}, rule)[0], ref)
