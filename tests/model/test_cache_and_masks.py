@@ -102,3 +102,24 @@ def test_cache_refuses_to_overflow(tiny):
     cache.commit(6)
     with pytest.raises(RuntimeError, match="KV cache full"):
         cache.block_positions(4)
+
+
+@torch.no_grad()
+def test_cache_stays_head_major_through_reorder(model64):
+    """Dropping finished rows keeps the head-major storage (the fast CPU attention path) and each
+    kept row's entries, and later passes read them exactly as a cache that never dropped a row."""
+    model, _ = model64
+    V = model.config.vocab_size
+    ids = torch.randint(5, V, (3, 6))
+    step = torch.randint(5, V, (3, 1))
+    whole = KVCache(model.config, 3, 16, dtype=torch.float64)
+    model(ids, cache=whole)
+    whole.commit(6)
+    dropped = copy.deepcopy(whole)
+    dropped.reorder(torch.tensor([2, 0]))
+    for layer in range(model.config.num_hidden_layers):
+        for t in (dropped.k[layer], dropped.v[layer]):
+            assert t.shape == (2, 16, model.config.num_key_value_heads, model.config.head_dim)
+            assert t.transpose(1, 2).is_contiguous(), "reorder fell back to token-major storage"
+        assert torch.equal(dropped.k[layer], whole.k[layer][[2, 0]])
+    assert torch.equal(model(step[[2, 0]], cache=dropped), model(step, cache=whole)[[2, 0]])
