@@ -103,3 +103,28 @@ def test_cli_resume_file(tmp_path, synth, capsys):
     assert same(json.loads(capsys.readouterr().out), first)
     with pytest.raises(SystemExit, match="neg_seed 12345 there, 7 now"):
         cli([*args, "--neg-seed", "7"])
+
+
+def test_eval_all_users_script_runs_each_seed_once(tmp_path, synth):
+    """scripts/eval_all_users.sh: one JSON per seed; run again, it decodes nothing and keeps them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from model_store.init import init_pair
+
+    init_pair(ModelStore(tmp_path / "store"), "beauty-gr2", synth.catalog)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "eval_all_users.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DGR2_DATA_DIR": str(tmp_path), "SEEDS": "1 2", "EVAL_BATCH": "3"}
+    cmd = ["bash", str(script), "beauty-gr2:ar", str(tmp_path / "out"), "--store", str(tmp_path / "store"),
+           "--synthetic", "--candidates", "6", "--limit", "6", "--trace-len", "8"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    results = {s: json.loads((tmp_path / "out" / f"test-all-{s}.json").read_text()) for s in (1, 2)}
+    assert [(r["n"], r["neg_seed"], r["batch_size"], r["split"]) for r in results.values()] == [
+        (6, 1, 3, "test"), (6, 2, 3, "test")]
+    resume = (tmp_path / "out" / "test-all-1.resume.jsonl").read_text()
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert out.splitlines() == [f"seed {s}: done ({tmp_path / 'out'}/test-all-{s}.json)" for s in (1, 2)]
+    assert (tmp_path / "out" / "test-all-1.resume.jsonl").read_text() == resume
