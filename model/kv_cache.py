@@ -27,10 +27,8 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, capacity: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         storage = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
-        self.k = [_head_major(torch.zeros(storage, device=device, dtype=dtype))
-                  for _ in range(config.num_hidden_layers)]
-        self.v = [_head_major(torch.zeros(storage, device=device, dtype=dtype))
-                  for _ in range(config.num_hidden_layers)]
+        self.k, self.v = ([_head_major(torch.zeros(storage, device=device, dtype=dtype))
+                           for _ in range(config.num_hidden_layers)] for _ in range(2))
         self.lens = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.capacity = capacity
         self._max_len = 0  # host-side upper bound of lens, for capacity checks without a device sync
@@ -63,8 +61,7 @@ class KVCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Keep only (and reorder to) the sequences in ``index``: used to drop finished requests."""
         # on the head-major buffers: index_select of the view would return a token-major copy
-        self.k = [_head_major(_head_major(t).index_select(0, index)) for t in self.k]
-        self.v = [_head_major(_head_major(t).index_select(0, index)) for t in self.v]
+        self.k, self.v = ([_head_major(_head_major(t).index_select(0, index)) for t in ts] for ts in (self.k, self.v))
         self.lens = self.lens.index_select(0, index)
         self._max_len = int(self.lens.max()) if index.numel() else 0
 

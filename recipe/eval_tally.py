@@ -1,6 +1,6 @@
 """What an eval counts, batch by batch, and the resume file that lets a long eval survive a stop.
 
-An all-users AR eval takes ~2 hours a seed on a 2-core CPU. With ``dgr2 eval --resume-file F`` each
+An all-users AR eval takes about an hour a seed on a 2-core CPU (tenth session). With ``dgr2 eval --resume-file F`` each
 finished batch appends its counts to ``F`` (one JSON line, flushed), after a first line holding the
 eval's settings; run the same command again and it skips the users ``F`` already holds and reports
 the metrics over all of them. A file written under other settings is refused, naming the first
