@@ -65,6 +65,22 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
                       help="diffusion threshold inside the answer to store in the copy (1 = off)")
     ship.set_defaults(func=_model_ship)
 
+    avg = msub.add_parser("average", help="average the weights of checkpoints from one training run "
+                                           "(stochastic weight averaging) into a store in shipping form")
+    avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                     help="two or more: NAME[:VERSION_OR_ALIAS] in --from-store, or checkpoint folders; they must "
+                          "share architecture, vocabulary, stage and data (the catalog comes from the last)")
+    avg.add_argument("--from-store", default=None, help="store holding the sources (default: the shipped store)")
+    avg.add_argument("--store", default=None, help=store_help + "; the destination")
+    avg.add_argument("--name", default=None, help="model name at the destination (default: the shipped name)")
+    avg.add_argument("--version", required=True, help="version name at the destination")
+    avg.add_argument("--alias", action="append", default=[], help="alias to point at the average (repeatable)")
+    avg.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                     help="weight dtype on disk (the mean itself is taken in float32)")
+    avg.add_argument("--eval", action="append", default=[], metavar="FILE",
+                     help="a `dgr2 eval --json` output of the average to record under metrics.eval (repeatable)")
+    avg.set_defaults(func=_model_average)
+
     ver = msub.add_parser("verify", help="verify a checkpoint's hashes and that it loads")
     ver.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
     ver.add_argument("--store", default=None, help=store_help)
@@ -142,6 +158,22 @@ def _model_ship(args) -> int:
                              decode={k: v for k, v in (("threshold", args.threshold),
                                                        ("answer_threshold", args.answer_threshold)) if v is not None})
     print(json.dumps({"path": str(path), "aliases": args.alias}, indent=2))
+    return 0
+
+
+def _model_average(args) -> int:
+    import torch
+
+    from model_store import DEFAULT_MODEL
+    from model_store.average import average_checkpoints
+
+    if len(args.checkpoints) < 2:
+        raise SystemExit("dgr2 model average: give at least two checkpoints")
+    srcs = [resolve_checkpoint(ref, args.from_store) for ref in args.checkpoints]
+    evals = [obj for f in args.eval for obj in _json_objects(f)]
+    path = average_checkpoints(srcs, _store(args), args.name or DEFAULT_MODEL, args.version, args.alias,
+                               dtype=getattr(torch, args.dtype), evals=evals)
+    print(json.dumps({"path": str(path), "averaged": [str(s) for s in srcs], "aliases": args.alias}, indent=2))
     return 0
 
 

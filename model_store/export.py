@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from model.catalog import Catalog
-from model_store.checkpoint import Provenance, load_checkpoint, save_checkpoint
+from model_store.checkpoint import Checkpoint, Provenance, load_checkpoint, save_checkpoint
 from model_store.registry import ModelStore
 
 
@@ -28,16 +28,24 @@ def export_checkpoint(src: str | Path, store: ModelStore, name: str, version: st
     ckpt = load_checkpoint(src)
     if decode:
         ckpt.model.config = ckpt.model.config.replace(**decode)
-    catalog = ckpt.catalog
-    if strip_titles:
-        catalog = Catalog([dataclasses.replace(it, title=None) for it in catalog.items.values()])
     m = ckpt.manifest
     metrics = dict(m.get("metrics", {}))
     if evals:
         metrics["eval"] = list(evals)
     prov = Provenance(stage=m.get("stage", "unknown"), parent=f"{Path(src).parent.name}/{Path(src).name}",
                       data_hash=m.get("data_hash"), metrics=metrics)
-    path = save_checkpoint(store.version_dir(name, version), ckpt.model, ckpt.vocab, catalog, prov, dtype=dtype)
+    return write_shipping_copy(ckpt, store, name, version, aliases, prov, dtype=dtype, strip_titles=strip_titles)
+
+
+def write_shipping_copy(ckpt: Checkpoint, store: ModelStore, name: str, version: str, aliases: Sequence[str],
+                        provenance: Provenance, dtype: torch.dtype = torch.bfloat16,
+                        strip_titles: bool = True) -> Path:
+    """Save a loaded checkpoint as ``name/version`` of ``store`` (in ``dtype``, titles dropped) and
+    point each of ``aliases`` at it."""
+    catalog = ckpt.catalog
+    if strip_titles:
+        catalog = Catalog([dataclasses.replace(it, title=None) for it in catalog.items.values()])
+    path = save_checkpoint(store.version_dir(name, version), ckpt.model, ckpt.vocab, catalog, provenance, dtype=dtype)
     for alias in aliases:
         store.set_alias(name, alias, version)
     return path

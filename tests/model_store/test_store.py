@@ -164,3 +164,35 @@ def test_ship_stores_decode_thresholds_that_decoding_then_uses(tmp_path, catalog
     cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=64)
     assert (cfg.threshold, cfg.answer_threshold) == (0.8, 0.0)
     assert DecodeConfig.for_model(load_checkpoint(src.resolve("m", "diffusion")).config).answer_threshold is None
+
+
+def test_average_is_the_fp32_mean_and_names_its_sources(tmp_path, catalog, capsys):
+    src, dst = ModelStore(tmp_path / "src"), tmp_path / "dst"
+    init_pair(src, "m", catalog, seed=0)
+    init_pair(src, "m", catalog, seed=1)
+    assert cli(["model", "average", "m:init-tiny-s0-ar", "m:init-tiny-s1-ar", "--from-store", str(tmp_path / "src"),
+                "--store", str(dst), "--name", "m", "--version", "avg", "--alias", "ar", "--dtype", "float32"]) == 0
+    assert '"averaged"' in capsys.readouterr().out
+    a, b = (load_checkpoint(src.resolve("m", f"init-tiny-s{s}-ar")).model.state_dict() for s in (0, 1))
+    avg = load_checkpoint(ModelStore(dst).resolve("m", "ar"))
+    for k, v in avg.model.state_dict().items():
+        assert torch.equal(v, (a[k] + b[k]) / 2), k
+    assert any(not torch.equal(v, a[k]) for k, v in avg.model.state_dict().items())  # not a copy of either
+    assert avg.manifest["metrics"]["averaged_from"] == ["m/init-tiny-s0-ar", "m/init-tiny-s1-ar"]
+    assert avg.manifest["stage"] == "init" and avg.config.decoder == "ar"
+
+
+def test_average_refuses_what_cannot_be_averaged(tmp_path, catalog, capsys):
+    src, store = ModelStore(tmp_path / "src"), str(tmp_path / "src")
+    init_pair(src, "m", catalog, seed=0)
+    init_pair(src, "m", catalog, preset_name="small", seed=0)
+    mixed = cli(["model", "average", "m:init-tiny-s0-ar", "m:init-tiny-s0-diffusion", "--from-store", store,
+                 "--store", str(tmp_path / "dst"), "--version", "x"])
+    assert mixed == 2 and "configs differ" in capsys.readouterr().err
+    sizes = cli(["model", "average", "m:init-tiny-s0-ar", "m:init-small-s0-ar", "--from-store", store,
+                 "--store", str(tmp_path / "dst"), "--version", "x"])
+    assert sizes == 2 and "configs differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="at least two"):
+        cli(["model", "average", "m:init-tiny-s0-ar", "--from-store", store, "--store", str(tmp_path / "dst"),
+             "--version", "x"])
+    assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").rglob("model.safetensors"))
