@@ -19,6 +19,7 @@ COMMANDS = {
     "serve": ("service.cli", "run the re-ranking service (FastAPI + uvicorn)"),
     "train": ("recipe.cli", "run a stage of the training recipe"),
     "eval": ("recipe.evaluate", "evaluate a checkpoint on the leave-one-out split"),
+    "compare": ("recipe.compare", "paired comparison of two evals from their --resume-file records"),
 }
 # command groups: group -> (help, {subcommand -> (module, help)}), e.g. ``dgr2 bench decode``
 GROUPS = {

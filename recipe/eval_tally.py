@@ -77,27 +77,16 @@ class ResumeFile:
 
     def load(self) -> Tally:
         """The counts already in the file (empty when it does not exist yet)."""
-        done = Tally()
         if not self.path.exists():
-            return done
-        lines = self.path.read_text().splitlines()
-        try:
-            head = json.loads(lines[0])["settings"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ResumeError(f"{self.path} is not an eval resume file (no settings line)") from None
+            return Tally()
+        head, done, keep = _read(self.path)
         if head != self.settings:
             key = next((k for k in sorted({*self.settings, *(head or {})})
                         if (head or {}).get(k) != self.settings.get(k)), "settings")
             raise ResumeError(f"{self.path} was written by another eval: {key} "
                              f"{(head or {}).get(key)!r} there, {self.settings.get(key)!r} now")
-        for n, line in enumerate(lines[1:], 2):
-            try:
-                done.merge(Tally.from_record(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if n == len(lines):  # a stop in mid-write leaves at most the last line cut: redo that batch
-                    self._truncate(lines[: n - 1])
-                    break
-                raise ResumeError(f"{self.path}: line {n} is not a batch record") from None
+        if keep is not None:  # a stop in mid-write leaves at most the last line cut: redo that batch
+            self._truncate(keep)
         return done
 
     def append(self, batch: Tally) -> None:
@@ -111,3 +100,33 @@ class ResumeFile:
 
     def _truncate(self, keep: list[str]) -> None:
         self.path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_resume_file(path: str | os.PathLike) -> tuple[dict, Tally]:
+    """The settings and counts a resume file holds, as written (a cut last line is left out, not
+    repaired): what ``dgr2 compare`` reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResumeError(f"{path}: no such eval resume file")
+    head, done, _ = _read(path)
+    if head is None:
+        raise ResumeError(f"{path} is not an eval resume file (no settings line)")
+    return head, done
+
+
+def _read(path: Path) -> tuple[dict | None, Tally, list[str] | None]:
+    """Settings line, merged batch records, and the lines to keep when the last one was cut (else None)."""
+    lines = path.read_text().splitlines()
+    try:
+        head = json.loads(lines[0])["settings"] if lines else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ResumeError(f"{path} is not an eval resume file (no settings line)") from None
+    done = Tally()
+    for n, line in enumerate(lines[1:], 2):
+        try:
+            done.merge(Tally.from_record(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if n == len(lines):
+                return head, done, lines[: n - 1]
+            raise ResumeError(f"{path}: line {n} is not a batch record") from None
+    return head, done, None

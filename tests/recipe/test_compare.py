@@ -1,0 +1,62 @@
+"""`dgr2 compare`: paired per-user differences between two evals' resume files."""
+
+import json
+import math
+
+import pytest
+
+from dgr2cli import main as cli
+from recipe.compare import paired
+from recipe.eval_tally import ResumeFile, Tally
+
+SETTINGS = {"checkpoint": "m", "split": "test", "candidates": 100, "neg_seed": 1}
+
+
+def _resume(path, ranks: dict[str, int], **settings):
+    f = ResumeFile(path, {**SETTINGS, **settings})
+    users = list(ranks)
+    for i in range(0, len(users), 2):  # two users a batch, as an eval appends them
+        batch = users[i:i + 2]
+        f.append(Tally(users=batch, ranks=[ranks[u] for u in batch]))
+    return str(path)
+
+
+def test_paired_difference_is_hand_computed():
+    a = {"u1": 0, "u2": 9, "u3": 10}
+    b = {"u1": 1, "u2": 0, "u3": 10, "u4": 0}  # u4 is not in A: left out
+    out = paired(a, b)
+    assert out["n"] == 3
+    d = [1 / math.log2(3) - 1, 1 - 1 / math.log2(11), 0.0]
+    mean = sum(d) / 3
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / 2 / 3)
+    assert out["ndcg@10"]["diff"] == pytest.approx(mean, abs=1e-6)
+    assert out["ndcg@10"]["stderr"] == pytest.approx(se, abs=1e-6)
+    # hr@1 moves from u1 to u2: no mean change, but a spread (per-user diffs -1, +1, 0)
+    assert out["hr@1"] == {"a": pytest.approx(1 / 3, abs=1e-6), "b": pytest.approx(1 / 3, abs=1e-6),
+                           "diff": 0.0, "stderr": pytest.approx(math.sqrt(1 / 3), abs=1e-6), "z": 0.0}
+    assert out["hr@10"] == {"a": pytest.approx(2 / 3, abs=1e-6), "b": pytest.approx(2 / 3, abs=1e-6),
+                            "diff": 0.0, "stderr": 0.0, "z": None}  # no user moved across 10
+    assert out["mrr"]["b"] == pytest.approx((1 / 2 + 1 + 1 / 11) / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="no user in common"):
+        paired({"u1": 0}, {"u2": 0})
+
+
+def test_cli_compares_files_part_way_and_refuses_other_lists(tmp_path, capsys):
+    a = _resume(tmp_path / "a.jsonl", {"u1": 5, "u2": 5, "u3": 5, "u4": 5}, checkpoint="old")
+    b = _resume(tmp_path / "b.jsonl", {"u1": 0, "u2": 0, "u3": 20}, checkpoint="new")
+    with open(b, "a") as f:
+        f.write('{"users": ["u4"], "ra')  # an eval stopped in mid-write: the cut line is left out
+    assert cli(["compare", a, b, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["n"], out["a"]["checkpoint"], out["b"]["checkpoint"], out["neg_seed"]) == (3, "old", "new", 1)
+    assert out["hr@1"]["diff"] == pytest.approx(2 / 3, abs=1e-6)
+    assert cli(["compare", a, b]) == 0
+    assert "3 users in common" in capsys.readouterr().out
+    other = _resume(tmp_path / "c.jsonl", {"u1": 0}, neg_seed=2)
+    assert cli(["compare", a, other]) == 2
+    assert "neg_seed 1" in capsys.readouterr().err
+    assert cli(["compare", a, str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such eval resume file" in capsys.readouterr().err
+    (tmp_path / "junk.jsonl").write_text("not json\n")
+    assert cli(["compare", a, str(tmp_path / "junk.jsonl")]) == 2
+    assert "no settings line" in capsys.readouterr().err
