@@ -51,16 +51,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
 
     ship = msub.add_parser("ship", help="copy a checkpoint into a store in shipping form (bf16, no titles)")
     ship.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in --from-store, or a checkpoint folder")
-    ship.add_argument("--from-store", default=None, help="store holding the source (default: the shipped store)")
-    ship.add_argument("--store", default=None, help=store_help + "; the destination")
-    ship.add_argument("--name", default=None, help="model name at the destination (default: the shipped name)")
-    ship.add_argument("--version", required=True, help="version name at the destination")
-    ship.add_argument("--alias", action="append", default=[], help="alias to point at the copy (repeatable)")
-    ship.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
-                      help="weight dtype on disk (loading converts to float32 on CPU)")
-    ship.add_argument("--eval", action="append", default=[], metavar="FILE",
-                      help="a `dgr2 eval --json` output (JSON object, or JSON lines) to record in the manifest "
-                           "under metrics.eval (repeatable)")
+    _shipping_arguments(ship, store_help, what="the copy", dtype_help="loading converts to float32 on CPU")
     ship.add_argument("--threshold", type=float, default=None, help="diffusion threshold to store in the copy")
     ship.add_argument("--answer-threshold", type=float, default=None,
                       help="diffusion threshold inside the answer to store in the copy (1 = off)")
@@ -71,21 +62,27 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                      help="two or more: NAME[:VERSION_OR_ALIAS] in --from-store, or checkpoint folders; they must "
                           "share architecture, vocabulary, stage and data (the catalog comes from the last)")
-    avg.add_argument("--from-store", default=None, help="store holding the sources (default: the shipped store)")
-    avg.add_argument("--store", default=None, help=store_help + "; the destination")
-    avg.add_argument("--name", default=None, help="model name at the destination (default: the shipped name)")
-    avg.add_argument("--version", required=True, help="version name at the destination")
-    avg.add_argument("--alias", action="append", default=[], help="alias to point at the average (repeatable)")
-    avg.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
-                     help="weight dtype on disk (the mean itself is taken in float32)")
-    avg.add_argument("--eval", action="append", default=[], metavar="FILE",
-                     help="a `dgr2 eval --json` output of the average to record under metrics.eval (repeatable)")
+    _shipping_arguments(avg, store_help, what="the average", dtype_help="the mean itself is taken in float32")
     avg.set_defaults(func=_model_average)
 
     ver = msub.add_parser("verify", help="verify a checkpoint's hashes and that it loads")
     ver.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
     ver.add_argument("--store", default=None, help=store_help)
     ver.set_defaults(func=_model_verify)
+
+
+def _shipping_arguments(p: argparse.ArgumentParser, store_help: str, what: str, dtype_help: str) -> None:
+    """Source store, destination and manifest flags shared by ``model ship`` and ``model average``."""
+    p.add_argument("--from-store", default=None, help="store holding the source (default: the shipped store)")
+    p.add_argument("--store", default=None, help=store_help + "; the destination")
+    p.add_argument("--name", default=None, help="model name at the destination (default: the shipped name)")
+    p.add_argument("--version", required=True, help="version name at the destination")
+    p.add_argument("--alias", action="append", default=[], help=f"alias to point at {what} (repeatable)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help=f"weight dtype on disk ({dtype_help})")
+    p.add_argument("--eval", action="append", default=[], metavar="FILE",
+                   help=f"a `dgr2 eval --json` output of {what} (JSON object, or JSON lines) to record in the "
+                        "manifest under metrics.eval (repeatable)")
 
 
 def _store(args):
