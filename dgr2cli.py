@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("recipe.cli", "run a stage of the training recipe"),
     "eval": ("recipe.evaluate", "evaluate a checkpoint on the leave-one-out split"),
     "compare": ("recipe.compare", "paired comparison of two evals from their --resume-file records"),
+    "summarize": ("recipe.seed_summary", "mean ± standard error over negative-sampling seeds of dgr2 eval results"),
 }
 # command groups: group -> (help, {subcommand -> (module, help)}), e.g. ``dgr2 bench decode``
 GROUPS = {
