@@ -2,7 +2,8 @@
 # The issue-3 evaluation of one checkpoint: the test split, 100 candidates, every user, for the three
 # negative-sampling seeds in turn, resumable across sessions. Each finished batch is on disk
 # (`dgr2 eval --resume-file`); stop it at any time and run the same command again to go on. A seed's
-# JSON lands in OUT/test-all-SEED.json when all of its users are done.
+# JSON lands in OUT/test-all-SEED.json when all of its users are done; when every seed is done, the
+# mean ± standard error over seeds (`dgr2 summarize`) lands in OUT/summary.json and OUT/summary.txt.
 # Usage, from the repository root with DGR2_DATA_DIR set:
 #   bash scripts/eval_all_users.sh CHECKPOINT OUT_DIR [extra dgr2 eval flags, e.g. --store DIR]
 # DECODER=diffusion evaluates the other decoder. The batch size is part of the resume file's settings
@@ -22,3 +23,8 @@ for seed in ${SEEDS:-12345 1 2}; do
     mv "$out/test-all-$seed.json.tmp" "$out/test-all-$seed.json"
     echo "seed $seed: $(date -u +%FT%TZ) done" >> "$out/progress.log"
 done
+# mean ± standard error over the seeds (refused, by name, if the per-seed results do not belong together)
+results=()
+for seed in ${SEEDS:-12345 1 2}; do results+=("$out/test-all-$seed.json"); done
+dgr2 summarize "${results[@]}" --json > "$out/summary.json"
+dgr2 summarize "${results[@]}" | tee "$out/summary.txt"

@@ -106,7 +106,7 @@ def test_cli_resume_file(tmp_path, synth, capsys):
 
 
 def test_eval_all_users_script_runs_each_seed_once(tmp_path, synth):
-    """scripts/eval_all_users.sh: one JSON per seed; run again, it decodes nothing and keeps them."""
+    """scripts/eval_all_users.sh: one JSON per seed and their summary; run again, it decodes nothing."""
     import os
     import subprocess
     import sys
@@ -126,5 +126,10 @@ def test_eval_all_users_script_runs_each_seed_once(tmp_path, synth):
         (6, 1, 3, "test"), (6, 2, 3, "test")]
     resume = (tmp_path / "out" / "test-all-1.resume.jsonl").read_text()
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300).stdout
-    assert out.splitlines() == [f"seed {s}: done ({tmp_path / 'out'}/test-all-{s}.json)" for s in (1, 2)]
+    assert out.splitlines()[:2] == [f"seed {s}: done ({tmp_path / 'out'}/test-all-{s}.json)" for s in (1, 2)]
     assert (tmp_path / "out" / "test-all-1.resume.jsonl").read_text() == resume
+    # the mean ± standard error over the two seeds, from `dgr2 summarize`
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2] and summary["n"] == 6
+    assert summary["metrics"]["ndcg@10"]["per_seed"] == [results[1]["ndcg@10"], results[2]["ndcg@10"]]
+    assert "seeds 1, 2" in out
