@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS = {
@@ -131,17 +130,12 @@ def _model_list(args) -> int:
 
 def _json_objects(path: str) -> list[dict]:
     """One JSON object, or JSON lines, from ``path``; a clear exit on anything else."""
+    from recipe.seed_summary import read_json_objects
+
     try:
-        text = Path(path).read_text()
-        try:
-            objs = [json.loads(text)]
-        except json.JSONDecodeError:
-            objs = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--eval {path}: not a JSON object or JSON lines ({e})") from None
-    if not objs or not all(isinstance(o, dict) for o in objs):
-        raise SystemExit(f"--eval {path}: expected JSON objects")
-    return objs
+        return read_json_objects(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--eval {e}") from None
 
 
 def _model_ship(args) -> int:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from recipe.evaluate import add_user_arguments
-from recipe.metrics import mean_and_stderr
+from recipe.metrics import format_mean_stderr as fmt
 
 ROWS = [  # label, checkpoint alias, decoder
     ("AR", "ar", "ar"),
@@ -88,13 +88,6 @@ def run_evals(args: argparse.Namespace) -> None:
 
 def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def fmt(values: list[float], digits: int = 4) -> str:
-    if not values:
-        return "n/a"
-    m, se = mean_and_stderr(values)
-    return f"{m:.{digits}f} ± {se:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
 def table(records: list[dict]) -> str:

@@ -37,6 +37,14 @@ def summarize(ranks: Sequence[int]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in out.items()}
 
 
+def format_mean_stderr(values: Sequence[float], digits: int = 4) -> str:
+    """``mean ± s.e.`` as the results tables print it; the mean alone for one value, ``n/a`` for none."""
+    if not values:
+        return "n/a"
+    m, se = mean_and_stderr(values)
+    return f"{m:.{digits}f} ± {se:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n

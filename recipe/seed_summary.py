@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from recipe.metrics import mean_and_stderr
+from recipe.metrics import format_mean_stderr, mean_and_stderr
 
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward")
 # what must agree for the seeds to be draws of one experiment
@@ -25,20 +25,28 @@ SAME = ("checkpoint", "decoder", "split", "candidates", "n", "block_size", "thre
         "constrained", "causal_first_rank", "max_new_tokens", "limit", "sample")
 
 
+def read_json_objects(path: str) -> list[dict]:
+    """One ``dgr2 eval --json`` object, or JSON lines of them (an ablation file): also what
+    ``dgr2 model ship --eval`` records. ValueError, naming the file, on anything else."""
+    text = Path(path).read_text()
+    try:
+        objs = [json.loads(text)]
+    except json.JSONDecodeError:  # several objects: JSON lines
+        try:
+            objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a dgr2 eval JSON object or JSON lines ({e})") from None
+    if not objs or not all(isinstance(o, dict) for o in objs):
+        raise ValueError(f"{path}: expected JSON objects")
+    return objs
+
+
 def read_evals(paths: list[str]) -> list[dict]:
-    """Each file holds one eval JSON object, or JSON lines of them (an ablation file)."""
+    """The eval results of every file, each tagged with its file for the error messages."""
     out = []
     for path in paths:
-        text = Path(path).read_text()
-        try:
-            records = [json.loads(text)]
-        except json.JSONDecodeError:  # several objects: JSON lines
-            try:
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not a dgr2 eval JSON object or JSON lines ({e})") from e
-        for rec in records:
-            if not isinstance(rec, dict) or "neg_seed" not in rec or "ndcg@10" not in rec:
+        for rec in read_json_objects(path):
+            if "neg_seed" not in rec or "ndcg@10" not in rec:
                 raise ValueError(f"{path}: not a dgr2 eval --json result (no neg_seed / ndcg@10)")
             out.append({**rec, "_file": path})
     return out
@@ -67,10 +75,8 @@ def summarize_seeds(records: list[dict]) -> dict:
 
 def markdown_row(label: str, summary: dict) -> str:
     """One row of the README's issue-3 table: NDCG@5/10, HR@1/5/10, MRR as mean ± s.e."""
-    cells = []
-    for name in ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr"):
-        m = summary["metrics"][name]
-        cells.append(f"{m['mean']:.4f} ± {m['stderr']:.4f}" if len(summary["seeds"]) > 1 else f"{m['mean']:.4f}")
+    cells = [format_mean_stderr(summary["metrics"][name]["per_seed"])
+             for name in ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr")]
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
