@@ -20,24 +20,26 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
-# ---------------------------------------------------------------- build: a venv with torch and the package
+# ---------------------------------------------------------------- build: a venv from the locked set
 # base-${DEVICE} is a stage above, not an image to tag (DL3006)
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS build
+ARG DEVICE
 ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch first, from the device's wheel index; `pip install .` then finds the pin satisfied
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md dgr2cli.py ./
-COPY model ./model
-COPY kernels ./kernels
-COPY model_store ./model_store
-COPY service ./service
-COPY recipe ./recipe
-COPY bench ./bench
-RUN /opt/venv/bin/pip install . \
+COPY requirements ./requirements
+# torch from the device's wheel index: the locked CPU wheel (hash-checked), or the CUDA build of the same version;
+# then the runtime lock (hash-checked, --no-deps: the lock is the whole set) and the package itself
+RUN python3 -m venv /opt/venv \
+    && if [ "${DEVICE}" = cpu ]; then \
+         /opt/venv/bin/pip install --require-hashes --no-deps --index-url "${TORCH_INDEX}" -r requirements/torch-cpu.lock; \
+       else /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"; fi \
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/runtime.lock
+COPY pyproject.toml README.md ./
+COPY dgr2 ./dgr2
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/dgr2 model verify beauty-gr2:ar \
     && /opt/venv/bin/dgr2 model verify beauty-gr2:diffusion
 

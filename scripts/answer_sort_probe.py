@@ -24,8 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model.config import ModelConfig
-from model.transformer import Transformer
+from dgr2.model.config import ModelConfig
+from dgr2.model.transformer import Transformer
 
 K, LEVELS = 100, 10
 THINK, ANSWER = 1, 2

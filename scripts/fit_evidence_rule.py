@@ -20,8 +20,8 @@ import itertools
 
 import numpy as np
 
-from recipe.data import eval_examples, load_beauty
-from recipe.traces import RULE_V3, RULE_V4, EvidenceRule, evidence
+from dgr2.recipe.data import eval_examples, load_beauty
+from dgr2.recipe.traces import RULE_V3, RULE_V4, EvidenceRule, evidence
 
 GRID = {"brand": (3, 4, 5, 6), "cat": (0.5, 1, 1.5), "co": (1.5, 2, 3, 4), "pop": (0.1, 0.15, 0.2, 0.3)}
 

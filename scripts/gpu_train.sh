@@ -34,13 +34,13 @@ fi
 common=(--device "$DEVICE" --loader-workers "${LOADER_WORKERS:-10}" --data-dir "$DGR2_DATA_DIR" --store "$out/store" --val-users "${VAL_USERS:-200}")
 warm=()
 [[ -n ${AR_INIT:-} ]] && warm=(--init-from "$AR_INIT" --lr "${AR_LR:-1e-3}")
-"$PYTHON" -m dgr2cli train ar "${common[@]}" "${warm[@]}" --run-dir "$out/ar" --batch-size "${AR_BATCH:-64}" \
+"$PYTHON" -m dgr2 train ar "${common[@]}" "${warm[@]}" --run-dir "$out/ar" --batch-size "${AR_BATCH:-64}" \
     --steps "${AR_STEPS:-3000}" --time-budget-min "${AR_MIN:-3.5}" --schedule-to-budget --eval-every "${AR_EVAL_EVERY:-500}" \
     2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$out/ar.log"
 ndcg=$("$PYTHON" -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if 'val_ndcg@10' in l]; print(r[-1]['val_ndcg@10'] if r else 0)" "$out/ar/log.jsonl" 2>/dev/null || echo 0)
 echo "AR final validation NDCG@10: $ndcg"
 if "$PYTHON" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$ndcg" "${CFT_IF_NDCG:-0.08}"; then
-    "$PYTHON" -m dgr2cli train cft "${common[@]}" --from "$out/store/beauty-gr2/ar-small-s0" --run-dir "$out/cft" \
+    "$PYTHON" -m dgr2 train cft "${common[@]}" --from "$out/store/beauty-gr2/ar-small-s0" --run-dir "$out/cft" \
         --batch-size "${CFT_BATCH:-32}" --steps "${CFT_STEPS:-800}" --time-budget-min "${CFT_MIN:-1.3}" --schedule-to-budget \
         --eval-every "${CFT_EVAL_EVERY:-400}" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$out/cft.log"
 else
@@ -49,7 +49,7 @@ fi
 
 # full test-split evals until the deadline: AR first (the all-users table), then the diffusion rows
 eval_deadline=${EVAL_DEADLINE_S:-0}
-ablation=("$PYTHON" -m recipe.ablation --store "$out/store" --split test --seeds 12345,1,2 --device "$DEVICE"
+ablation=("$PYTHON" -m dgr2.recipe.ablation --store "$out/store" --split test --seeds 12345,1,2 --device "$DEVICE"
           --batch-size "${EVAL_BATCH:-1024}" --out "$out/ablation-full.jsonl")
 [[ -n ${EVAL_LIMIT:-} ]] && ablation+=(--limit "$EVAL_LIMIT")
 for rows in "AR" "+CFT" "naive conversion"; do
@@ -60,6 +60,6 @@ for rows in "AR" "+CFT" "naive conversion"; do
     echo "evals: $rows (${left} s left)"
     timeout "$left" "${ablation[@]}" --rows "$rows" "${extra[@]}" > /dev/null 2>> "$out/ablation-full.log"
 done
-"$PYTHON" -m recipe.ablation --out "$out/ablation-full.jsonl" --table 2>/dev/null
+"$PYTHON" -m dgr2.recipe.ablation --out "$out/ablation-full.jsonl" --table 2>/dev/null
 wait
 tail -n 3 "$out"/probe-*.log "$out"/pytest-kernels.log 2>/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Prometheus server (Debian package ``prometheus``) for tests/service/test_prometheus.py.
+# Install the Prometheus server and promtool (Debian package ``prometheus``) for the tests that run them:
+# tests/service/test_service_prometheus.py, tests/deploy/test_dashboard.py, tests/deploy/test_prometheus_rules.py.
 #
 # Idempotent: does nothing when a ``prometheus`` binary is already on PATH. Called from the CI
 # script; run it by hand with:  bash scripts/install_prometheus.sh

@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from bench.service_load import free_port
-from model.catalog import Catalog
-from model.tokenizer import Vocab
-from model.transformer import Transformer
-from model_store.init import new_model
-from recipe.synthetic import SyntheticData, synthetic_data
+from dgr2.bench.service_load import free_port
+from dgr2.model.catalog import Catalog
+from dgr2.model.tokenizer import Vocab
+from dgr2.model.transformer import Transformer
+from dgr2.model_store.init import new_model
+from dgr2.recipe.synthetic import SyntheticData, synthetic_data
 
 DATA_DIR_ENV = "DGR2_DATA_DIR"
 

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from bench.decode import Group, plan
-from bench.service_load import batch_totals
-from dgr2cli import main as cli
-from model_store import ModelStore
-from model_store.init import init_pair
+from dgr2.bench.decode import Group, plan
+from dgr2.bench.service_load import batch_totals
+from dgr2.cli import main as cli
+from dgr2.model_store import ModelStore
+from dgr2.model_store.init import init_pair
 
 RUN_FIELDS = {"decoder", "output_length", "batch_size", "block_size", "threshold", "tokens_per_s", "requests_per_s",
               "tokens_per_forward", "p50_ms", "p99_ms", "peak_mem_mb", "ndcg@10", "forward_passes"}
@@ -119,7 +119,7 @@ def test_service_bench_runs_the_real_server(store, capsys):
 
 
 def test_profile_decode_splits_each_decoders_time(store, tmp_path):
-    from bench.profile_decode import main as profile
+    from dgr2.bench.profile_decode import main as profile
 
     out = tmp_path / "profile.txt"
     assert profile(["--store", store, "--synthetic", "--torch-threads", "1", "--trace-len", "8", "--users", "2",

@@ -2,8 +2,8 @@
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.settings import Settings
+from dgr2.service.app import create_app
+from dgr2.service.settings import Settings
 
 
 def split_samples(app) -> dict[str, float]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from deploy_support import DEPLOY, exported_series, load_yaml, metric_names, need
 
-from service.settings import Settings
+from dgr2.service.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)  # every wait inside is bounded well below this
 

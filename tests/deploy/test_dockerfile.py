@@ -75,10 +75,10 @@ def test_shipped_checkpoints_are_installed_and_verified():
     build = stages()["build"]
     copied = {args.split()[0] for op, args in build if op == "COPY"}
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "**/*.safetensors" in package_data["model_store"]
-    assert "model_store" in copied
+    assert "**/*.safetensors" in package_data["dgr2.model_store"]
+    assert "dgr2" in copied
     install = " ".join(args for op, args in build if op == "RUN")
-    for model_dir in (ROOT / "model_store").iterdir():
+    for model_dir in (ROOT / "dgr2" / "model_store").iterdir():
         if (model_dir / "aliases.json").is_file():
             for alias in ("ar", "diffusion"):  # what the service serves by default
                 assert f"dgr2 model verify {model_dir.name}:{alias}" in install
@@ -117,7 +117,8 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest():
     assert any(f.endswith(".safetensors") for f in tracked)
     dropped = [f for f in tracked if dockerignored(f, patterns)]
     assert not dropped, f".dockerignore drops files the build copies: {dropped[:5]}"
-    for heavy in (".git/HEAD", ".venv/bin/python", "runs/x/state.pt", "tests/conftest.py", "model/__pycache__/a.pyc"):
+    for heavy in (".git/HEAD", ".venv/bin/python", "runs/x/state.pt", "tests/conftest.py",
+                  "dgr2/model/__pycache__/a.pyc"):
         assert dockerignored(heavy, patterns), heavy
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from deploy_support import DEPLOY, exported_series, load_yaml, metric_names, need
 
-from service.app import create_app
-from service.settings import Settings
+from dgr2.service.app import create_app
+from dgr2.service.settings import Settings
 
 K8S = DEPLOY / "k8s"
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())  # oldest supported here, newest known

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kernels.answer_scores import answer_scores_ref, answer_scores_triton
+from dgr2.kernels.answer_scores import answer_scores_ref, answer_scores_triton
 
 pytest.importorskip("triton")
 ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels.block_attention import block_attention_ref, block_attention_triton, visible_keys
+from dgr2.kernels.block_attention import block_attention_ref, block_attention_triton, visible_keys
 
 pytest.importorskip("triton")
 ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py

@@ -5,11 +5,11 @@ import copy
 
 import pytest
 
-from kernels import use_backend
-from model.ar_decoder import decode_ar
-from model.decoding import DecodeConfig
-from model.diffusion_decoder import decode_diffusion
-from model.prompt import render_prompt
+from dgr2.kernels import use_backend
+from dgr2.model.ar_decoder import decode_ar
+from dgr2.model.decoding import DecodeConfig
+from dgr2.model.diffusion_decoder import decode_diffusion
+from dgr2.model.prompt import render_prompt
 
 
 @pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])

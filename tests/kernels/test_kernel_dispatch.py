@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import kernels
+from dgr2 import kernels
 
 OPS = [("block_attention", 5), ("unmask_select", 3), ("answer_scores", 3)]  # (name, number of args)
 
@@ -17,7 +17,7 @@ OPS = [("block_attention", 5), ("unmask_select", 3), ("answer_scores", 3)]  # (n
 @pytest.mark.parametrize("name, n_args", OPS, ids=[o[0] for o in OPS])
 def test_use_backend_routes_each_op(name, n_args, monkeypatch):
     # the package attribute is the dispatching function (it shadows the submodule of the same name)
-    op, module = getattr(kernels, name), importlib.import_module(f"kernels.{name}")
+    op, module = getattr(kernels, name), importlib.import_module(f"dgr2.kernels.{name}")
     calls = []
     for impl in ("ref", "triton"):
         monkeypatch.setattr(module, f"{name}_{impl}", lambda *a, impl=impl: calls.append(impl))
@@ -35,8 +35,9 @@ def test_imports_and_falls_back_without_triton():
     code = """
 import sys
 sys.modules["triton"] = None  # as if not installed
-import torch, kernels
-from kernels.unmask_select import unmask_select_triton
+import torch
+from dgr2 import kernels
+from dgr2.kernels.unmask_select import unmask_select_triton
 assert kernels.backend() == "torch"
 logits, masked = torch.randn(1, 2, 5), torch.ones(1, 2, dtype=torch.bool)
 kernels.unmask_select(logits, masked, 0.5)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kernels.unmask_select import threshold_rule, unmask_select_ref, unmask_select_triton
+from dgr2.kernels.unmask_select import threshold_rule, unmask_select_ref, unmask_select_triton
 
 pytest.importorskip("triton")
 ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-from kernels.block_attention import visible_keys
-from model.kv_cache import KVCache
+from dgr2.kernels.block_attention import visible_keys
+from dgr2.model.kv_cache import KVCache
 
 
 @pytest.fixture()

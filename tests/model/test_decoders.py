@@ -7,12 +7,12 @@ from collections import Counter
 import pytest
 import torch
 
-from model.ar_decoder import decode_ar
-from model.decoding import Batch, DecodeConfig
-from model.diffusion_decoder import decode_diffusion
-from model.engine import RankRequest, Reranker
-from model.prompt import parse_answer, render_prompt
-from model.tokenizer import TRACE_SLOT_USES
+from dgr2.model.ar_decoder import decode_ar
+from dgr2.model.decoding import Batch, DecodeConfig
+from dgr2.model.diffusion_decoder import decode_diffusion
+from dgr2.model.engine import RankRequest, Reranker
+from dgr2.model.prompt import parse_answer, render_prompt
+from dgr2.model.tokenizer import TRACE_SLOT_USES
 
 
 def batch_prompts(vocab, synth, n=5):
@@ -337,7 +337,7 @@ def test_fused_commit_decodes_exactly_what_separate_commit_passes_decode(model64
 
 
 def _slot_state(S, kmax, in_answer, room):
-    from model.slot_constraint import SlotState
+    from dgr2.model.slot_constraint import SlotState
 
     return SlotState(ban=torch.zeros(1, S, kmax, dtype=torch.bool), room=room, in_answer=in_answer,
                      pos=torch.arange(S)[None], ans_pos=torch.tensor([0]), think_end=torch.tensor([S]),
@@ -350,7 +350,7 @@ def test_same_pass_duplicates_the_earlier_rank_keeps_the_slot():
     confident one); the later waits for the next pass."""
     from types import SimpleNamespace
 
-    from model.slot_constraint import keep_earliest
+    from dgr2.model.slot_constraint import keep_earliest
 
     S, kmax = 5, 3
     batch = SimpleNamespace(head=SimpleNamespace(token=lambda cols: cols), slot_cols=torch.tensor([10, 11, 12]))
@@ -368,7 +368,7 @@ def test_same_pass_duplicates_are_counted_per_section():
     the answer's room, and the third trace pick of a slot is deferred."""
     from types import SimpleNamespace
 
-    from model.slot_constraint import keep_earliest
+    from dgr2.model.slot_constraint import keep_earliest
 
     S, kmax = 6, 2
     batch = SimpleNamespace(head=SimpleNamespace(token=lambda cols: cols), slot_cols=torch.tensor([10, 11]))

@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.guard import greedy_repair, guard, hungarian_repair, rankgpt_repair
-from model.prompt import parse_answer
+from dgr2.model.guard import greedy_repair, guard, hungarian_repair, rankgpt_repair
+from dgr2.model.prompt import parse_answer
 
 
 def is_perm(order, K):
@@ -84,7 +84,7 @@ def test_baselines_and_fallbacks():
     assert greedy_repair(np.full((3, 3), np.nan)) == [0, 1, 2]
     logp = np.log(np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]))
     assert greedy_repair(logp) == [1, 0, 2]
-    from model.prompt import AnswerParse
+    from dgr2.model.prompt import AnswerParse
 
     parsed = AnswerParse(num_slots=4, slots=[2, 2, 0], start=0, duplicates=1, missing=2)
     assert rankgpt_repair(parsed) == [2, 0, 1, 3]

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from model_store import Provenance, save_checkpoint
+from dgr2.model_store import Provenance, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from model.catalog import Catalog
-from model.prompt import parse_answer, render_completion, render_prompt
-from model.tokenizer import CO_TOKENS, MAX_SLOTS, Vocab, build_tokenizer, slot_token
+from dgr2.model.catalog import Catalog
+from dgr2.model.prompt import parse_answer, render_completion, render_prompt
+from dgr2.model.tokenizer import CO_TOKENS, MAX_SLOTS, Vocab, build_tokenizer, slot_token
 
 
 def toks(vocab, prompt):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from dgr2cli import main as cli
-from model_store import (
+from dgr2.cli import main as cli
+from dgr2.model_store import (
     CheckpointError,
     ModelStore,
     Provenance,
@@ -14,8 +14,8 @@ from model_store import (
     save_checkpoint,
     verify_checkpoint,
 )
-from model_store.checkpoint import sha256_file
-from model_store.init import init_pair
+from dgr2.model_store.checkpoint import sha256_file
+from dgr2.model_store.init import init_pair
 
 
 @pytest.fixture()
@@ -153,7 +153,7 @@ def test_ship_records_eval_results_in_the_manifest(tmp_path, catalog):
 
 
 def test_ship_stores_decode_thresholds_that_decoding_then_uses(tmp_path, catalog):
-    from model.decoding import DecodeConfig
+    from dgr2.model.decoding import DecodeConfig
 
     src, dst = ModelStore(tmp_path / "src"), tmp_path / "dst"
     init_pair(src, "m", catalog)

@@ -4,10 +4,10 @@ import copy
 
 import torch
 
-from model.kv_cache import KVCache
-from recipe.block_diffusion import CLEAN, COPY_A, COPY_B, attention_mask, collate_diffusion, row
-from recipe.data import eval_examples
-from recipe.sft import encode
+from dgr2.model.kv_cache import KVCache
+from dgr2.recipe.block_diffusion import CLEAN, COPY_A, COPY_B, attention_mask, collate_diffusion, row
+from dgr2.recipe.data import eval_examples
+from dgr2.recipe.sft import encode
 
 
 def encoded(vocab, synth, k=6, trace_len=20):

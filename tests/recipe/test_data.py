@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 import torch
 
-from model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab, build_tokenizer
-from recipe.data import DataError, UserView, eval_examples, load_beauty, train_example, train_prefixes
-from recipe.sft import TrainStream, encode, slot_exclusions
-from recipe.traces import RULE_V3, RULE_V4, evidence, render_trace, rule_for, sft_target
+from dgr2.model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab, build_tokenizer
+from dgr2.recipe.data import DataError, UserView, eval_examples, load_beauty, train_example, train_prefixes
+from dgr2.recipe.sft import TrainStream, encode, slot_exclusions
+from dgr2.recipe.traces import RULE_V3, RULE_V4, evidence, render_trace, rule_for, sft_target
 
 
 def test_leave_one_out_and_candidates(synth):

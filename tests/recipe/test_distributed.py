@@ -24,8 +24,8 @@ def run(cmd, tmp, tag):
                     reason="torchrun is not installed beside this python")
 def test_two_processes_match_one(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    one = run([sys.executable, "-m", "dgr2cli"], tmp_path, "one")
-    two = run([torchrun, "--nproc-per-node", "2", "-m", "dgr2cli"], tmp_path, "two")
+    one = run([sys.executable, "-m", "dgr2"], tmp_path, "one")
+    two = run([torchrun, "--nproc-per-node", "2", "-m", "dgr2"], tmp_path, "two")
     assert one.keys() == two.keys()
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < 1e-5, worst

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from dgr2cli import main as cli
-from model_store import ModelStore
-from model_store.init import init_pair
+from dgr2.cli import main as cli
+from dgr2.model_store import ModelStore
+from dgr2.model_store.init import init_pair
 
 FIELDS = {"n", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward",
           "decode_tokens_per_s", "decoder", "split", "candidates", "neg_seed"}

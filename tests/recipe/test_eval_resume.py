@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from dgr2cli import main as cli
-from model.decoding import DecodeConfig
-from model.engine import Reranker
-from model_store import ModelStore
-from model_store.init import new_model
-from recipe.data import eval_examples
-from recipe.eval_tally import ResumeError, ResumeFile
-from recipe.evaluate import evaluate
+from dgr2.cli import main as cli
+from dgr2.model.decoding import DecodeConfig
+from dgr2.model.engine import Reranker
+from dgr2.model_store import ModelStore
+from dgr2.model_store.init import new_model
+from dgr2.recipe.data import eval_examples
+from dgr2.recipe.eval_tally import ResumeError, ResumeFile
+from dgr2.recipe.evaluate import evaluate
 
 DECODE = DecodeConfig(max_new_tokens=16)
 TIMING = ("decode_tokens_per_s", "decode_seconds")
@@ -91,7 +91,7 @@ def test_a_file_of_another_eval_is_refused(setup, tmp_path):
 
 
 def test_cli_resume_file(tmp_path, synth, capsys):
-    from model_store.init import init_pair
+    from dgr2.model_store.init import init_pair
 
     init_pair(ModelStore(tmp_path / "store"), "beauty-gr2", synth.catalog)
     args = ["eval", "--checkpoint", "beauty-gr2:ar", "--store", str(tmp_path / "store"), "--synthetic",
@@ -112,7 +112,7 @@ def test_eval_all_users_script_runs_each_seed_once(tmp_path, synth):
     import sys
     from pathlib import Path
 
-    from model_store.init import init_pair
+    from dgr2.model_store.init import init_pair
 
     init_pair(ModelStore(tmp_path / "store"), "beauty-gr2", synth.catalog)
     script = Path(__file__).resolve().parents[2] / "scripts" / "eval_all_users.sh"

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from recipe.metrics import hr_at, mean_and_stderr, ndcg_at, reciprocal_rank, summarize
+from dgr2.recipe.metrics import hr_at, mean_and_stderr, ndcg_at, reciprocal_rank, summarize
 
 
 def test_hand_computed_cases():

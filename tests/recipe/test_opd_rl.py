@@ -6,15 +6,15 @@ import copy
 import pytest
 import torch
 
-from model.decoding import DecodeConfig, completion_budget
-from model.output_head import OutputHead
-from recipe.block_diffusion import collate_diffusion
-from recipe.data import eval_examples
-from recipe.distill import completion_index, distill_targets, kl_loss, teacher_logits
-from recipe.policy import scored_outputs, token_logprobs
-from recipe.rollouts import decode_rollouts
-from recipe.sft import Encoded, TrainStream, encode
-from recipe.train_rl import group_advantages, grpo_loss
+from dgr2.model.decoding import DecodeConfig, completion_budget
+from dgr2.model.output_head import OutputHead
+from dgr2.recipe.block_diffusion import collate_diffusion
+from dgr2.recipe.data import eval_examples
+from dgr2.recipe.distill import completion_index, distill_targets, kl_loss, teacher_logits
+from dgr2.recipe.policy import scored_outputs, token_logprobs
+from dgr2.recipe.rollouts import decode_rollouts
+from dgr2.recipe.sft import Encoded, TrainStream, encode
+from dgr2.recipe.train_rl import group_advantages, grpo_loss
 
 K, TRACE, S = 6, 20, 4
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from recipe import train_ar
-from recipe.prefetch import Prefetcher
+from dgr2.recipe import train_ar
+from dgr2.recipe.prefetch import Prefetcher
 
 
 def make(step: int):

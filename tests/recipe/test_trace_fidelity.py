@@ -1,8 +1,8 @@
 """Trace fidelity: the rule's own trace and answer score 1; each kind of deviation is counted."""
 
-from recipe.data import eval_examples
-from recipe.trace_fidelity import TraceFidelity, level_of, parse_entries
-from recipe.traces import evidence, render_trace, sft_target, trace_entries
+from dgr2.recipe.data import eval_examples
+from dgr2.recipe.trace_fidelity import TraceFidelity, level_of, parse_entries
+from dgr2.recipe.traces import evidence, render_trace, sft_target, trace_entries
 
 
 def test_parse_entries_and_levels():

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from recipe.trainer import MAX_SKIPPED_IN_A_ROW, Dist, Stage, StageNotTraining, lr_at, run_stage
+from dgr2.recipe.trainer import MAX_SKIPPED_IN_A_ROW, Dist, Stage, StageNotTraining, lr_at, run_stage
 
 
 class Tiny(torch.nn.Module):

@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from recipe import evaluate as evaluate_module
-from recipe import train_ar, train_cft, train_opd, train_rl
-from recipe.synthetic import synthetic_data
+from dgr2.recipe import evaluate as evaluate_module
+from dgr2.recipe import train_ar, train_cft, train_opd, train_rl
+from dgr2.recipe.synthetic import synthetic_data
 
 K, TRACE, BLOCK = 5, 12, 4
 RANDOM_NDCG = sum(1 / math.log2(r + 2) for r in range(K)) / K
@@ -40,11 +40,11 @@ def parse(module, argv):
 
 
 def evaluate_ref(root, ref, decoder, data, grammar=True):
-    from model.decoding import DecodeConfig, completion_budget
-    from model.engine import Reranker
-    from model_store import ModelStore, load_checkpoint
-    from recipe.data import eval_examples
-    from recipe.evaluate import evaluate
+    from dgr2.model.decoding import DecodeConfig, completion_budget
+    from dgr2.model.engine import Reranker
+    from dgr2.model_store import ModelStore, load_checkpoint
+    from dgr2.recipe.data import eval_examples
+    from dgr2.recipe.evaluate import evaluate
 
     ckpt = load_checkpoint(ModelStore(root / "store").resolve("beauty-gr2", ref))
     cfg = DecodeConfig(max_new_tokens=completion_budget(TRACE, K), block_size=BLOCK, threshold=0.9,
@@ -106,9 +106,9 @@ def test_opd_then_rl_run_end_to_end_and_keep_the_ranking(planted, trained_ar, tr
 def test_ar_warm_start_begins_from_the_given_weights(planted, trained_ar, tmp_path):
     """``--init-from``: with a zero learning rate the warm-started model ranks exactly as its parent
     (a fresh initialisation would rank near chance); a checkpoint of another catalog is refused."""
-    from model_store import ModelStore
-    from model_store.init import init_pair
-    from recipe.synthetic import synthetic_data
+    from dgr2.model_store import ModelStore
+    from dgr2.model_store.init import init_pair
+    from dgr2.recipe.synthetic import synthetic_data
 
     data, root, common = planted
     parent = ModelStore(root / "store").resolve("beauty-gr2", "ar")

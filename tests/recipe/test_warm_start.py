@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model_store import Provenance, save_checkpoint
-from model_store.init import new_model
-from recipe.train_ar import warm_start
+from dgr2.model_store import Provenance, save_checkpoint
+from dgr2.model_store.init import new_model
+from dgr2.recipe.train_ar import warm_start
 
 
 def test_grow_vocab_keeps_every_old_token_and_ties_the_head(catalog):

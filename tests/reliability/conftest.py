@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.service_load import free_port
+from dgr2.bench.service_load import free_port
 
 _HARNESS = Path(__file__).resolve().parents[1] / "service" / "conftest.py"
 _spec = importlib.util.spec_from_file_location("dgr2_service_harness", _HARNESS)
@@ -76,21 +76,27 @@ _LAUNCH = """
 import os, sys, time
 slow = float(os.environ.pop("DGR2_TEST_SLOW_S", "0"))
 if slow > 0:
-    import model.engine
-    rank = model.engine.Reranker.rank
+    from dgr2.model import engine
+    rank = engine.Reranker.rank
     def slowed(self, requests):
         time.sleep(slow)
         return rank(self, requests)
-    model.engine.Reranker.rank = slowed
-import dgr2cli
-sys.exit(dgr2cli.main(["serve", *sys.argv[1:]]))
+    engine.Reranker.rank = slowed
+if os.environ.pop("DGR2_TEST_FAIL_WARM_UP", ""):
+    from dgr2.service import runtime
+    def failing(models):
+        raise RuntimeError("planted warm-up failure")
+    runtime.warm_up = failing
+import dgr2.cli
+sys.exit(dgr2.cli.main(["serve", *sys.argv[1:]]))
 """
 
 
 class ServeProcess:
     """``dgr2 serve`` on a free loopback port: ``proc``, ``url``, ``log`` (its stdout and stderr)."""
 
-    def __init__(self, store_root: Path, log: Path, *flags: str, slow_s: float = 0.0) -> None:
+    def __init__(self, store_root: Path, log: Path, *flags: str, slow_s: float = 0.0,
+                 fail_warm_up: bool = False) -> None:
         import subprocess
 
         self.port = free_port()
@@ -98,6 +104,8 @@ class ServeProcess:
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("DGR2_")}
         env.update(DGR2_TEST_SLOW_S=str(slow_s), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        if fail_warm_up:
+            env["DGR2_TEST_FAIL_WARM_UP"] = "1"
         cmd = [sys.executable, "-c", _LAUNCH, "--store", str(store_root), "--model", harness.MODEL,
                "--port", str(self.port), "--torch-threads", "1", "--log-level", "warning", *flags]
         with open(log, "wb") as out:
@@ -126,8 +134,9 @@ def serve_process(tmp_path):
     """Start ``dgr2 serve`` processes; each is killed at the end of the test if still running."""
     started: list[ServeProcess] = []
 
-    def start(store_root: Path, *flags: str, slow_s: float = 0.0) -> ServeProcess:
-        p = ServeProcess(store_root, tmp_path / f"serve-{len(started)}.log", *flags, slow_s=slow_s)
+    def start(store_root: Path, *flags: str, slow_s: float = 0.0, fail_warm_up: bool = False) -> ServeProcess:
+        p = ServeProcess(store_root, tmp_path / f"serve-{len(started)}.log", *flags, slow_s=slow_s,
+                         fail_warm_up=fail_warm_up)
         started.append(p)
         return p
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_store.init import init_pair
-from service import cli
+from dgr2.model_store.init import init_pair
+from dgr2.service import cli
+from dgr2.service.server import EXIT_WARM_UP_FAILED
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -92,6 +93,18 @@ def test_a_damaged_checkpoint_makes_the_process_exit_non_zero(tmp_path, catalog,
     assert code != 0 and "model.safetensors" in last and "does not match its sha256" in last, out[-3000:]
     assert "the service did not start" in out
     figures.update(exit_code=code, error=last.split("CheckpointError: ")[-1][:160])
+
+
+def test_a_failed_warm_up_ends_the_process_with_the_error_on_stderr(tmp_path, catalog, h, serve_process):
+    """Loaded and verified, but the first decode fails: the process exits, never a server stuck at 503."""
+    store = h.make_store(tmp_path / "store", catalog, seeds=(0,))
+    srv = serve_process(store.root, fail_warm_up=True)
+    code = srv.proc.wait(timeout=120)
+    out = srv.output()
+    assert code == EXIT_WARM_UP_FAILED, out[-3000:]
+    assert "Traceback" in out and "RuntimeError: planted warm-up failure" in out  # the server log has it all
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("dgr2 serve: error: warm-up of") and last.endswith("planted warm-up failure"), last
 
 
 # ----------------------------------------------------------------------------- refused on reload

@@ -21,12 +21,12 @@ import httpx
 import pytest
 import torch
 
-from model_store import ModelStore
-from model_store.init import init_pair
-from service.app import create_app
-from service.runtime import Runtime
-from service.server import DrainingServer, build_server
-from service.settings import Settings
+from dgr2.model_store import ModelStore
+from dgr2.model_store.init import init_pair
+from dgr2.service.app import create_app
+from dgr2.service.runtime import Runtime
+from dgr2.service.server import DrainingServer, build_server
+from dgr2.service.settings import Settings
 
 MODEL = "test-gr2"
 CANDIDATES = [f"S{i:04d}" for i in range(12)]
@@ -37,7 +37,7 @@ HISTORY = ["S0051", "S0027", "S0032", "S0021"]
 def _one_torch_thread():
     """The tiny model gains nothing from intra-op threads, and with the test process's own thread and the
     server's torch thread each running an OpenMP team, a busy 2-core box slows a decode several-fold
-    (service/torch_thread.py); restored for the other test packages."""
+    (dgr2/service/torch_thread.py); restored for the other test packages."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

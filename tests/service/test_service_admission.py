@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-import service.runtime
+from dgr2.service import runtime as service_runtime
 
 pytestmark = pytest.mark.timeout(120)  # every wait inside is bounded well below this
 
@@ -69,13 +69,13 @@ def test_504_deadline_passes_while_queued_and_is_not_decoded(shared_store, h, mo
 
 def test_503_before_ready(shared_store, h, monkeypatch):
     release = threading.Event()
-    real = service.runtime.warm_up
+    real = service_runtime.warm_up
 
     def held_warm_up(models):
         release.wait(timeout=20)
         real(models)
 
-    monkeypatch.setattr(service.runtime, "warm_up", held_warm_up)
+    monkeypatch.setattr(service_runtime, "warm_up", held_warm_up)
     with h.running(h.settings_for(shared_store), ready=False) as srv:
         try:
             assert httpx.get(f"{srv.url}/healthz", timeout=5).status_code == 200  # alive, not ready

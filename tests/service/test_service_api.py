@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.ab import ABRouter
+from dgr2.service.ab import ABRouter
 
 pytestmark = pytest.mark.timeout(120)  # every wait inside is bounded well below this
 
@@ -240,7 +240,7 @@ def test_request_metrics_by_decoder_and_status(client, server, h):
 
 
 def test_both_decoders_decode_on_the_one_torch_thread(client, server, h, monkeypatch):
-    """Every decode runs on the runtime's torch thread (service/torch_thread.py: a thread per decoder
+    """Every decode runs on the runtime's torch thread (dgr2/service/torch_thread.py: a thread per decoder
     made OpenMP stop spinning and doubled a diffusion request's latency)."""
     threads: dict[str, str] = {}
     for decoder in ("ar", "diffusion"):

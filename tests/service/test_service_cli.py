@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.service_load import free_port
-from dgr2cli import main
-from service import cli
-from service.settings import Settings
+from dgr2.bench.service_load import free_port
+from dgr2.cli import main
+from dgr2.service import cli
+from dgr2.service.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)  # every wait inside is bounded well below this
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def test_sigterm_drains_admitted_requests(shared_store, h, tmp_path):
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGR2_")}
     env["DGR2_MAX_NEW_TOKENS"] = "128"  # env is the default ...
-    cmd = [sys.executable, "-c", "import sys, dgr2cli; sys.exit(dgr2cli.main())", "serve",
+    cmd = [sys.executable, "-c", "import sys, dgr2.cli; sys.exit(dgr2.cli.main())", "serve",
            "--store", str(shared_store.root), "--model", h.MODEL, "--port", str(port),  # ... flags override it
            "--max-batch-size", "1", "--max-wait-ms", "0", "--torch-threads", "1", "--log-level", "warning"]
     log = tmp_path / "serve.log"

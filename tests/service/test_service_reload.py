@@ -27,7 +27,7 @@ def _versions(url: str) -> tuple[str, str]:
 
 
 def test_reload_swaps_and_a_failed_reload_keeps_the_old(store, catalog, h):
-    from model_store.init import init_pair
+    from dgr2.model_store.init import init_pair
 
     with h.running(h.settings_for(store, admin_token=TOKEN)) as srv:
         reload = f"{srv.url}/admin/reload"

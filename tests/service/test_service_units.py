@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from scipy.stats import kendalltau
 
-from service.ab import ABRouter, kendall_tau, top_overlap
-from service.errors import public_message
-from service.settings import Settings, parse_split
+from dgr2.service.ab import ABRouter, kendall_tau, top_overlap
+from dgr2.service.errors import public_message
+from dgr2.service.settings import Settings, parse_split
 
 
 def test_sticky_assignment_follows_the_split():

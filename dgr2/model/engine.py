@@ -1,0 +1,103 @@
+"""The re-ranking engine: prompt -> decoder (AR or block diffusion) -> guard -> ranking.
+
+This is the one entry point the service, the evaluation and the benchmarks call; it knows nothing
+of HTTP or training. A result's ``order`` is always a permutation of the request's candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from dgr2.model.ar_decoder import decode_ar
+from dgr2.model.catalog import Catalog
+from dgr2.model.decoding import DecodeConfig, SequenceResult, completion_budget
+from dgr2.model.diffusion_decoder import decode_diffusion
+from dgr2.model.guard import GuardReport, guard
+from dgr2.model.prompt import AnswerParse, ItemRef, check_catalog, parse_answer, render_prompt
+from dgr2.model.tokenizer import MAX_HISTORY, Vocab
+from dgr2.model.transformer import Transformer
+
+DECODERS = {"ar": decode_ar, "diffusion": decode_diffusion}
+
+
+@dataclass
+class RankRequest:
+    history: Sequence[ItemRef]
+    candidates: Sequence[ItemRef]
+
+
+@dataclass
+class RankResult:
+    order: list[int]  # candidate indices (positions in the request), best first
+    relevance: list[float]  # aligned with ``order``
+    report: GuardReport
+    reasoning: str
+    prompt_tokens: int
+    generated_tokens: int
+    forward_passes: int
+    unknown_items: list[str] = field(default_factory=list)
+    raw: SequenceResult | None = None
+
+
+def relevance_scores(parse: AnswerParse, position_logprobs: np.ndarray) -> np.ndarray:
+    """Per candidate, its expected DCG gain under the model: sum_r P(rank r = slot) / log2(r + 2).
+
+    Ranks the decoder never wrote (a short or missing answer) count as uniform over the slots.
+    Scores lie in [0, 1]; they reflect the model's confidence and need not decrease along the
+    guarded order.
+    """
+    K = parse.num_slots
+    P = np.full((K, K), 1.0 / K)
+    if parse.start is not None:
+        rows = position_logprobs[parse.start + 1: parse.start + 1 + K, :K]
+        P[: len(rows)] = np.exp(rows)
+    gains = 1.0 / np.log2(np.arange(K) + 2.0)
+    return np.nan_to_num(P.T @ gains, nan=0.0).clip(0.0, 1.0)
+
+
+class Reranker:
+    def __init__(self, model: Transformer, vocab: Vocab, catalog: Catalog, decoder: str = "ar",
+                 decode: DecodeConfig | None = None, max_history: int = MAX_HISTORY,
+                 trace_len: int | None = None) -> None:
+        """``trace_len``: the trace length the model was trained with; when known, each batch's decode
+        budget is capped at what a full completion for its largest K needs."""
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
+        check_catalog(vocab, catalog)  # fail at load, not at the first request
+        self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
+        self.decode = decode or DecodeConfig.for_model(model.config)
+        self.max_history = max_history
+        self.trace_len = trace_len
+
+    def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
+        prompts = [render_prompt(self.vocab, self.catalog, r.history, r.candidates, self.max_history)
+                   for r in requests]
+        cfg = self.decode
+        if self.trace_len is not None:
+            budget = completion_budget(self.trace_len, max(p.num_slots for p in prompts))
+            cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, budget))
+        outs = DECODERS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
+                                      [p.num_slots for p in prompts], cfg)
+        results = []
+        for prompt, out in zip(prompts, outs, strict=True):
+            parse = parse_answer(self.vocab, out.tokens, prompt.num_slots)
+            order, report = guard(parse, out.slot_logprobs)
+            scores = relevance_scores(parse, out.slot_logprobs)
+            results.append(RankResult(
+                order=order, relevance=[round(float(scores[k]), 6) for k in order], report=report,
+                reasoning=self.reasoning_text(out.tokens), prompt_tokens=len(prompt.ids),
+                generated_tokens=out.generated_tokens, forward_passes=out.forward_passes,
+                unknown_items=prompt.unknown_items, raw=out,
+            ))
+        return results
+
+    def reasoning_text(self, tokens: Sequence[int]) -> str:
+        """The decoded trace: everything before ``</think>`` (or before the answer when it is missing)."""
+        end = len(tokens)
+        for stop in (self.vocab.end_think, self.vocab.answer):
+            if stop in tokens:
+                end = min(end, list(tokens).index(stop))
+        return self.vocab.decode(tokens[:end])

@@ -1,0 +1,157 @@
+"""The answer constraint of the block-diffusion decoder: the parallel counterpart of the AR one.
+
+Slot exclusions: a masked position may not name a slot outside the request, nor a slot already
+decided in its own section (everything after the decided ``<answer>`` is answer; in the trace, a
+slot is banned once decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice).
+Positions that one denoising pass unmasks together may still pick a slot more often than their
+section allows; only the earliest of them keep it, the others stay masked for the next pass.
+Training uses the same exclusions (:func:`recipe.block_diffusion.row_exclusions`), so the model's
+distribution over the open slots is what the decoder samples from.
+
+Answer grammar (what the AR decoder enforces token by token, here by position): once ``<answer>``
+is decided at continuation index ``a``, the answer's layout is known, so ``a+1 .. a+K`` may only be
+slots, ``a+K+1`` only ``</answer>`` and what follows only ``<eos>``; before it, ``</answer>`` and
+``<eos>`` are banned and so is a second ``<answer>``. Until ``<answer>`` is decided, it may only go
+after every decided position of the block (else a trace token decided earlier would sit inside the
+answer), the position after a decided ``</think>`` and the last position from which a full answer
+still fits the budget may only be ``<answer>``, and no later position may be. In a pass that picks ``<answer>``, the
+positions after it wait one pass, so that they are decided under the layout it fixes; and the
+answer's first rank is decided before the others (:func:`waits_for_first_rank`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from dgr2.model.decoding import Batch
+from dgr2.model.tokenizer import TRACE_SLOT_USES
+
+
+class SlotState(NamedTuple):
+    ban: torch.Tensor  # [b, S, Kmax]: slots each block position may not name, given what is decided
+    room: torch.Tensor  # [b, S, Kmax]: how many more times its section may name each slot
+    in_answer: torch.Tensor  # [b, S]: block positions after a decided <answer>
+    pos: torch.Tensor  # [b, S]: continuation index of each block position
+    ans_pos: torch.Tensor  # [b]: continuation index of the decided <answer> (L while undecided)
+    think_end: torch.Tensor  # [b]: continuation index of the first decided </think> (L if none)
+    past_decided: torch.Tensor  # [b, S]: block positions after every decided one (where <answer> may go)
+    undecided: int  # L: the value of ans_pos / think_end when nothing is decided
+    first_rank_open: torch.Tensor | None = None  # [b]: <answer> decided, its first slot not yet
+
+
+def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
+    """Slot exclusions of every block position given what is decided so far, the room each section
+    has left per slot (which :func:`keep_earliest` shares out among same-pass picks), and where
+    the decided ``<answer>`` and ``</think>`` lie (for :func:`grammar_disallow`)."""
+    vocab, dev = batch.vocab, batch.dev
+    b, S = tokens.shape
+    L = batch.out_tokens.shape[1]
+    decided = batch.out_tokens[batch.alive]  # [b, L]: committed and decided tokens, <pad> elsewhere
+    idx = torch.arange(L, device=dev)
+    in_block = (idx[None, :] >= offset[:, None]) & (idx[None, :] < offset[:, None] + S)
+    block_pos = (idx[None, :] - offset[:, None]).clamp(0, S - 1)
+    block_masked = torch.gather(masked, 1, block_pos) & in_block
+    decided = decided.masked_fill(block_masked, vocab.pad)
+    is_answer_tok = decided == vocab.answer
+    ans_pos = torch.where(is_answer_tok, idx, L).min(dim=1).values  # [b]; L while undecided
+    think_end = torch.where(decided == vocab.end_think, idx, L).min(dim=1).values
+    # uses of each slot per section, one bin per (section, slot) and a spare bin for other tokens
+    kmax = batch.kmax
+    after = idx[None, :] > ans_pos[:, None]
+    bins = batch.slot_index[decided] + after * (kmax + 1)  # [b, L]
+    uses = torch.zeros(b, 2 * (kmax + 1), dtype=torch.long, device=dev).scatter_add_(1, bins, torch.ones_like(bins))
+    room_trace = TRACE_SLOT_USES - uses[:, :kmax]
+    room_answer = 1 - uses[:, kmax + 1: 2 * kmax + 1]
+    pos = offset[:, None] + torch.arange(S, device=dev)[None, :]  # [b, S] continuation index
+    in_answer = pos > ans_pos[:, None]
+    room = torch.where(in_answer[:, :, None], room_answer[:, None, :], room_trace[:, None, :])
+    out_of_request = torch.arange(batch.kmax, device=dev)[None, :] >= batch.k[batch.alive][:, None]
+    arange_s = torch.arange(S, device=dev)
+    last_decided = torch.where(masked, -1, arange_s[None, :]).max(dim=1).values  # [b]; -1: none yet
+    past_decided = arange_s[None, :] > last_decided[:, None]
+    first_rank = decided.gather(1, (ans_pos + 1).clamp(max=L - 1)[:, None])[:, 0]
+    first_rank_open = (ans_pos < L - 1) & (first_rank == vocab.pad)
+    return SlotState((room <= 0) | out_of_request[:, None, :], room, in_answer, pos, ans_pos, think_end,
+                     past_decided, L, first_rank_open)
+
+
+def waits_for_first_rank(state: SlotState) -> torch.Tensor:
+    """``[b, S]``: answer positions past the first rank, while the first rank is undecided. They wait
+    so that rank 1, the model's guess at the held-out item (a spread-out distribution), is decided
+    before any surer later rank can claim its candidate; the tail ranks follow the trace's strengths
+    and lose nothing by waiting. It costs at most one pass per answer."""
+    return state.in_answer & (state.pos - state.ans_pos[:, None] >= 2) & state.first_rank_open[:, None]
+
+
+def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out: int) -> torch.Tensor:
+    """``[b, S, n_out]``: output columns each block position may not take under the answer grammar
+    (see the module docstring). Every position keeps at least one allowed column."""
+    vocab, head, dev = batch.vocab, batch.head, batch.dev
+    k = batch.k[batch.alive][:, None]  # [b, 1]
+    pos, ans = state.pos, state.ans_pos[:, None]
+    decided = ans < state.undecided
+    j = pos - ans  # place inside the answer (1 = first slot)
+    latest = (max_new_tokens - (k + 3)).clamp(min=0)  # last index where <answer> still fits the budget
+    columns = torch.arange(n_out, device=dev)
+    is_slot = torch.zeros(n_out, dtype=torch.bool, device=dev)
+    is_slot[head.slot_cols] = True
+    answer, end_answer, eos = (head.col(t) for t in (vocab.answer, vocab.end_answer, vocab.eos))
+
+    def only(col: int | None, where: torch.Tensor) -> torch.Tensor:  # everything but col (slots if None)
+        allowed = is_slot if col is None else columns == col
+        return where[:, :, None] & ~allowed[None, None, :]
+
+    slots_only = decided & (j >= 1) & (j <= k)
+    # an <answer> before a decided position would put that (trace) token inside the answer
+    answer_fits = ~decided & state.past_decided & (pos <= latest)
+    must_answer = answer_fits & ((pos == state.think_end[:, None] + 1) | (pos == latest))
+    out = only(None, slots_only) | only(end_answer, decided & (j == k + 1)) | only(eos, decided & (j >= k + 2))
+    out |= only(answer, must_answer)
+    trace = (decided & (j < 0)) | (~decided & ~must_answer)  # known trace, or not yet known to be answer
+    for col in (end_answer, eos):
+        out[:, :, col] |= trace
+    out[:, :, answer] |= ~answer_fits
+    return out
+
+
+def one_answer_per_pass(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState) -> torch.Tensor:
+    """``unmask`` without the positions after a ``<answer>`` picked in this pass (rows whose answer was
+    undecided): they are decided next pass, under the layout that ``<answer>`` fixes."""
+    S = cand.shape[1]
+    picks = unmask & (cand == batch.vocab.answer) & (state.ans_pos == state.undecided)[:, None]
+    first = torch.where(picks, torch.arange(S, device=cand.device)[None, :], S).min(dim=1).values
+    return unmask & (torch.arange(S, device=cand.device)[None, :] <= first[:, None])
+
+
+def apply_bans(batch: Batch, logits: torch.Tensor, ban: torch.Tensor) -> torch.Tensor:
+    """Masks banned slot columns of output-vocabulary logits ``[b, S, n_out]``, and every slot past
+    the batch's largest K (no row's request has it)."""
+    full = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    full[:, :, batch.head.slot_cols[batch.kmax:]] = True
+    full[:, :, batch.slot_cols] = ban
+    return logits.masked_fill(full, float("-inf"))
+
+
+def keep_earliest(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState) -> torch.Tensor:
+    """``unmask`` without same-pass excess: per row and slot, of the positions of one section that
+    pick it, only the ``room`` earliest keep it; the rest stay masked for the next pass.
+
+    Position order, not confidence: the answer is a Plackett-Luce sequence, rank r chosen among the
+    candidates ranks < r left open, so an earlier rank has the first claim on a slot, as it has in
+    AR decoding. Ranking by confidence gave the answer's first slot (the model's guess at the
+    held-out item, a spread-out distribution) to whichever later rank was surer of the same item,
+    and cost the shipped CFT model more than half of its HR@1 (docs/design.md). A picked slot is
+    never banned (room >= 1), so each slot's earliest pick survives and every pass makes progress.
+    """
+    slot_ids = batch.head.token(batch.slot_cols)
+    hit = (cand[:, :, None] == slot_ids[None, None, :]) & unmask[:, :, None]  # [b, S, Kmax]
+    if not bool((hit.sum(dim=1) > 1).any()):  # no slot picked twice in this pass: room suffices (>= 1)
+        return unmask
+    # the answer section follows the trace inside a block, so counting per section is two cumsums
+    in_answer = state.in_answer[:, :, None]
+    hit_i = hit.int()
+    earlier = torch.where(in_answer, (hit_i * in_answer).cumsum(dim=1), (hit_i * ~in_answer).cumsum(dim=1)) - hit_i
+    loser = hit & (earlier >= state.room)
+    return unmask & ~loser.any(dim=2)

@@ -1,0 +1,150 @@
+"""The ablation table: every row and seed is one ``dgr2 eval`` run, its command kept beside its JSON.
+
+    python -m dgr2.recipe.ablation --store runs/store --split test --limit 200 --seeds 12345,1,2 \\
+        --out docs/results/ablation.jsonl          # runs the evals (resumable: done lines are kept)
+    python -m dgr2.recipe.ablation --out docs/results/ablation.jsonl --table   # prints the Markdown table
+
+Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL;
+with ``--answer-threshold X``, each row named in ``--answer-threshold-rows`` again, decoded with
+that threshold inside the answer (``dgr2 eval --answer-threshold X``; ``--answer-threshold-only``:
+instead of, not beside, the row at the checkpoint's own threshold); each row named in
+``--unconstrained-rows`` again without the answer constraint (``dgr2 eval --unconstrained``).
+Within one seed the rows run back to back on the same machine, so each diffusion row's decode
+tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from dgr2.recipe.evaluate import add_user_arguments
+from dgr2.recipe.metrics import format_mean_stderr as fmt
+
+ROWS = [  # label, checkpoint alias, decoder
+    ("AR", "ar", "ar"),
+    ("naive conversion", "ar", "diffusion"),
+    ("+CFT", "cft", "diffusion"),
+    ("+CFT+OPD", "opd", "diffusion"),
+    ("+CFT+OPD+RL", "rl", "diffusion"),
+]
+
+
+def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
+    """(label, alias, decoder, extra ``dgr2 eval`` flags) of every row this run evaluates."""
+    selected = [r for r in ROWS if not getattr(args, "rows", None) or r[0] in args.rows]
+    threshold = getattr(args, "answer_threshold", None)
+    variant = {label for label, _, dec in selected
+               if threshold is not None and dec == "diffusion" and label in args.answer_threshold_rows}
+    only = getattr(args, "answer_threshold_only", False)
+    out = [(label, ref, dec, []) for label, ref, dec in selected if not (only and label in variant)]
+    for label, ref, dec in selected:
+        if label in variant:
+            out.append((f"{label}, answer threshold {threshold:g}", ref, dec,
+                        ["--answer-threshold", str(threshold)]))
+    for label, ref, dec in selected:
+        if label in (getattr(args, "unconstrained_rows", None) or []):
+            out.append((f"{label}, unconstrained", ref, dec, ["--unconstrained"]))
+    return out
+
+
+def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) -> list[str]:
+    cmd = ["dgr2", "eval", "--checkpoint", f"{args.name}:{ref}", "--decoder", decoder, "--split", args.split,
+           "--candidates", "100", "--neg-seed", str(seed), "--batch-size", str(args.batch_size), "--json"]
+    if args.store:
+        cmd += ["--store", args.store]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    if getattr(args, "sample", None):
+        cmd += ["--sample", str(args.sample)]
+    if getattr(args, "device", "cpu") != "cpu":
+        cmd += ["--device", args.device]
+    return cmd
+
+
+def run_evals(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    done = {(r["label"], r["neg_seed"]) for r in read(out)}
+    for seed in args.seeds:
+        for label, ref, decoder, extra in rows(args):
+            if (label, seed) in done:
+                continue
+            cmd = eval_command(args, ref, decoder, seed) + extra
+            print("$", shlex.join(cmd), file=sys.stderr, flush=True)
+            # the recorded command is the user-facing `dgr2 eval ...`; it runs as `python -m dgr2`
+            # so that a checkout without the installed entry point (a GPU image) runs it too
+            res = subprocess.run([sys.executable, "-m", "dgr2", *cmd[1:]], stdout=subprocess.PIPE, text=True)
+            if res.returncode != 0:
+                print(f"skipped {label} (seed {seed}): dgr2 eval exited {res.returncode}", file=sys.stderr)
+                continue
+            record = {"label": label, "command": shlex.join(cmd), **json.loads(res.stdout)}
+            with out.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def table(records: list[dict]) -> str:
+    ar_speed = {r["neg_seed"]: r["decode_tokens_per_s"] for r in records if r["label"] == "AR"}
+    lines = ["| row | n × seeds | NDCG@10 | HR@10 | MRR | raw valid | invalid raw (dup / missing / out-of-set / "
+             "malformed) | tokens / forward | decode tokens/s | ratio to AR |", "|---" * 10 + "|"]
+    labels = list(dict.fromkeys([label for label, _, _ in ROWS] + [r["label"] for r in records]))
+    for label in labels:
+        rs = [r for r in records if r["label"] == label]
+        if not rs:
+            continue
+        kinds = "/".join(f"{sum(r['invalid_raw'][k] for r in rs) / len(rs):.3f}"
+                         for k in ("duplicates", "missing", "out_of_set", "malformed"))
+        ratios = [r["decode_tokens_per_s"] / ar_speed[r["neg_seed"]] for r in rs if r["neg_seed"] in ar_speed]
+        lines.append(f"| {label} | {rs[0]['n']} × {len(rs)} | {fmt([r['ndcg@10'] for r in rs])} | "
+                     f"{fmt([r['hr@10'] for r in rs], 3)} | {fmt([r['mrr'] for r in rs])} | "
+                     f"{fmt([r['valid_raw'] for r in rs], 3)} | {kinds} | "
+                     f"{fmt([r['tokens_per_forward'] for r in rs], 2)} | "
+                     f"{fmt([r['decode_tokens_per_s'] for r in rs], 0)} | "
+                     f"{fmt(ratios, 2)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", default=None)
+    p.add_argument("--name", default="beauty-gr2")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    add_user_arguments(p)  # per run; default: all users
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[12345, 1, 2])
+    p.add_argument("--out", required=True, help="JSON lines, one per (row, seed); appended, resumable")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="also evaluate the --answer-threshold-rows with this threshold inside the answer")
+    p.add_argument("--answer-threshold-rows", type=lambda s: s.split(","), default=["+CFT+OPD+RL"],
+                   help="comma-separated row labels for --answer-threshold (default %(default)s)")
+    p.add_argument("--answer-threshold-only", action="store_true",
+                   help="evaluate the --answer-threshold-rows only with --answer-threshold (not also without)")
+    p.add_argument("--unconstrained-rows", type=lambda s: s.split(","), default=[],
+                   help="comma-separated row labels to evaluate again without the answer constraint "
+                        "(`dgr2 eval --unconstrained`: the structural gap the grammar hides)")
+    p.add_argument("--rows", type=lambda s: s.split(","), default=None,
+                   help="comma-separated row labels to evaluate (default: all); answer-threshold rows follow "
+                        "their base row")
+    p.add_argument("--device", default="cpu", help="torch device of the evals: cpu or cuda")
+    p.add_argument("--table", action="store_true", help="print the Markdown table of --out and exit")
+    args = p.parse_args(argv)
+    unknown = set(args.rows or []) - {label for label, _, _ in ROWS}
+    if unknown:
+        p.error(f"--rows: unknown row(s) {sorted(unknown)}; rows are {[label for label, _, _ in ROWS]}")
+    if args.table:
+        print(table(read(Path(args.out))))
+        return 0
+    run_evals(args)
+    print(table(read(Path(args.out))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``dgr2 eval``: rank held-out users' candidates with a checkpoint and report the metrics.
+
+    dgr2 eval --checkpoint beauty-gr2:ar --decoder ar --data-dir DIR --split test \\
+        --candidates 100 --neg-seed 12345 --json
+
+Metrics are computed on the guarded ranking; ``valid_raw`` (and the invalid fractions by kind) on
+the answer as decoded. A tqdm bar goes to stderr and the JSON alone to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from dgr2.model.decoding import DecodeConfig, completion_budget
+from dgr2.model.engine import RankRequest, Reranker
+from dgr2.recipe.data import Example, eval_examples
+from dgr2.recipe.eval_tally import INVALID_KINDS, ResumeError, ResumeFile, Tally
+from dgr2.recipe.metrics import summarize
+from dgr2.recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, trace_entries
+
+
+def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
+             progress: bool = True, trace_len: int = DEFAULT_TRACE_LEN, resume: ResumeFile | None = None) -> dict:
+    """Metrics of the guarded rankings, validity as decoded, decode speed, and the trace fidelity
+    (:mod:`recipe.trace_fidelity`) against the rule's trace cut at ``trace_len`` tokens. With
+    ``resume``, users already in that file are not decoded again and count towards the result."""
+    total = resume.load() if resume else Tally()
+    done = set(total.users)
+    todo = [e for e in examples if e.user not in done]
+    if len(done) + len(todo) != len(examples):
+        raise ResumeError(f"{resume.path} holds {len(done) + len(todo) - len(examples)} users this eval does not")
+    rule = rule_for(reranker.vocab)
+    bar = tqdm(total=len(examples), initial=len(done), desc=f"eval {reranker.decoder}", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start: start + batch_size]
+        batch = Tally()
+        t0 = time.perf_counter()
+        results = reranker.rank([RankRequest(e.history, e.candidates) for e in chunk])
+        batch.decode_s = time.perf_counter() - t0
+        for ex, res in zip(chunk, results, strict=True):
+            batch.users.append(ex.user)
+            batch.ranks.append(res.order.index(ex.target_slot))
+            batch.valid += res.report.valid_as_decoded
+            for kind in INVALID_KINDS:
+                batch.invalid[kind] += bool(getattr(res.report, kind))
+            batch.passes += res.forward_passes
+            batch.generated += res.generated_tokens
+            reference = trace_entries(evidence(reranker.catalog, ex.history, ex.candidates, rule), trace_len)
+            batch.fidelity.add(res.reasoning.split(), reference, res.order)
+        if resume:
+            resume.append(batch)
+        total.merge(batch)
+        bar.update(len(chunk))
+        bar.set_postfix(ndcg10=f"{summarize(total.ranks)['ndcg@10']:.4f}",
+                        valid=f"{total.valid / len(total.ranks):.3f}")
+    bar.close()
+    return total.summary()
+
+
+def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
+    """Rank of each target under a non-learned baseline on the same candidate lists.
+
+    ``pop``: training-interaction count (PopRec); ``evidence``: the trace's evidence score
+    (brand, category and co-occurrence matches with the history, plus popularity) under the current
+    rule (v4); ``evidence-v3``: under the rule of the checkpoints trained before it.
+    """
+    from dgr2.recipe.traces import RULE_V3, RULE_V4, heuristic_order
+
+    ranks = []
+    for ex in examples:
+        if name == "pop":
+            order = sorted(range(len(ex.candidates)), key=lambda k: (-source.counts.get(ex.candidates[k], 0), k))
+        else:
+            rule = RULE_V3 if name == "evidence-v3" else RULE_V4
+            order = heuristic_order(evidence(source.catalog, ex.history, ex.candidates, rule))
+        ranks.append(order.index(ex.target_slot))
+    return ranks
+
+
+def add_user_arguments(p: argparse.ArgumentParser) -> None:
+    """``--limit`` / ``--sample``: which users an eval covers (``dgr2 eval`` and the ablation)."""
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
+    users.add_argument("--sample", type=int, default=None,
+                       help="evaluate N users drawn uniformly at random (fixed seed; unbiased, unlike --limit)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
+    p.add_argument("--baseline", choices=["pop", "evidence", "evidence-v3"], default=None,
+                   help="score a non-learned baseline on the same candidate lists instead of a checkpoint")
+    p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
+    p.add_argument("--decoder", choices=["ar", "diffusion"], default=None,
+                   help="decoder to use (default: the checkpoint's own)")
+    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default: $DGR2_DATA_DIR)")
+    p.add_argument("--synthetic", action="store_true", help="evaluate on the generated synthetic data instead")
+    p.add_argument("--split", choices=["valid", "test"], default="test", help="leave-one-out split")
+    p.add_argument("--candidates", type=int, default=100, help="candidates per user: target + K-1 negatives")
+    p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
+    add_user_arguments(p)
+    p.add_argument("--batch-size", type=int, default=32, help="requests decoded together")
+    p.add_argument("--block-size", type=int, default=None, help="diffusion block size (default: checkpoint's)")
+    p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="diffusion threshold inside the answer (default: checkpoint's, else --threshold; 1 = off)")
+    p.add_argument("--unconstrained", action="store_true",
+                   help="decode without the answer constraint (no slot exclusions or answer grammar): "
+                        "what the model does on its own, the structural gap")
+    p.add_argument("--causal-first-rank", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: the pass that decides rank 1 reads the block up to <answer> causally "
+                        "(the view AR predicts rank 1 from; default on)")
+    p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
+                   help="trace length the model was trained with (sets the decode budget)")
+    p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--resume-file", default=None,
+                   help="append each finished batch to this file and, when it exists, skip the users it "
+                        "holds (an all-users CPU eval that survives a stop; refused if written by another eval)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgr2.cli import resolve_checkpoint
+    from dgr2.model_store import load_checkpoint
+
+    if bool(args.checkpoint) == bool(args.baseline):
+        raise SystemExit("dgr2 eval: give exactly one of --checkpoint or --baseline")
+    source = load_source(args.data_dir, args.synthetic)
+    try:
+        examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
+                                 args.limit, args.sample)
+    except ValueError as e:
+        raise SystemExit(f"dgr2 eval: {e}") from None
+    users = {"limit": args.limit, "sample": args.sample}
+    if args.baseline:
+        result = {"n": len(examples), **summarize(baseline_ranks(args.baseline, source, examples)),
+                  "baseline": args.baseline, "split": args.split, "candidates": args.candidates,
+                  "neg_seed": args.neg_seed, **users}
+        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+        return 0
+    from dgr2.recipe.trainer import training_device
+
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store), device=training_device(args))
+    decoder = args.decoder or ckpt.config.decoder
+    model_cfg = ckpt.config
+    if args.unconstrained:
+        if args.answer_threshold is not None:
+            raise SystemExit("dgr2 eval: --answer-threshold needs the answer constraint; drop --unconstrained")
+        model_cfg = model_cfg.replace(answer_threshold=None)  # it is defined by the constraint's sections
+    cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(args.trace_len, args.candidates),
+                                 block_size=args.block_size, threshold=args.threshold,
+                                 answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
+                                 causal_first_rank=args.causal_first_rank)
+    settings = dict(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
+                    neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
+                    answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,
+                    causal_first_rank=cfg.causal_first_rank,
+                    max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
+                    device=args.device, **users)
+    # the resume file also pins the weights, so a re-trained checkpoint of the same name is refused
+    resume = ResumeFile(args.resume_file, {**settings, "weights_sha256": ckpt.manifest["files"]["model.safetensors"],
+                                           "trace_len": args.trace_len}) if args.resume_file else None
+    try:
+        result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,
+                          trace_len=args.trace_len, resume=resume)
+    except ResumeError as e:
+        raise SystemExit(f"dgr2 eval: {e}") from None
+    result.update(settings)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def load_source(data_dir: str | None, synthetic: bool):
+    if synthetic:
+        from dgr2.recipe.synthetic import synthetic_data
+
+        return synthetic_data()
+    from dgr2.recipe.data import load_beauty
+
+    return load_beauty(data_dir)

@@ -1,0 +1,55 @@
+"""Training curves from run logs: ``python -m dgr2.recipe.plots runs/ar runs/cft --out docs/training-curves.png``.
+
+One column per run: loss per step, and validation NDCG@10 and raw validity where measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    with open(Path(run_dir) / "log.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(run_dirs: list[str], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(run_dirs), figsize=(5 * len(run_dirs), 6), squeeze=False)
+    for col, run in enumerate(run_dirs):
+        log = read_log(run)
+        stage = log[0].get("stage", Path(run).name) if log else Path(run).name
+        steps = [r["step"] for r in log]
+        ax = axes[0][col]
+        ax.plot(steps, [r["loss"] for r in log], lw=0.6)
+        ax.set_title(f"{stage}: training loss")
+        ax.set_xlabel("step")
+        val = [r for r in log if "val_ndcg@10" in r]
+        ax = axes[1][col]
+        ax.plot([r["step"] for r in val], [r["val_ndcg@10"] for r in val], "o-", label="val NDCG@10")
+        ax.plot([r["step"] for r in val], [r["val_valid_raw"] for r in val], "s--", label="val raw validity")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("step")
+        ax.legend(loc="center right")
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("runs", nargs="+", help="run folders holding log.jsonl")
+    p.add_argument("--out", default="docs/training-curves.png", help="PNG to write")
+    args = p.parse_args()
+    plot(args.runs, args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

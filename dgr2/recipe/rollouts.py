@@ -1,0 +1,56 @@
+"""On-policy rollouts for OPD and RL: the student decodes training prompts with the inference
+decoder, and each decoded sequence becomes a training row (:class:`recipe.sft.Encoded`) and a reward.
+
+Reward (RL): NDCG@10 of the guarded ranking, minus ``invalid_penalty`` when the raw answer was not
+a valid permutation, so the policy is paid for rankings that need no repair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dgr2.model.decoding import DecodeConfig
+from dgr2.model.diffusion_decoder import decode_diffusion
+from dgr2.model.guard import guard
+from dgr2.model.prompt import parse_answer, render_prompt
+from dgr2.model.tokenizer import Vocab
+from dgr2.model.transformer import Transformer
+from dgr2.recipe.data import Example
+from dgr2.recipe.metrics import ndcg_at
+from dgr2.recipe.sft import Encoded, TrainStream
+
+
+@dataclass
+class Rollout:
+    row: Encoded  # prompt + the decoded continuation
+    target_slot: int
+    valid_raw: bool
+    ndcg10: float
+
+    def reward(self, invalid_penalty: float) -> float:
+        return self.ndcg10 - (0.0 if self.valid_raw else invalid_penalty)
+
+
+def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch: list[tuple[Example, list[str]]],
+                    cfg: DecodeConfig, repeats: int = 1) -> list[Rollout]:
+    """``repeats`` decodes of every example (consecutive, a GRPO group each), with ``cfg``'s sampling."""
+    prompts, slots, examples = [], [], []
+    for ex, own in batch:
+        p = render_prompt(vocab, stream.view(own), ex.history, ex.candidates)
+        for _ in range(repeats):
+            prompts.append(p.ids)
+            slots.append(p.num_slots)
+            examples.append(ex)
+    was_training = model.training
+    model.eval()
+    results = decode_diffusion(model, vocab, prompts, slots, cfg)
+    model.train(was_training)
+    out = []
+    for ids, k, ex, res in zip(prompts, slots, examples, results, strict=True):
+        parse = parse_answer(vocab, res.tokens, k)
+        ranking, _ = guard(parse, res.slot_logprobs)
+        rank = ranking.index(ex.target_slot)  # 0-based, as recipe.metrics counts
+        start = len(ids) + (parse.start + 1 if parse.start is not None else len(res.tokens))
+        row = Encoded(list(ids) + list(res.tokens), len(ids), min(start, len(ids) + len(res.tokens) - 1), k)
+        out.append(Rollout(row, ex.target_slot, parse.valid, ndcg_at(rank, 10)))
+    return out

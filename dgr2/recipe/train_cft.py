@@ -1,0 +1,95 @@
+"""``dgr2 train cft``: conversion fine-tuning, AR weights -> block-diffusion re-ranker.
+
+    dgr2 train cft --from beauty-gr2:ar --data-dir ../shared/data/amazon-beauty
+    torchrun --nproc-per-node 2 -m dgr2 train cft --from beauty-gr2:ar --data-dir ...
+
+Block-diffusion training on the same SFT sequences (:mod:`recipe.block_diffusion`): per-block
+noise levels, complementary masks, the ``[x_0 ; x_t ; x_t']`` attention that is causal on the clean
+stream and bidirectional inside each noisy block, and the AR next-token shift. Validation decodes
+with the block-diffusion decoder itself. The result is stored with the aliases ``cft`` and
+``diffusion``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dgr2.model.output_head import OutputHead
+from dgr2.recipe.block_diffusion import collate_diffusion
+from dgr2.recipe.evaluate import load_source
+from dgr2.recipe.prefetch import Prefetcher
+from dgr2.recipe.sft import TrainStream
+from dgr2.recipe.traces import DEFAULT_TRACE_LEN
+from dgr2.recipe.train_ar import global_weight, validate_with, weighted_ce
+from dgr2.recipe.trainer import (
+    Stage,
+    add_common_arguments,
+    add_device_arguments,
+    peak_lr,
+    run_stage,
+    setup_distributed,
+    teardown_distributed,
+    training_device,
+)
+
+DEFAULTS = {"steps": 1200, "lr": 1e-3}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p, "cft")
+    add_device_arguments(p)
+    p.add_argument("--from", dest="parent", default="beauty-gr2:ar",
+                   help="AR checkpoint to convert: NAME[:VERSION_OR_ALIAS] or a folder")
+    p.add_argument("--block-size", type=int, default=32, help="diffusion block size (stored in the checkpoint)")
+    p.add_argument("--threshold", type=float, default=0.9, help="unmasking threshold (stored in the checkpoint)")
+    p.add_argument("--answer-threshold", type=float, default=None,
+                   help="unmasking threshold inside the answer (stored in the checkpoint; default: --threshold)")
+    p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgr2.cli import resolve_checkpoint
+    from dgr2.model_store import Provenance, load_checkpoint
+    from dgr2.recipe.publish import publish
+
+    d = setup_distributed()
+    parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
+    model, vocab = parent.model, parent.vocab
+    model.config = model.config.replace(block_size=args.block_size, threshold=args.threshold,
+                                        answer_threshold=args.answer_threshold)
+    trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
+    source = load_source(args.data_dir, args.synthetic)
+    stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
+    dev = training_device(args)
+    head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
+    steps = args.steps or DEFAULTS["steps"]
+
+    def make_batch(step: int):
+        batch = stream.global_batch(step, args.batch_size)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # same noise on every rank
+        b = collate_diffusion(batch, args.block_size, vocab.mask, vocab.pad, gen, vocab)
+        shard = slice(d.rank, None, d.world)
+        return b.ids[shard], b.positions[shard], b.mask[shard], b.targets[shard], b.weights[shard], b.banned[shard]
+
+    batches = Prefetcher(make_batch, steps, args.loader_workers)
+
+    def loss(step: int, hidden) -> torch.Tensor:
+        ids, positions, mask, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
+        h = hidden(ids, positions=positions, mask=mask)
+        return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned)
+
+    def validate() -> dict:
+        return validate_with(model, vocab, source, args, "diffusion", trace_len)
+
+    def publish_cft(metrics: dict, steps: int):
+        prov = Provenance(stage="cft", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
+                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len})
+        return publish(args.store, args.name, f"cft-{parent.path.name}", ["cft", "diffusion"], model, vocab,
+                       source.catalog, prov, decoder="diffusion")
+
+    run_stage(Stage("cft", model, loss, validate, publish_cft), args, d, steps, peak_lr(args, DEFAULTS),
+              args.warmup)
+    teardown_distributed()
+    return 0

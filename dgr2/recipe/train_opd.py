@@ -1,0 +1,86 @@
+"""``dgr2 train opd``: on-policy distillation of the block-diffusion student from the frozen AR teacher.
+
+    dgr2 train opd --from beauty-gr2:cft --teacher beauty-gr2:ar --data-dir ../shared/data/amazon-beauty
+
+Each step the student decodes a batch of training prompts with the block-diffusion decoder (greedy,
+its own block size and threshold), the teacher scores those exact sequences in one causal pass,
+and the student is trained on the teacher's per-token distributions at its masked positions
+(:mod:`recipe.distill`; forward KL, ``--reverse-kl`` for reverse). The result is stored with the
+aliases ``opd`` and ``diffusion``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dgr2.model.decoding import DecodeConfig, completion_budget
+from dgr2.model.output_head import OutputHead
+from dgr2.recipe.block_diffusion import collate_diffusion
+from dgr2.recipe.distill import distill_targets, kl_loss, teacher_logits
+from dgr2.recipe.evaluate import load_source
+from dgr2.recipe.rollouts import decode_rollouts
+from dgr2.recipe.sft import TrainStream
+from dgr2.recipe.traces import DEFAULT_TRACE_LEN
+from dgr2.recipe.train_ar import global_weight, validate_with
+from dgr2.recipe.trainer import (
+    Stage,
+    add_common_arguments,
+    frozen,
+    peak_lr,
+    run_stage,
+    setup_distributed,
+    teardown_distributed,
+)
+
+DEFAULTS = {"steps": 300, "lr": 3e-4}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p, "opd")
+    p.add_argument("--from", dest="parent", default="beauty-gr2:cft",
+                   help="student to start from (a CFT checkpoint): NAME[:VERSION_OR_ALIAS] or a folder")
+    p.add_argument("--teacher", default="beauty-gr2:ar", help="frozen AR teacher: NAME[:VERSION_OR_ALIAS] or a folder")
+    p.add_argument("--reverse-kl", action="store_true", help="KL(student || teacher) instead of KL(teacher || student)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgr2.cli import resolve_checkpoint
+    from dgr2.model_store import Provenance, load_checkpoint
+    from dgr2.recipe.publish import publish
+
+    d = setup_distributed()
+    parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
+    teacher = frozen(load_checkpoint(resolve_checkpoint(args.teacher, args.store)).model)
+    model, vocab = parent.model, parent.vocab
+    trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
+    source = load_source(args.data_dir, args.synthetic)
+    stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
+    head = OutputHead(model, vocab, differentiable=True)
+    t_head = OutputHead(teacher, vocab)
+    cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))
+    S = model.config.block_size
+
+    def loss(step: int, hidden) -> torch.Tensor:
+        batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
+        rows = [r.row for r in decode_rollouts(model, vocab, stream, batch, cfg)]
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        b = collate_diffusion(rows, S, vocab.mask, vocab.pad, gen, vocab)
+        t_logits, t_banned = distill_targets(b, rows, teacher_logits(teacher, t_head, rows, vocab.pad), vocab)
+        h = hidden(b.ids, positions=b.positions, mask=b.mask)
+        return kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl)
+
+    def publish_opd(metrics: dict, steps: int):
+        prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
+                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len,
+                                   "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward"})
+        return publish(args.store, args.name, f"opd-{parent.path.name}", ["opd", "diffusion"], model, vocab,
+                       source.catalog, prov, decoder="diffusion")
+
+    stage = Stage("opd", model, loss, lambda: validate_with(model, vocab, source, args, "diffusion", trace_len),
+                  publish_opd)
+    run_stage(stage, args, d, args.steps or DEFAULTS["steps"], peak_lr(args, DEFAULTS), args.warmup)
+    teardown_distributed()
+    return 0

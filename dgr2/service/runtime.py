@@ -1,0 +1,180 @@
+"""The service's moving parts and their life cycle: models, batchers, A/B router, readiness, drain.
+
+One :class:`Runtime` lives in ``app.state.runtime``; handlers fetch everything from it. Start-up
+loads and verifies the checkpoints before the server accepts connections (a bad checkpoint fails
+the start), then warms them in the background: ``/healthz`` answers at once, ``/readyz`` only once
+every decoder has decoded once. Draining refuses new work (503) but decodes everything admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import torch
+
+from dgr2.model_store import CheckpointError, ModelStore
+from dgr2.service.ab import ABRouter
+from dgr2.service.batcher import Batcher
+from dgr2.service.errors import InvalidInput, ServiceError, Unavailable, public_message
+from dgr2.service.metrics import Metrics
+from dgr2.service.models import ModelHolder, ModelSet, load_model_set, warm_up
+from dgr2.service.settings import DECODERS, Settings
+from dgr2.service.torch_thread import in_side_thread, torch_thread
+
+log = logging.getLogger(__name__)
+
+
+class ReloadFailed(ServiceError):
+    status, code = 500, "reload_failed"
+
+
+def _public_reason(e: Exception) -> str:
+    """A checkpoint error's message is written for users (it names the file and the fault); any other
+    exception's text is internal (module files, device state), so clients only get its type."""
+    if isinstance(e, CheckpointError):
+        return public_message(str(e))
+    return f"{type(e).__name__} (details in the server log)"
+
+
+class Runtime:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.store = ModelStore(settings.store)
+        self.models = ModelHolder()
+        self.router = ABRouter(settings.ab_split, settings.ab_salt, settings.shadow_rate)
+        self.batchers: dict[str, Batcher] = {}
+        self.ready = False
+        self.draining = False
+        self.warm_error: str | None = None
+        # called when the service cannot start (the server exits non-zero); None when embedded without one
+        self.on_fatal: Callable[[str], None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reload_lock: asyncio.Lock | None = None
+        self._drained: asyncio.Task[None] | None = None
+        self._threads_before: int | None = None
+        self.torch_executor = torch_thread()
+
+    # ----------------------------------------------------------------- life cycle
+    async def start(self) -> None:
+        s = self.settings
+        if s.torch_threads is not None:  # process-wide; put back by stop() for embedders and tests
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(s.torch_threads)
+        loop = asyncio.get_running_loop()
+        models = await loop.run_in_executor(self.torch_executor, self._load, {d: s.ref(d) for d in DECODERS})
+        self._install(models)
+        self._reload_lock = asyncio.Lock()
+        for d in DECODERS:
+            self.batchers[d] = Batcher(d, lambda d=d: self.models.engine(d), self.metrics, self.torch_executor,
+                                       max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000,
+                                       queue_limit=s.queue_limit)
+            self.batchers[d].start()
+        self.spawn(self._warm(models))
+
+    async def _warm(self, models: ModelSet) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.torch_executor, warm_up, models)
+        except Exception as e:
+            log.exception("warm-up failed: the service cannot serve these models")
+            self.warm_error = f"warm-up failed: {_public_reason(e)}"
+            if self.on_fatal is not None:  # a server that would only ever answer 503 is worse than none
+                self.on_fatal(f"warm-up of {models.versions()} failed: {type(e).__name__}: {e}")
+            return
+        self.ready = True
+        log.info("ready: %s", models.versions())
+
+    def check_serving(self) -> None:
+        """Raise 503 unless requests can be admitted now."""
+        if self.draining:
+            raise Unavailable("the service is draining for shutdown; retry on another replica", code="draining")
+        if not self.ready:
+            raise Unavailable(self.warm_error or "models are loading or warming up", code="not_ready")
+
+    async def drain(self) -> None:
+        """Stop admitting, then decode everything admitted (bounded by ``drain_timeout_s``). Idempotent."""
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_task(self._drain())
+        await asyncio.wait([self._drained])  # returns (does not raise) if the drain was abandoned
+
+    def abandon_drain(self) -> None:
+        """Stop waiting for admitted requests (a second signal); :meth:`stop` then answers them 503."""
+        self.draining = True
+        if self._drained is not None:
+            self._drained.cancel()
+
+    async def _drain(self) -> None:
+        self.draining = True
+        log.info("draining: %s", {d: b.depth for d, b in self.batchers.items()})
+        timeout = self.settings.drain_timeout_s
+        done = await asyncio.gather(*(b.drain(timeout) for b in self.batchers.values()))
+        if not all(done):
+            log.warning("drain timed out after %.0f s; queued requests get 503", timeout)
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:  # shadow comparisons whose decodes were drained above finish almost at once
+            await asyncio.wait(pending, timeout=1.0)
+
+    async def stop(self) -> None:
+        await self.drain()
+        for b in self.batchers.values():
+            await b.stop()
+        for t in list(self._tasks):
+            t.cancel()
+        self.torch_executor.shutdown(wait=False, cancel_futures=True)
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run background work (warm-up, shadow decodes) and keep a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----------------------------------------------------------------- models
+    def _load(self, refs: dict[str, str]) -> ModelSet:
+        s = self.settings
+        return load_model_set(self.store, s.model, refs, device=s.device, max_new_tokens=s.max_new_tokens,
+                              max_history=s.max_history)
+
+    def _load_and_warm(self, refs: dict[str, str]) -> ModelSet:
+        models = self._load(refs)
+        warm_up(models)
+        return models
+
+    def _install(self, models: ModelSet) -> None:
+        self.models.swap(models)
+        self.metrics.set_versions(models.versions())
+
+    async def reload(self, refs: dict[str, str | None]) -> tuple[dict[str, str], dict[str, str], float]:
+        """Load, verify and warm new checkpoints off to the side, then swap; on failure keep the old.
+
+        Returns (previous versions, current versions, seconds taken). A ref in ``refs`` that is malformed,
+        unknown or outside the store is the caller's error (422); a checkpoint that fails to load (500).
+        """
+        assert self._reload_lock is not None, "reload before start"
+        async with self._reload_lock:  # two reloads at once would race on which set wins
+            if self.draining:
+                raise Unavailable("the service is draining for shutdown", code="draining")
+            old = self.models.current
+            previous = old.versions() if old else {}
+            for d in DECODERS:  # a ref the request names must exist in the store: else the client erred (422)
+                if refs.get(d):
+                    try:
+                        self.store.resolve(self.settings.model, refs[d])
+                    except CheckpointError as e:
+                        raise InvalidInput(public_message(str(e)), param=f"{d}_ref") from None
+            wanted = {d: refs.get(d) or (old.engines[d].ref if old else self.settings.ref(d)) for d in DECODERS}
+            start = time.perf_counter()
+            try:
+                new = await in_side_thread(self._load_and_warm, wanted)  # serving goes on meanwhile
+            except Exception as e:
+                log.exception("reload of %s failed, still serving %s", wanted, previous)
+                raise ReloadFailed(f"reload failed; still serving {previous}: {_public_reason(e)}") from None
+            self._install(new)
+            self.ready, self.warm_error = True, None  # the new set is warmed: also recovers a failed start-up
+            log.info("reloaded: %s -> %s", previous, new.versions())
+            return previous, new.versions(), time.perf_counter() - start

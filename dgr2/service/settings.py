@@ -1,0 +1,95 @@
+"""Service settings: one typed object, read from ``DGR2_*`` environment variables or ``dgr2 serve`` flags.
+
+Nothing reads the environment anywhere else, so a test can build an app from an explicit
+:class:`Settings` without touching global state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dgr2.model.tokenizer import MAX_HISTORY, MAX_SLOTS
+from dgr2.model_store import DEFAULT_MODEL, DEFAULT_ROOT
+
+DECODERS = ("ar", "diffusion")
+
+
+def parse_split(text: str | dict) -> dict[str, float]:
+    """``"diffusion=90,ar=10"`` -> ``{"diffusion": 90.0, "ar": 10.0}``; weights need not sum to 100."""
+    if isinstance(text, dict):
+        pairs = list(text.items())
+    else:
+        pairs = []
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            name, sep, weight = part.partition("=")
+            if not sep:
+                raise ValueError(f"A/B split entry {part!r} is not DECODER=WEIGHT")
+            pairs.append((name.strip(), weight.strip()))
+    split: dict[str, float] = {}
+    for name, weight in pairs:
+        if name not in DECODERS:
+            raise ValueError(f"A/B split names unknown decoder {name!r}; use {', '.join(DECODERS)}")
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"A/B split weight {weight!r} of {name} is not a number") from None
+        if not w >= 0:
+            raise ValueError(f"A/B split weight of {name} must be >= 0")
+        split[name] = w
+    if sum(split.values()) <= 0:
+        raise ValueError("A/B split needs at least one positive weight")
+    return split
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each ``description`` doubles as the ``dgr2 serve --help`` text."""
+
+    model_config = SettingsConfigDict(env_prefix="DGR2_", frozen=True)
+
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 inside a container)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    store: Path = Field(DEFAULT_ROOT, description="model store root")
+    model: str = Field(DEFAULT_MODEL, description="model name in the store")
+    ar_ref: str = Field("ar", description="version or alias served by the AR decoder")
+    diffusion_ref: str = Field("diffusion", description="version or alias served by the block-diffusion decoder")
+    ab_split: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: {"diffusion": 90.0, "ar": 10.0},
+        description="traffic split between decoders, e.g. diffusion=90,ar=10")
+    ab_salt: str = Field("dgr2", description="salt of the sticky user -> decoder hash; change it to reshuffle users")
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0,
+                               description="fraction of requests the other decoder also ranks, off the "
+                                           "critical path, to measure agreement")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="most requests decoded in one batch")
+    max_wait_ms: float = Field(5.0, ge=0.0, description="longest a request waits for a batch to fill")
+    queue_limit: int = Field(256, ge=1, description="requests queued per decoder before new ones get 429")
+    max_candidates: int = Field(MAX_SLOTS, ge=1, le=MAX_SLOTS,
+                                description=f"most candidates per request (the model names at most {MAX_SLOTS})")
+    max_history: int = Field(MAX_HISTORY, ge=0, description="history items kept (the most recent)")
+    max_batch_requests: int = Field(32, ge=1, description="most requests in one /v1/rerank/batch call")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body accepted")
+    max_new_tokens: int = Field(1024, ge=1, description="decode budget per request (trace + answer)")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset disables /admin "
+                                                            "(prefer the env var: flags show in ps)")
+    device: str = Field("cpu", description="torch device the models run on, e.g. cpu or cuda")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads (unset: torch's "
+                                      "default); match the pod's CPU request: see docs/operations.md")
+    drain_timeout_s: float = Field(30.0, ge=0.0, description="longest a graceful shutdown waits for "
+                                                             "admitted requests")
+    log_level: str = Field("info", description="uvicorn log level")
+
+    @field_validator("ab_split", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> dict[str, float]:
+        return parse_split(v)  # type: ignore[arg-type]
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _empty_token_disables(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
+
+    def ref(self, decoder: str) -> str:
+        return self.ar_ref if decoder == "ar" else self.diffusion_ref
