@@ -149,8 +149,7 @@ def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates:
                   n: int):
     """The first ``n`` users of a leave-one-out split: Amazon Beauty from ``data_dir`` (or
     ``$DGR2_DATA_DIR``), else the generated synthetic data. Returns ``(examples, description)``."""
-    from dgr2.recipe.data import DATA_ENV, eval_examples
-    from dgr2.recipe.evaluate import load_source
+    from dgr2.recipe.data import DATA_ENV, eval_examples, load_source
 
     use_synthetic = synthetic or not (data_dir or os.environ.get(DATA_ENV))
     if candidates is None:
@@ -162,12 +161,9 @@ def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates:
     return examples, desc
 
 
-def command_line() -> str:
-    """The command as typed (``dgr2 ...`` when run through the CLI), for the record."""
-    argv0 = Path(sys.argv[0])
-    if argv0.stem == "dgr2" or argv0.parts[-2:] == ("dgr2", "__main__.py"):
-        return shlex.join(["dgr2", *sys.argv[1:]])
-    return shlex.join(sys.argv)
+def command_line(args) -> str:
+    """The command as typed, for the record: ``dgr2 ...`` as the CLI saw it (``args.command_line``), else argv."""
+    return getattr(args, "command_line", None) or shlex.join(sys.argv)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

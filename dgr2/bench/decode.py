@@ -244,12 +244,12 @@ def speedups(runs: list[dict]) -> list[dict]:
 def load_side(decoder: str, ref: str, store_root: str | None, model: str, device: str,
               trace_len: int | None) -> Side:
     from dgr2.model_store import load_checkpoint, open_store
-    from dgr2.recipe.traces import DEFAULT_TRACE_LEN
 
     path = Path(ref) if Path(ref).is_dir() else open_store(store_root).resolve(model, ref)
     ckpt = load_checkpoint(path, device=device)
-    trained = ckpt.manifest.get("metrics", {}).get("trace_len")
-    return Side(decoder, ckpt, trace_len or trained or DEFAULT_TRACE_LEN)
+    if trace_len:  # the engine caps its budget by the config's trace length
+        ckpt.model.config = ckpt.model.config.replace(trace_len=trace_len)
+    return Side(decoder, ckpt, ckpt.config.trace_len)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         peak_mem=memory.kind, rss_baseline_mb=rss_mb() if not device.startswith("cuda") else None,
         timed="decoder call on rendered prompts (prefill included; tokenization and guard excluded)",
         same_code="AR and diffusion share the model code, KV cache and kernels",
-        command=command_line(),
+        command=command_line(args),
     )
 
     deadline = started + args.time_budget_s if args.time_budget_s else None

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = side.config(None, None, None, max(side.slots))  # natural stop, the checkpoint's block/threshold
         results.append(profile_side(side, cfg, examples, args.batch_size))
     info = machine_info(device)
-    header = (f"# {command_line()}\n# {info['name']}, {info['torch_threads']} torch threads, kernels: "
+    header = (f"# {command_line(args)}\n# {info['name']}, {info['torch_threads']} torch threads, kernels: "
               f"{info['kernels']}; checkpoints {', '.join(s.ckpt.path.name for s in sides)}; "
               f"{len(examples)} validation users, batch {args.batch_size}, natural stop\n")
     text = report(results, header)

@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
 
     machine = machine_info(device)
     machine.update(**prompts, users=len(examples), load="closed loop, separate process over loopback",
-                   command=command_line(), wall_s=round(time.monotonic() - started, 1))
+                   command=command_line(args), wall_s=round(time.monotonic() - started, 1))
     server_cfg = {"model": args.model, "ar": args.ar, "diffusion": args.diffusion, "device": device,
                   "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                   "queue_limit": args.queue_limit, "max_new_tokens": args.max_new_tokens,

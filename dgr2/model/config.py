@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 DecoderKind = Literal["ar", "diffusion"]
 HF_DECODER_KEY = "dgr2_decoder"
+# trace tokens a model writes before its answer: ~all 100 candidates (3 tokens each, more with
+# evidence); the answer is 103 more
+DEFAULT_TRACE_LEN = 420
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ModelConfig:
     block_size: int = 32  # block-diffusion block length (Fast-dLLM v2 default)
     threshold: float = 0.9  # confidence threshold for parallel unmasking
     answer_threshold: float | None = None  # the threshold after <answer> (None: threshold; see DecodeConfig)
+    trace_len: int = DEFAULT_TRACE_LEN  # the trace length it was trained with: caps each decode's budget
     decoder: DecoderKind = "ar"
 
     def __post_init__(self) -> None:

@@ -60,25 +60,21 @@ def relevance_scores(parse: AnswerParse, position_logprobs: np.ndarray) -> np.nd
 
 class Reranker:
     def __init__(self, model: Transformer, vocab: Vocab, catalog: Catalog, decoder: str = "ar",
-                 decode: DecodeConfig | None = None, max_history: int = MAX_HISTORY,
-                 trace_len: int | None = None) -> None:
-        """``trace_len``: the trace length the model was trained with; when known, each batch's decode
-        budget is capped at what a full completion for its largest K needs."""
+                 decode: DecodeConfig | None = None, max_history: int = MAX_HISTORY) -> None:
+        """Each batch's decode budget is capped at what a full completion for its largest K needs, from
+        the trace length the model was trained with (``model.config.trace_len``)."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
         check_catalog(vocab, catalog)  # fail at load, not at the first request
         self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
         self.decode = decode or DecodeConfig.for_model(model.config)
         self.max_history = max_history
-        self.trace_len = trace_len
 
     def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         prompts = [render_prompt(self.vocab, self.catalog, r.history, r.candidates, self.max_history)
                    for r in requests]
-        cfg = self.decode
-        if self.trace_len is not None:
-            budget = completion_budget(self.trace_len, max(p.num_slots for p in prompts))
-            cfg = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, budget))
+        budget = completion_budget(self.model.config.trace_len, max(p.num_slots for p in prompts))
+        cfg = replace(self.decode, max_new_tokens=min(self.decode.max_new_tokens, budget))
         outs = DECODERS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
                                       [p.num_slots for p in prompts], cfg)
         results = []

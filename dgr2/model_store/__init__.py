@@ -10,11 +10,11 @@ from dgr2.model_store.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from dgr2.model_store.registry import DEFAULT_ROOT, ModelStore, open_store
+from dgr2.model_store.registry import DEFAULT_ROOT, ModelStore, open_store, resolve_checkpoint
 
 DEFAULT_MODEL = "beauty-gr2"
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_ROOT", "Checkpoint", "CheckpointError", "ModelStore", "Provenance",
-    "load_checkpoint", "open_store", "save_checkpoint", "verify_checkpoint",
+    "load_checkpoint", "open_store", "resolve_checkpoint", "save_checkpoint", "verify_checkpoint",
 ]

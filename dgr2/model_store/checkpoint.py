@@ -143,7 +143,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     manifest = verify_checkpoint(path) if verify else json.loads((path / MANIFEST).read_text())
     try:
-        config = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+        hf_config = json.loads((path / "config.json").read_text())
+        config = ModelConfig.from_hf_dict(hf_config)
+        if "trace_len" not in hf_config and manifest.get("metrics", {}).get("trace_len"):
+            config = config.replace(trace_len=manifest["metrics"]["trace_len"])  # written before config had it
         vocab = Vocab.from_file(path / "tokenizer.json")
         catalog = Catalog.load(path / files_of(manifest)[-1])
         if len(vocab) != config.vocab_size:

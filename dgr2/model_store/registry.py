@@ -86,3 +86,12 @@ class ModelStore:
 def open_store(root: str | Path | None = None) -> ModelStore:
     """The store a command works on: ``root`` if given, else ``$DGR2_STORE``, else the shipped store."""
     return ModelStore(root or os.environ.get("DGR2_STORE") or DEFAULT_ROOT)
+
+
+def resolve_checkpoint(ref: str | Path, store_root: str | Path | None = None) -> Path:
+    """A checkpoint reference as users write it: ``NAME[:VERSION_OR_ALIAS]`` in the store (the alias
+    defaults to ``ar``), or the path of a checkpoint folder."""
+    if Path(ref).is_dir():
+        return Path(ref)
+    name, _, version = str(ref).partition(":")
+    return open_store(store_root).resolve(name, version or "ar")

@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
+from dgr2.model_store import CheckpointError
+from dgr2.recipe import evaluate
 from dgr2.recipe.evaluate import add_user_arguments
 from dgr2.recipe.metrics import format_mean_stderr as fmt
+from dgr2.records import read_json_lines
 
 ROWS = [  # label, checkpoint alias, decoder
     ("AR", "ar", "ar"),
@@ -69,25 +71,26 @@ def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) ->
 def run_evals(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = {(r["label"], r["neg_seed"]) for r in read(out)}
+    eval_parser = argparse.ArgumentParser(prog="dgr2 eval", exit_on_error=False)
+    evaluate.add_arguments(eval_parser)
     for seed in args.seeds:
         for label, ref, decoder, extra in rows(args):
             if (label, seed) in done:
                 continue
             cmd = eval_command(args, ref, decoder, seed) + extra
             print("$", shlex.join(cmd), file=sys.stderr, flush=True)
-            # the recorded command is the user-facing `dgr2 eval ...`; it runs as `python -m dgr2`
-            # so that a checkout without the installed entry point (a GPU image) runs it too
-            res = subprocess.run([sys.executable, "-m", "dgr2", *cmd[1:]], stdout=subprocess.PIPE, text=True)
-            if res.returncode != 0:
-                print(f"skipped {label} (seed {seed}): dgr2 eval exited {res.returncode}", file=sys.stderr)
+            try:  # the recorded command is the user-facing `dgr2 eval ...`, run here as a function
+                result = evaluate.eval_result(eval_parser.parse_args(cmd[2:]))
+            except (SystemExit, CheckpointError) as e:
+                print(f"skipped {label} (seed {seed}): {e}", file=sys.stderr)
                 continue
-            record = {"label": label, "command": shlex.join(cmd), **json.loads(res.stdout)}
+            record = {"label": label, "command": shlex.join(cmd), **result}
             with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_json_lines(path, missing_ok=True)
 
 
 def table(records: list[dict]) -> str:

@@ -254,3 +254,12 @@ def train_example(sequences: dict[str, list[str]], pool: list[str], user: str, c
     candidates = [seq[cut], *negatives]
     rng.shuffle(candidates)
     return Example(user, seq[:cut], seq[cut], candidates)
+
+
+def load_source(data_dir: str | os.PathLike | None, synthetic: bool):
+    """The data a command runs on: the generated synthetic set (tests, smoke runs) or Amazon Beauty."""
+    if synthetic:
+        from dgr2.recipe.synthetic import synthetic_data  # synthetic builds on this module
+
+        return synthetic_data()
+    return load_beauty(data_dir)

@@ -19,16 +19,16 @@ from tqdm import tqdm
 
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import RankRequest, Reranker
-from dgr2.recipe.data import Example, eval_examples
+from dgr2.recipe.data import Example, eval_examples, load_source
 from dgr2.recipe.eval_tally import INVALID_KINDS, ResumeError, ResumeFile, Tally
 from dgr2.recipe.metrics import summarize
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, trace_entries
+from dgr2.recipe.traces import evidence, rule_for, trace_entries
 
 
 def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
-             progress: bool = True, trace_len: int = DEFAULT_TRACE_LEN, resume: ResumeFile | None = None) -> dict:
+             progress: bool = True, resume: ResumeFile | None = None) -> dict:
     """Metrics of the guarded rankings, validity as decoded, decode speed, and the trace fidelity
-    (:mod:`recipe.trace_fidelity`) against the rule's trace cut at ``trace_len`` tokens. With
+    (:mod:`recipe.trace_fidelity`) against the rule's trace cut at the model's trace length. With
     ``resume``, users already in that file are not decoded again and count towards the result."""
     total = resume.load() if resume else Tally()
     done = set(total.users)
@@ -36,6 +36,7 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
     if len(done) + len(todo) != len(examples):
         raise ResumeError(f"{resume.path} holds {len(done) + len(todo) - len(examples)} users this eval does not")
     rule = rule_for(reranker.vocab)
+    trace_len = reranker.model.config.trace_len
     bar = tqdm(total=len(examples), initial=len(done), desc=f"eval {reranker.decoder}", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), batch_size):
@@ -116,8 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal-first-rank", action=argparse.BooleanOptionalAction, default=None,
                    help="diffusion: the pass that decides rank 1 reads the block up to <answer> causally "
                         "(the view AR predicts rank 1 from; default on)")
-    p.add_argument("--trace-len", type=int, default=DEFAULT_TRACE_LEN,
-                   help="trace length the model was trained with (sets the decode budget)")
+    p.add_argument("--trace-len", type=int, default=None,
+                   help="decode budget's trace length (default: the checkpoint's, the length it was trained with)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--resume-file", default=None,
@@ -126,8 +127,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dgr2.cli import resolve_checkpoint
-    from dgr2.model_store import load_checkpoint
+    result = eval_result(args)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def eval_result(args: argparse.Namespace) -> dict:
+    """What ``dgr2 eval`` prints, for parsed ``dgr2 eval`` arguments; SystemExit with the message on bad input."""
+    from dgr2.model_store import load_checkpoint, resolve_checkpoint
 
     if bool(args.checkpoint) == bool(args.baseline):
         raise SystemExit("dgr2 eval: give exactly one of --checkpoint or --baseline")
@@ -139,21 +146,22 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"dgr2 eval: {e}") from None
     users = {"limit": args.limit, "sample": args.sample}
     if args.baseline:
-        result = {"n": len(examples), **summarize(baseline_ranks(args.baseline, source, examples)),
-                  "baseline": args.baseline, "split": args.split, "candidates": args.candidates,
-                  "neg_seed": args.neg_seed, **users}
-        print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-        return 0
+        return {"n": len(examples), **summarize(baseline_ranks(args.baseline, source, examples)),
+                "baseline": args.baseline, "split": args.split, "candidates": args.candidates,
+                "neg_seed": args.neg_seed, **users}
     from dgr2.recipe.trainer import training_device
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store), device=training_device(args))
     decoder = args.decoder or ckpt.config.decoder
+    if args.trace_len:
+        ckpt.model.config = ckpt.model.config.replace(trace_len=args.trace_len)
     model_cfg = ckpt.config
+    trace_len = model_cfg.trace_len
     if args.unconstrained:
         if args.answer_threshold is not None:
             raise SystemExit("dgr2 eval: --answer-threshold needs the answer constraint; drop --unconstrained")
         model_cfg = model_cfg.replace(answer_threshold=None)  # it is defined by the constraint's sections
-    cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(args.trace_len, args.candidates),
+    cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(trace_len, args.candidates),
                                  block_size=args.block_size, threshold=args.threshold,
                                  answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
                                  causal_first_rank=args.causal_first_rank)
@@ -165,22 +173,11 @@ def run(args: argparse.Namespace) -> int:
                     device=args.device, **users)
     # the resume file also pins the weights, so a re-trained checkpoint of the same name is refused
     resume = ResumeFile(args.resume_file, {**settings, "weights_sha256": ckpt.manifest["files"]["model.safetensors"],
-                                           "trace_len": args.trace_len}) if args.resume_file else None
+                                           "trace_len": trace_len}) if args.resume_file else None
     try:
         result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,
-                          trace_len=args.trace_len, resume=resume)
+                          resume=resume)
     except ResumeError as e:
         raise SystemExit(f"dgr2 eval: {e}") from None
     result.update(settings)
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
-
-
-def load_source(data_dir: str | None, synthetic: bool):
-    if synthetic:
-        from dgr2.recipe.synthetic import synthetic_data
-
-        return synthetic_data()
-    from dgr2.recipe.data import load_beauty
-
-    return load_beauty(data_dir)
+    return result

@@ -6,13 +6,13 @@ One column per run: loss per step, and validation NDCG@10 and raw validity where
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from dgr2.records import read_json_lines
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    with open(Path(run_dir) / "log.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_json_lines(Path(run_dir) / "log.jsonl")
 
 
 def plot(run_dirs: list[str], out: str) -> None:

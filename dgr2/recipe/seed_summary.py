@@ -15,30 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from dgr2.recipe.metrics import format_mean_stderr, mean_and_stderr
+from dgr2.records import read_json_objects
 
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward")
 # what must agree for the seeds to be draws of one experiment
 SAME = ("checkpoint", "decoder", "split", "candidates", "n", "block_size", "threshold", "answer_threshold",
         "constrained", "causal_first_rank", "max_new_tokens", "limit", "sample")
-
-
-def read_json_objects(path: str) -> list[dict]:
-    """One ``dgr2 eval --json`` object, or JSON lines of them (an ablation file): also what
-    ``dgr2 model ship --eval`` records. ValueError, naming the file, on anything else."""
-    text = Path(path).read_text()
-    try:
-        objs = [json.loads(text)]
-    except json.JSONDecodeError:  # several objects: JSON lines
-        try:
-            objs = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a dgr2 eval JSON object or JSON lines ({e})") from None
-    if not objs or not all(isinstance(o, dict) for o in objs):
-        raise ValueError(f"{path}: expected JSON objects")
-    return objs
 
 
 def read_evals(paths: list[str]) -> list[dict]:

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dgr2.model.catalog import Catalog
+from dgr2.model.config import DEFAULT_TRACE_LEN
 from dgr2.model.prompt import MATCH_SCAN
 from dgr2.model.tokenizer import (
     CO_FLOORS,
@@ -83,7 +84,6 @@ RULE_V3 = EvidenceRule(brand=3.0, cat=1.0, co=3.0, pop=0.35,
 RULE_V4 = EvidenceRule(brand=5.0, cat=1.0, co=4.0, pop=0.15,
                        edges=(0.45, 0.6, 0.79, 0.99, 1.47, 2.43, 3.57, 4.39, 7.02), co_strength=True)
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
-DEFAULT_TRACE_LEN = 420  # ~all 100 candidates (3 tokens each, more with evidence); the answer is 103
 
 
 def rule_for(vocab: Vocab) -> EvidenceRule:

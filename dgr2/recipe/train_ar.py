@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import Reranker
 from dgr2.model.output_head import OutputHead
-from dgr2.recipe.data import eval_examples
-from dgr2.recipe.evaluate import evaluate, load_source
+from dgr2.recipe.data import eval_examples, load_source
+from dgr2.recipe.evaluate import evaluate
 from dgr2.recipe.prefetch import Prefetcher
 from dgr2.recipe.sft import TrainStream, collate
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN
 from dgr2.recipe.trainer import (
     Dist,
     Stage,
@@ -51,19 +50,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                total_weight: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted cross-entropy on the output vocabulary, with logits only where the weight is non-zero;
-    ``banned`` ``[B, T, MAX_SLOTS]`` removes excluded slots from each position's softmax."""
+                total_weight: torch.Tensor, banned: torch.Tensor | None = None,
+                validity_weight: float = 0.0) -> torch.Tensor:
+    """Weighted cross-entropy on the output vocabulary, with logits only where the weight is non-zero.
+
+    ``banned`` ``[B, T, MAX_SLOTS]`` removes excluded slots from each position's softmax (each ranking
+    step a softmax over the candidates left: Plackett-Luce). ``validity_weight`` adds back, scaled, the
+    probability the model itself puts on those slots, ``-log(1 - p_banned)``: at 1 the loss is the plain
+    cross-entropy, so the model learns to avoid repeats on its own instead of relying on the decoder's
+    constraint."""
     sel = weights > 0
     cols = head.col_of[targets[sel]]
     if bool((cols < 0).any()):
         raise ValueError("a completion target lies outside the output vocabulary")
     logits = head(h[sel])
+    ce_target = logits
     if banned is not None:
         mask = torch.zeros_like(logits, dtype=torch.bool)
         mask[:, head.slot_cols] = banned[sel]
-        logits = logits.masked_fill(mask, float("-inf"))
-    ce = F.cross_entropy(logits, cols, reduction="none")
+        ce_target = logits.masked_fill(mask, float("-inf"))
+    ce = F.cross_entropy(ce_target, cols, reduction="none")
+    if banned is not None and validity_weight:
+        ce = ce + validity_weight * (torch.logsumexp(logits, -1) - torch.logsumexp(ce_target, -1))
     return (ce * weights[sel]).sum() / total_weight
 
 
@@ -72,13 +80,13 @@ def global_weight(d: Dist, weights: torch.Tensor) -> torch.Tensor:
     return d.sum(weights.sum().clone()) / d.world
 
 
-def validate_with(model, vocab, source, args, decoder: str, trace_len: int) -> dict:
-    """Validation metrics with ``decoder``, at the block size and threshold in the model's config."""
+def validate_with(model, vocab, source, args, decoder: str) -> dict:
+    """Validation metrics with ``decoder``, at the block size, threshold and trace length in the model's config."""
     examples = eval_examples(source.sequences, source.item_ids, "valid", args.candidates, args.neg_seed,
                              args.val_users)
+    trace_len = model.config.trace_len
     cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))
-    return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False,
-                    trace_len=trace_len)
+    return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
 
 
 def warm_start(ref: str, store: str | None, vocab):
@@ -86,8 +94,7 @@ def warm_start(ref: str, store: str | None, vocab):
     (the item tokens index the catalog, so a checkpoint from other data would silently mis-rank).
     A checkpoint whose vocabulary is a prefix of this one (a v3 model, before the ``<coN>`` tokens)
     gets new embedding rows for the tokens it lacks and trains on this data's (v4) prompts."""
-    from dgr2.cli import resolve_checkpoint
-    from dgr2.model_store import load_checkpoint
+    from dgr2.model_store import load_checkpoint, resolve_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(ref, store))
     if ckpt.config.decoder != "ar":
@@ -107,12 +114,13 @@ def run(args: argparse.Namespace) -> int:
     from dgr2.recipe.publish import publish
 
     d = setup_distributed()
-    trace_len = args.trace_len or DEFAULT_TRACE_LEN
     source = load_source(args.data_dir, args.synthetic)
     model, vocab = new_model(source.catalog, args.preset, seed=args.seed)
     parent = None
     if args.init_from:
         model, vocab, parent = warm_start(args.init_from, args.store, vocab)
+    trace_len = args.trace_len or model.config.trace_len
+    model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     dev = training_device(args)
     head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
@@ -130,11 +138,11 @@ def run(args: argparse.Namespace) -> int:
 
     def publish_ar(metrics: dict, steps: int):
         prov = Provenance(stage="ar", parent=parent, data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len})
+                          metrics={"valid": metrics, "steps": steps})
         return publish(args.store, args.name, f"ar-{args.preset}-s{args.seed}", ["ar"], model, vocab,
                        source.catalog, prov)
 
-    stage = Stage("ar", model, loss, lambda: validate_with(model, vocab, source, args, "ar", trace_len), publish_ar)
+    stage = Stage("ar", model, loss, lambda: validate_with(model, vocab, source, args, "ar"), publish_ar)
     run_stage(stage, args, d, steps, peak_lr(args, DEFAULTS), args.warmup)
     teardown_distributed()
     return 0

@@ -18,10 +18,9 @@ import torch
 
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
-from dgr2.recipe.evaluate import load_source
+from dgr2.recipe.data import load_source
 from dgr2.recipe.prefetch import Prefetcher
 from dgr2.recipe.sft import TrainStream
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN
 from dgr2.recipe.train_ar import global_weight, validate_with, weighted_ce
 from dgr2.recipe.trainer import (
     Stage,
@@ -47,19 +46,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-threshold", type=float, default=None,
                    help="unmasking threshold inside the answer (stored in the checkpoint; default: --threshold)")
     p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+    p.add_argument("--validity-weight", type=float, default=0.0,
+                   help="weight in [0, 1] of the probability put on excluded slots (0: the exclusions stay in the "
+                        "training softmax and validity comes from the decoder's constraint; 1: plain cross-entropy, "
+                        "the model learns to write valid rankings on its own)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dgr2.cli import resolve_checkpoint
-    from dgr2.model_store import Provenance, load_checkpoint
+    from dgr2.model_store import Provenance, load_checkpoint, resolve_checkpoint
     from dgr2.recipe.publish import publish
 
+    if not 0.0 <= args.validity_weight <= 1.0:
+        raise SystemExit(f"dgr2 train cft: --validity-weight must lie in [0, 1], not {args.validity_weight}")
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     model, vocab = parent.model, parent.vocab
     model.config = model.config.replace(block_size=args.block_size, threshold=args.threshold,
                                         answer_threshold=args.answer_threshold)
-    trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
+    trace_len = args.trace_len or parent.config.trace_len
+    model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     dev = training_device(args)
@@ -78,14 +83,14 @@ def run(args: argparse.Namespace) -> int:
     def loss(step: int, hidden) -> torch.Tensor:
         ids, positions, mask, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
         h = hidden(ids, positions=positions, mask=mask)
-        return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned)
+        return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned, args.validity_weight)
 
     def validate() -> dict:
-        return validate_with(model, vocab, source, args, "diffusion", trace_len)
+        return validate_with(model, vocab, source, args, "diffusion")
 
     def publish_cft(metrics: dict, steps: int):
         prov = Provenance(stage="cft", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len})
+                          metrics={"valid": metrics, "steps": steps})
         return publish(args.store, args.name, f"cft-{parent.path.name}", ["cft", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 

@@ -18,11 +18,10 @@ import torch
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
+from dgr2.recipe.data import load_source
 from dgr2.recipe.distill import distill_targets, kl_loss, teacher_logits
-from dgr2.recipe.evaluate import load_source
 from dgr2.recipe.rollouts import decode_rollouts
 from dgr2.recipe.sft import TrainStream
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN
 from dgr2.recipe.train_ar import global_weight, validate_with
 from dgr2.recipe.trainer import (
     Stage,
@@ -47,15 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dgr2.cli import resolve_checkpoint
-    from dgr2.model_store import Provenance, load_checkpoint
+    from dgr2.model_store import Provenance, load_checkpoint, resolve_checkpoint
     from dgr2.recipe.publish import publish
 
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     teacher = frozen(load_checkpoint(resolve_checkpoint(args.teacher, args.store)).model)
     model, vocab = parent.model, parent.vocab
-    trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
+    trace_len = args.trace_len or parent.config.trace_len
+    model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     head = OutputHead(model, vocab, differentiable=True)
@@ -74,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
     def publish_opd(metrics: dict, steps: int):
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len,
+                          metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward"})
         return publish(args.store, args.name, f"opd-{parent.path.name}", ["opd", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
-    stage = Stage("opd", model, loss, lambda: validate_with(model, vocab, source, args, "diffusion", trace_len),
+    stage = Stage("opd", model, loss, lambda: validate_with(model, vocab, source, args, "diffusion"),
                   publish_opd)
     run_stage(stage, args, d, args.steps or DEFAULTS["steps"], peak_lr(args, DEFAULTS), args.warmup)
     teardown_distributed()

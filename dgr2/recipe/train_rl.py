@@ -23,11 +23,10 @@ import torch
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
-from dgr2.recipe.evaluate import load_source
+from dgr2.recipe.data import load_source
 from dgr2.recipe.policy import scored_outputs, token_logprobs
 from dgr2.recipe.rollouts import Rollout, decode_rollouts
 from dgr2.recipe.sft import TrainStream
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN
 from dgr2.recipe.train_ar import validate_with
 from dgr2.recipe.trainer import (
     Stage,
@@ -80,15 +79,15 @@ def grpo_loss(model, ref, head: OutputHead, ref_head: OutputHead, rollouts: list
 
 
 def run(args: argparse.Namespace) -> int:
-    from dgr2.cli import resolve_checkpoint
-    from dgr2.model_store import Provenance, load_checkpoint
+    from dgr2.model_store import Provenance, load_checkpoint, resolve_checkpoint
     from dgr2.recipe.publish import publish
 
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     ref = frozen(load_checkpoint(parent.path).model)
     model, vocab = parent.model, parent.vocab
-    trace_len = args.trace_len or parent.manifest.get("metrics", {}).get("trace_len") or DEFAULT_TRACE_LEN
+    trace_len = args.trace_len or parent.config.trace_len
+    model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
@@ -108,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
         return value / d.world
 
     def validate() -> dict:
-        out = validate_with(model, vocab, source, args, "diffusion", trace_len)
+        out = validate_with(model, vocab, source, args, "diffusion")
         out["train_reward"] = sum(rewards_log[-20:]) / max(1, len(rewards_log[-20:]))
         return out
 
     def publish_rl(metrics: dict, steps: int):
         prov = Provenance(stage="rl", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": metrics, "steps": steps, "trace_len": trace_len, "group": args.group,
+                          metrics={"valid": metrics, "steps": steps, "group": args.group,
                                    "beta": args.beta, "invalid_penalty": args.invalid_penalty})
         return publish(args.store, args.name, f"rl-{parent.path.name}", ["rl", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN
+from dgr2.model.config import DEFAULT_TRACE_LEN
 
 
 @dataclass
@@ -136,7 +136,8 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     data.add_argument("--candidates", type=int, default=100, help="candidates per example (target + negatives)")
     data.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed of the validation lists")
     data.add_argument("--trace-len", type=int, default=None,
-                      help=f"maximum trace tokens (default {DEFAULT_TRACE_LEN}: every candidate)")
+                      help=f"maximum trace tokens (default: the parent checkpoint's; {DEFAULT_TRACE_LEN}, every "
+                           "candidate, for a new model); stored in the checkpoint's config.json")
     run = p.add_argument_group("run")
     run.add_argument("--run-dir", default=f"runs/{default_run}", help="resumable state and metrics log")
     run.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")

@@ -59,7 +59,7 @@ def load_engine(store: ModelStore, name: str, decoder: str, ref: str, *, device:
         log.warning("%s decoder serves checkpoint %s trained as %s", decoder, path.name, ckpt.config.decoder)
     decode = DecodeConfig.for_model(ckpt.config, max_new_tokens=max_new_tokens)
     reranker = Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder=decoder, decode=decode,
-                        max_history=max_history, trace_len=ckpt.manifest.get("metrics", {}).get("trace_len"))
+                        max_history=max_history)
     return Engine(decoder, ref, path.name, ckpt.manifest.get("stage"), path, reranker)
 
 

@@ -124,3 +124,33 @@ def test_ar_warm_start_begins_from_the_given_weights(planted, trained_ar, tmp_pa
                             "--run-dir", str(tmp_path / "refused"), "--fresh"])
     with pytest.raises(SystemExit, match="vocabulary differs"):
         train_ar.run(args)
+
+
+def test_validity_weight_moves_the_loss_from_plackett_luce_to_plain_cross_entropy(tiny):
+    """0: excluded slots leave the softmax; 1: the plain cross-entropy (the model pays for mass on them)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dgr2.model.output_head import OutputHead
+    from dgr2.model.tokenizer import MAX_SLOTS, slot_token
+    from dgr2.recipe.train_ar import weighted_ce
+
+    model, vocab = tiny
+    head = OutputHead(model, vocab, differentiable=True)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 6, model.config.hidden_size, generator=gen)
+    targets = torch.tensor([vocab.ids([slot_token(k) for k in range(6)])])
+    weights, total = torch.ones(1, 6), torch.tensor(6.0)
+    banned = torch.zeros(1, 6, MAX_SLOTS, dtype=torch.bool)
+    banned[0, 3:, :3] = True  # the last three steps may not repeat the first three slots
+    cols = head.col_of[targets[0]]
+    logits = head(h[0])
+    plain = F.cross_entropy(logits, cols)
+    masked = logits.clone()
+    masked[3:, head.slot_cols[:3]] = float("-inf")
+    luce = F.cross_entropy(masked, cols)
+    with torch.no_grad():
+        assert torch.allclose(weighted_ce(head, h, targets, weights, total, banned), luce, atol=1e-5)
+        assert torch.allclose(weighted_ce(head, h, targets, weights, total, banned, 1.0), plain, atol=1e-5)
+        half = weighted_ce(head, h, targets, weights, total, banned, 0.5)
+        assert torch.allclose(half, (luce + plain) / 2, atol=1e-5) and luce < half < plain

@@ -98,7 +98,7 @@ def test_health_answers_during_a_long_decode(shared_store, h, figures):
         for (r, _), body in zip(decodes, bodies, strict=True):
             assert r.status_code == 200, r.text
             h.assert_permutation(r.json(), body["candidates"])
-            assert r.json()["usage"]["generated_tokens"] >= 500  # it really was a long decode
+            assert r.json()["usage"]["generated_tokens"] >= 400  # a long decode: near the 420-token trace budget
         latencies = sorted(s for _, _, s in probes)
         figures.update(decode_s=round(decode_s, 2), probes=len(probes),
                        probe_p50_ms=round(1000 * latencies[len(latencies) // 2], 1),

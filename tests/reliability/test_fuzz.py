@@ -16,7 +16,7 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -208,6 +208,10 @@ def test_hypothesis_bodies_never_500(srv, h, documented, figures):
     @given(body=request_body, batch=st.none() | st.lists(request_body, min_size=0, max_size=MAX_BATCH + 1)
            | st.lists(valid_body, min_size=1, max_size=MAX_BATCH),
            damage=wire, ctype=content_type)
+    # one case of each outcome the final assertion counts, whatever the random draws reach this run
+    @example(body={"candidates": ["S0001", "S0002"]}, batch=None, damage=None, ctype="application/json")
+    @example(body={"candidates": "S0001"}, batch=None, damage=None, ctype="application/json")
+    @example(body={}, batch=[{"candidates": ["S0001"]}] * (MAX_BATCH + 1), damage=None, ctype="application/json")
     def run(body, batch, damage, ctype):
         path, sent = ("/v1/rerank", body) if batch is None else ("/v1/rerank/batch", {"requests": batch})
         raw = json.dumps(sent, allow_nan=True).encode()  # NaN/Infinity literals, \ud800 escapes

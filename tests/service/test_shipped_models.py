@@ -103,8 +103,7 @@ for decoder in ("ar", "diffusion"):
     with torch.no_grad():
         gap = (hf(input_ids=ids).logits - ckpt.model.float()(ids)).abs().max().item()
     engine = Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder=decoder,
-                      decode=DecodeConfig.for_model(ckpt.config, max_new_tokens=1024),
-                      trace_len=ckpt.manifest["metrics"].get("trace_len"))
+                      decode=DecodeConfig.for_model(ckpt.config, max_new_tokens=1024))
     result = engine.rank([RankRequest(history=req["history"], candidates=req["candidates"])])[0]
     out[decoder] = {"gap": gap, "order": result.order}
 print(json.dumps(out))
