@@ -45,7 +45,7 @@ from dgr2.bench.common import (
     write_json,
 )
 from dgr2.model.decoding import DecodeConfig, completion_budget
-from dgr2.model.engine import DECODERS, Reranker
+from dgr2.model.engine import DECODE_FUNCTIONS, Reranker
 from dgr2.model.prompt import render_prompt
 from dgr2.model.tokenizer import MAX_HISTORY
 
@@ -133,7 +133,7 @@ def plan(quick: bool, lengths: list[int], batches: list[int], blocks: list[int],
 
 def decode_batches(side: Side, cfg: DecodeConfig, batch: int, n: int, device: str, length: int | None):
     """Decode the first ``n`` prompts in batches; yields ``(seconds, outputs)`` per batch."""
-    decode = DECODERS[side.decoder]
+    decode = DECODE_FUNCTIONS[side.decoder]
     model, vocab = side.ckpt.model, side.ckpt.vocab
     for start in range(0, n, batch):
         ids, slots = side.ids[start: start + batch], side.slots[start: start + batch]

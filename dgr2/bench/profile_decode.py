@@ -23,7 +23,7 @@ import torch
 
 from dgr2.bench.common import command_line, load_examples, machine_info, pick_device
 from dgr2.bench.decode import load_side
-from dgr2.model.engine import DECODERS
+from dgr2.model.engine import DECODE_FUNCTIONS
 from dgr2.model.output_head import OutputHead
 
 
@@ -59,7 +59,7 @@ def clocked(model, clock: Clock):
 
 
 def profile_side(side, cfg, prompts, batch: int) -> dict:
-    decode = DECODERS[side.decoder]
+    decode = DECODE_FUNCTIONS[side.decoder]
     model, vocab = side.ckpt.model, side.ckpt.vocab
     ids, slots = side.ids[: len(prompts)], side.slots[: len(prompts)]
     decode(model, vocab, ids[:batch], slots[:batch], cfg)  # warm-up

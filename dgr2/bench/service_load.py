@@ -40,6 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 from dgr2.bench.common import command_line, load_examples, machine_info, parse_list, percentile, pick_device, write_json
+from dgr2.model.config import DECODERS
 
 log = logging.getLogger("dgr2.bench")
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     decoders = parse_list(args.decoders, str)
     levels = parse_list(args.concurrency)
-    if not decoders or set(decoders) - {"ar", "diffusion"} or not levels or min(levels) < 1:
+    if not decoders or set(decoders) - set(DECODERS) or not levels or min(levels) < 1:
         raise SystemExit("--decoders takes ar and/or diffusion; --concurrency positive integers")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

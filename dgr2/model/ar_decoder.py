@@ -1,12 +1,11 @@
 """Autoregressive decoder: prefill, then one token per forward pass with the KV cache (batched, greedy).
 
 Constrained in the answer, which is where AR gets its validity from: after ``<answer>`` only unused
-in-request slots may follow, then ``</answer>``, then ``<eos>``. In the trace, a slot is named at
-most ``TRACE_SLOT_USES`` times (training uses the same exclusions,
-:func:`recipe.sft.slot_exclusions`). Slots outside the request and the ``<pad>``/``<mask>``
-tokens are never emitted; ``</think>`` is followed by ``<answer>``, and ``<answer>`` is forced
-when the remaining budget only just fits a full answer, so a constrained AR answer is always a
-valid permutation.
+in-request slots may follow, then ``</answer>``, then ``<eos>``. Slots follow the slot rule
+(:mod:`model.slot_rule`; training applies it too, :func:`recipe.sft.slot_exclusions`). Slots
+outside the request and the ``<pad>``/``<mask>`` tokens are never emitted; ``</think>`` is followed
+by ``<answer>``, and ``<answer>`` is forced when the remaining budget only just fits a full answer,
+so a constrained AR answer is always a valid permutation.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from dgr2.model.decoding import Batch, DecodeConfig, SequenceResult
-from dgr2.model.tokenizer import TRACE_SLOT_USES, Vocab
+from dgr2.model.slot_rule import banned_slots
+from dgr2.model.tokenizer import Vocab
 from dgr2.model.transformer import Transformer
 
 TRACE, ANSWER, DONE = 0, 1, 2
@@ -30,8 +30,7 @@ class AnswerConstraint:
         self.slot_ids = batch.head.token(batch.slot_cols)
         self.k = batch.k.clone()
         self.phase = torch.zeros(B, dtype=torch.long, device=dev)
-        self.used = torch.zeros(B, batch.kmax, dtype=torch.bool, device=dev)
-        self.trace_uses = torch.zeros(B, n_out, dtype=torch.long, device=dev)
+        self.uses = torch.zeros(B, batch.kmax, dtype=torch.long, device=dev)  # per slot, in the current section
         self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
         in_request = torch.arange(batch.kmax, device=dev)[None, :] < self.k[:, None]  # [B, Kmax]
         # every slot token past a row's K, up to <c100>, is out of the request anywhere in the output
@@ -51,12 +50,14 @@ class AnswerConstraint:
         self.trace_never[:, self.end_answer_col] = True
 
     def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
-        open_slots = self.in_request & ~self.used
+        banned = banned_slots(self.uses, self.phase == ANSWER, self.in_request)  # [B, Kmax]
+        open_slots = ~banned
         answer_allow = torch.zeros_like(self.never)
         answer_allow[:, self.slot_cols] = open_slots
         answer_allow[:, self.end_answer_col] = ~open_slots.any(dim=1)
         force_answer = (self.phase == TRACE) & ((self.prev == self.vocab.end_think) | (remaining <= self.k + 3))
-        trace_disallow = self.trace_never | (self.trace_uses >= TRACE_SLOT_USES)
+        trace_disallow = self.trace_never.clone()
+        trace_disallow[:, self.slot_cols] |= banned
         disallow = torch.where((self.phase == ANSWER)[:, None], ~answer_allow, trace_disallow)
         disallow = torch.where((self.phase == DONE)[:, None], self.not_eos, disallow)
         disallow = torch.where(force_answer[:, None], self.not_answer, disallow)
@@ -65,14 +66,15 @@ class AnswerConstraint:
     def update(self, nxt: torch.Tensor) -> None:
         v = self.vocab
         named = nxt[:, None] == self.slot_ids[None, :]
-        self.used |= named & (self.phase == ANSWER)[:, None]
-        self.trace_uses[:, self.slot_cols] += (named & (self.phase == TRACE)[:, None]).long()
-        self.phase = torch.where((self.phase == TRACE) & (nxt == v.answer), ANSWER, self.phase)
+        self.uses += named.long()
+        starts_answer = (self.phase == TRACE) & (nxt == v.answer)
+        self.uses[starts_answer] = 0  # the answer's section counts its own uses
+        self.phase = torch.where(starts_answer, ANSWER, self.phase)
         self.phase = torch.where((self.phase == ANSWER) & (nxt == v.end_answer), DONE, self.phase)
         self.prev = nxt
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("k", "phase", "used", "trace_uses", "prev", "never", "trace_never", "in_request"):
+        for name in ("k", "phase", "uses", "prev", "never", "trace_never", "in_request"):
             setattr(self, name, getattr(self, name)[rows])
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 DecoderKind = Literal["ar", "diffusion"]
+DECODERS: tuple[DecoderKind, ...] = get_args(DecoderKind)  # the one list of decoder names, in this order
 HF_DECODER_KEY = "dgr2_decoder"
 # trace tokens a model writes before its answer: ~all 100 candidates (3 tokens each, more with
 # evidence); the answer is 103 more
@@ -46,7 +47,7 @@ class ModelConfig:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.head_dim % 2:
             raise ValueError("head_dim must be even for RoPE")
-        if self.decoder not in ("ar", "diffusion"):
+        if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be 'ar' or 'diffusion', not {self.decoder!r}")
 
     # ------------------------------------------------------------------ HF round trip

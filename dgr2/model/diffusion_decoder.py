@@ -34,10 +34,10 @@ from dgr2.kernels.unmask_select import threshold_rule
 from dgr2.model.decoding import Batch, DecodeConfig, SequenceResult
 from dgr2.model.slot_constraint import (
     apply_bans,
-    banned_slots,
     grammar_disallow,
     keep_earliest,
     one_answer_per_pass,
+    slot_state,
     waits_for_first_rank,
 )
 from dgr2.model.tokenizer import Vocab
@@ -92,7 +92,7 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
         belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
         eligible = masked & denoise[:, None]  # positions this pass may unmask
         if cfg.constrain_answer:
-            state = banned_slots(batch, tokens, masked, offset)
+            state = slot_state(batch, tokens, masked, offset)
             shifted = apply_bans(batch, shifted, state.ban)
             if cfg.answer_grammar:
                 shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),

@@ -6,13 +6,14 @@ of HTTP or training. A result's ``order`` is always a permutation of the request
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from dgr2.model.ar_decoder import decode_ar
 from dgr2.model.catalog import Catalog
+from dgr2.model.config import DECODERS, DecoderKind
 from dgr2.model.decoding import DecodeConfig, SequenceResult, completion_budget
 from dgr2.model.diffusion_decoder import decode_diffusion
 from dgr2.model.guard import GuardReport, guard
@@ -20,7 +21,7 @@ from dgr2.model.prompt import AnswerParse, ItemRef, check_catalog, parse_answer,
 from dgr2.model.tokenizer import MAX_HISTORY, Vocab
 from dgr2.model.transformer import Transformer
 
-DECODERS = {"ar": decode_ar, "diffusion": decode_diffusion}
+DECODE_FUNCTIONS: dict[DecoderKind, Callable[..., list]] = {"ar": decode_ar, "diffusion": decode_diffusion}
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Reranker:
         """Each batch's decode budget is capped at what a full completion for its largest K needs, from
         the trace length the model was trained with (``model.config.trace_len``)."""
         if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, not {decoder!r}")
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
         check_catalog(vocab, catalog)  # fail at load, not at the first request
         self.model, self.vocab, self.catalog, self.decoder = model, vocab, catalog, decoder
         self.decode = decode or DecodeConfig.for_model(model.config)
@@ -75,7 +76,7 @@ class Reranker:
                    for r in requests]
         budget = completion_budget(self.model.config.trace_len, max(p.num_slots for p in prompts))
         cfg = replace(self.decode, max_new_tokens=min(self.decode.max_new_tokens, budget))
-        outs = DECODERS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
+        outs = DECODE_FUNCTIONS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
                                       [p.num_slots for p in prompts], cfg)
         results = []
         for prompt, out in zip(prompts, outs, strict=True):

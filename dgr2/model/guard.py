@@ -33,6 +33,14 @@ class GuardReport:
     malformed: bool
     method: str  # "none" | "hungarian" | "greedy" | "rankgpt"
 
+    def faults(self) -> dict[str, bool]:
+        """Which kinds of fault the decoded answer had, by the names of :data:`INVALID_KINDS`."""
+        return {kind: bool(getattr(self, kind)) for kind in INVALID_KINDS}
+
+
+# the kinds of invalid answer, as every report names them (API, metrics label, eval results)
+INVALID_KINDS = ("duplicates", "missing", "out_of_set", "malformed")
+
 
 def answer_matrix(parse: AnswerParse, position_logprobs: np.ndarray | None) -> np.ndarray:
     """The K x K (rank position x slot) log-probability matrix of an answer.

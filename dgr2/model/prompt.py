@@ -10,7 +10,7 @@ A training sequence is ``prompt · trace </think> <answer> ranking </answer> <eo
               training sequences (catalog links) and, in prompt v4, how many windows they share
               (``<coN>``, a log-scale bucket), or <r:none>
 
-Prompt v4 (ninth session) differs from v3 only by that ``<coN>``: a vocabulary that has the
+Prompt v4 (2026-11-27) differs from v3 only by that ``<coN>``: a vocabulary that has the
 ``<coN>`` tokens (``Vocab.co_strength``) gets v4 prompts, one without (the checkpoints trained
 before) gets v3, so each checkpoint keeps seeing the prompts it was trained on.
 

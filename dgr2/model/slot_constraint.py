@@ -1,10 +1,9 @@
 """The answer constraint of the block-diffusion decoder: the parallel counterpart of the AR one.
 
-Slot exclusions: a masked position may not name a slot outside the request, nor a slot already
-decided in its own section (everything after the decided ``<answer>`` is answer; in the trace, a
-slot is banned once decided ``TRACE_SLOT_USES`` times, since each entry names its slot twice).
-Positions that one denoising pass unmasks together may still pick a slot more often than their
-section allows; only the earliest of them keep it, the others stay masked for the next pass.
+Slot exclusions: the slot rule (:mod:`model.slot_rule`) applied to what is decided so far (everything
+after the decided ``<answer>`` is answer). Positions that one denoising pass unmasks together may
+still pick a slot more often than their section allows; only the earliest of them keep it, the
+others stay masked for the next pass.
 Training uses the same exclusions (:func:`recipe.block_diffusion.row_exclusions`), so the model's
 distribution over the open slots is what the decoder samples from.
 
@@ -26,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from dgr2.model.decoding import Batch
-from dgr2.model.tokenizer import TRACE_SLOT_USES
+from dgr2.model.slot_rule import banned_slots, slot_room
 
 
 class SlotState(NamedTuple):
@@ -41,10 +40,10 @@ class SlotState(NamedTuple):
     first_rank_open: torch.Tensor | None = None  # [b]: <answer> decided, its first slot not yet
 
 
-def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
-    """Slot exclusions of every block position given what is decided so far, the room each section
-    has left per slot (which :func:`keep_earliest` shares out among same-pass picks), and where
-    the decided ``<answer>`` and ``</think>`` lie (for :func:`grammar_disallow`)."""
+def slot_state(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
+    """Slot exclusions of every block position given what is decided so far (:mod:`model.slot_rule`),
+    the room each section has left per slot (which :func:`keep_earliest` shares out among same-pass
+    picks), and where the decided ``<answer>`` and ``</think>`` lie (for :func:`grammar_disallow`)."""
     vocab, dev = batch.vocab, batch.dev
     b, S = tokens.shape
     L = batch.out_tokens.shape[1]
@@ -62,19 +61,18 @@ def banned_slots(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offse
     after = idx[None, :] > ans_pos[:, None]
     bins = batch.slot_index[decided] + after * (kmax + 1)  # [b, L]
     uses = torch.zeros(b, 2 * (kmax + 1), dtype=torch.long, device=dev).scatter_add_(1, bins, torch.ones_like(bins))
-    room_trace = TRACE_SLOT_USES - uses[:, :kmax]
-    room_answer = 1 - uses[:, kmax + 1: 2 * kmax + 1]
     pos = offset[:, None] + torch.arange(S, device=dev)[None, :]  # [b, S] continuation index
     in_answer = pos > ans_pos[:, None]
-    room = torch.where(in_answer[:, :, None], room_answer[:, None, :], room_trace[:, None, :])
-    out_of_request = torch.arange(batch.kmax, device=dev)[None, :] >= batch.k[batch.alive][:, None]
+    section_uses = torch.where(in_answer[:, :, None], uses[:, None, kmax + 1: 2 * kmax + 1], uses[:, None, :kmax])
+    in_request = torch.arange(kmax, device=dev)[None, :] < batch.k[batch.alive][:, None]
     arange_s = torch.arange(S, device=dev)
     last_decided = torch.where(masked, -1, arange_s[None, :]).max(dim=1).values  # [b]; -1: none yet
     past_decided = arange_s[None, :] > last_decided[:, None]
     first_rank = decided.gather(1, (ans_pos + 1).clamp(max=L - 1)[:, None])[:, 0]
     first_rank_open = (ans_pos < L - 1) & (first_rank == vocab.pad)
-    return SlotState((room <= 0) | out_of_request[:, None, :], room, in_answer, pos, ans_pos, think_end,
-                     past_decided, L, first_rank_open)
+    return SlotState(banned_slots(section_uses, in_answer, in_request[:, None, :]),
+                     slot_room(section_uses, in_answer), in_answer, pos, ans_pos, think_end, past_decided, L,
+                     first_rank_open)
 
 
 def waits_for_first_rank(state: SlotState) -> torch.Tensor:

@@ -13,7 +13,7 @@ spaces and round-trips through ``encode``/``decode``. Layout (ids in this order)
   features      <pop0> .. <pop9>, <brand:i>, <cat:i> (index into the catalog's sorted names),
                 <item:ID> for every catalog item
   co-strength   <co1> .. <co6>: how many training windows a candidate shares with the history item
-                it is linked to, by bucket (``CO_FLOORS``; prompt v4, ninth session). Last, so that
+                it is linked to, by bucket (``CO_FLOORS``; prompt v4, 2026-11-27). Last, so that
                 a vocabulary without them (the v3 checkpoints) is a prefix of one with them and
                 its weights warm-start the larger model (``extends``).
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from dgr2.model.catalog import Catalog
-from dgr2.model.config import preset
+from dgr2.model.config import DECODERS, preset
 from dgr2.model.tokenizer import Vocab, build_tokenizer
 from dgr2.model.transformer import Transformer
 from dgr2.model_store.checkpoint import Provenance, save_checkpoint
@@ -30,7 +30,7 @@ def init_pair(store: ModelStore, name: str, catalog: Catalog, preset_name: str =
     """Write one random-init model as two versions (decoder ``ar`` and ``diffusion``) and alias them."""
     model, vocab = new_model(catalog, preset_name, seed)
     paths = {}
-    for decoder in ("ar", "diffusion"):
+    for decoder in DECODERS:
         model.config = model.config.replace(decoder=decoder)
         version = f"{version_prefix}-{preset_name}-s{seed}-{decoder}"
         paths[decoder] = save_checkpoint(store.version_dir(name, version), model, vocab, catalog,

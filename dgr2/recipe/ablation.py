@@ -21,6 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from dgr2.model.guard import INVALID_KINDS
 from dgr2.model_store import CheckpointError
 from dgr2.recipe import evaluate
 from dgr2.recipe.evaluate import add_user_arguments
@@ -103,7 +104,7 @@ def table(records: list[dict]) -> str:
         if not rs:
             continue
         kinds = "/".join(f"{sum(r['invalid_raw'][k] for r in rs) / len(rs):.3f}"
-                         for k in ("duplicates", "missing", "out_of_set", "malformed"))
+                         for k in INVALID_KINDS)
         ratios = [r["decode_tokens_per_s"] / ar_speed[r["neg_seed"]] for r in rs if r["neg_seed"] in ar_speed]
         lines.append(f"| {label} | {rs[0]['n']} × {len(rs)} | {fmt([r['ndcg@10'] for r in rs])} | "
                      f"{fmt([r['hr@10'] for r in rs], 3)} | {fmt([r['mrr'] for r in rs])} | "

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dgr2.model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab
+from dgr2.model.slot_rule import banned_slots
+from dgr2.model.tokenizer import MAX_SLOTS, Vocab
 from dgr2.recipe.sft import Encoded, slot_exclusions
 
 CLEAN, COPY_A, COPY_B, PAD = 0, 1, 2, 3
@@ -89,7 +90,7 @@ def row_exclusions(vocab: Vocab, enc: Encoded, noise: torch.Tensor, block: int) 
     that predicts completion token ``q`` of block ``b`` sees the clean tokens before ``b`` and its
     copy's unmasked tokens in ``b``; the slots among those in ``q``'s section (trace, or answer =
     after ``<answer>``) are banned (in the trace once named ``TRACE_SLOT_USES`` times), as
-    :func:`model.slot_constraint.banned_slots` does when decoding.
+    :func:`model.slot_constraint.slot_state` does when decoding (both apply :mod:`model.slot_rule`).
     """
     T, P = len(enc.ids), enc.prompt_len
     comp = enc.ids[P:]
@@ -101,6 +102,7 @@ def row_exclusions(vocab: Vocab, enc: Encoded, noise: torch.Tensor, block: int) 
     a_idx = comp.index(vocab.answer) if vocab.answer in comp else C
     idx = torch.arange(C)
     answer = idx > a_idx
+    in_request = torch.arange(MAX_SLOTS) < enc.num_slots
     out = torch.zeros(T + 2 * C, MAX_SLOTS, dtype=torch.bool)
     out[:T] = slot_exclusions(vocab, enc, T)
     for offset, masked in ((T, noise), (T + C, ~noise)):
@@ -108,10 +110,10 @@ def row_exclusions(vocab: Vocab, enc: Encoded, noise: torch.Tensor, block: int) 
         for start in range(0, C, block):
             end = min(C, start + block)
             visible = (idx < start) | ((idx >= start) & (idx < end) & ~masked)
-            used_answer = (onehot & (visible & answer)[:, None]).any(dim=0)
-            used_trace = (onehot & (visible & ~answer)[:, None]).sum(dim=0) >= TRACE_SLOT_USES
-            ban[start:end] = torch.where(answer[start:end, None], used_answer, used_trace)
-        ban[:, enc.num_slots:] = True
+            uses_answer = (onehot & (visible & answer)[:, None]).sum(dim=0)
+            uses_trace = (onehot & (visible & ~answer)[:, None]).sum(dim=0)
+            uses = torch.where(answer[start:end, None], uses_answer, uses_trace)
+            ban[start:end] = banned_slots(uses, answer[start:end], in_request)
         out[offset: offset + C - 1] = ban[1:]  # copy index i predicts completion token i + 1
     return out
 

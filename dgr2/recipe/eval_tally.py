@@ -1,10 +1,10 @@
 """What an eval counts, batch by batch, and the resume file that lets a long eval survive a stop.
 
-An all-users AR eval takes about an hour a seed on a 2-core CPU (tenth session). With ``dgr2 eval --resume-file F`` each
-finished batch appends its counts to ``F`` (one JSON line, flushed), after a first line holding the
-eval's settings; run the same command again and it skips the users ``F`` already holds and reports
-the metrics over all of them. A file written under other settings is refused, naming the first
-setting that differs, so two different evals can never be mixed.
+An all-users AR eval takes about an hour a seed on a 2-core CPU (docs/recipe.md, "Resuming a run").
+With ``dgr2 eval --resume-file F`` each finished batch appends its counts to ``F`` (one JSON line,
+flushed), after a first line holding the eval's settings; run the same command again and it skips
+the users ``F`` already holds and reports the metrics over all of them. A file written under other
+settings is refused, naming the first setting that differs, so two different evals can never be mixed.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dgr2.model.guard import INVALID_KINDS
 from dgr2.recipe.metrics import summarize
 from dgr2.recipe.trace_fidelity import TraceFidelity
-
-INVALID_KINDS = ("duplicates", "missing", "out_of_set", "malformed")
 
 
 class ResumeError(ValueError):

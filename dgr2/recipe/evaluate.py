@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from dgr2.model.config import DECODERS
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import RankRequest, Reranker
 from dgr2.recipe.data import Example, eval_examples, load_source
-from dgr2.recipe.eval_tally import INVALID_KINDS, ResumeError, ResumeFile, Tally
+from dgr2.recipe.eval_tally import ResumeError, ResumeFile, Tally
 from dgr2.recipe.metrics import summarize
 from dgr2.recipe.traces import evidence, rule_for, trace_entries
 
@@ -49,8 +50,8 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
             batch.users.append(ex.user)
             batch.ranks.append(res.order.index(ex.target_slot))
             batch.valid += res.report.valid_as_decoded
-            for kind in INVALID_KINDS:
-                batch.invalid[kind] += bool(getattr(res.report, kind))
+            for kind, bad in res.report.faults().items():
+                batch.invalid[kind] += bad
             batch.passes += res.forward_passes
             batch.generated += res.generated_tokens
             reference = trace_entries(evidence(reranker.catalog, ex.history, ex.candidates, rule), trace_len)
@@ -98,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", choices=["pop", "evidence", "evidence-v3"], default=None,
                    help="score a non-learned baseline on the same candidate lists instead of a checkpoint")
     p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
-    p.add_argument("--decoder", choices=["ar", "diffusion"], default=None,
+    p.add_argument("--decoder", choices=DECODERS, default=None,
                    help="decoder to use (default: the checkpoint's own)")
     p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default: $DGR2_DATA_DIR)")
     p.add_argument("--synthetic", action="store_true", help="evaluate on the generated synthetic data instead")

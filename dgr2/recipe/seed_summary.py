@@ -1,6 +1,6 @@
 """Mean and standard error over negative-sampling seeds, from the ``dgr2 eval --json`` output of each seed.
 
-Issue 3 reports every metric as mean ± standard error over three seeds (12345, 1, 2). The per-seed
+The project reports every metric as mean ± standard error over three seeds (12345, 1, 2). The per-seed
 evals are separate runs (about an hour each on a 2-core CPU, see ``scripts/eval_all_users.sh``), so
 this reads their JSON objects back and checks that they belong together before averaging: the same
 checkpoint name, decoder, split, candidate count, decoding settings and number of users, and no
@@ -58,7 +58,7 @@ def summarize_seeds(records: list[dict]) -> dict:
 
 
 def markdown_row(label: str, summary: dict) -> str:
-    """One row of the README's issue-3 table: NDCG@5/10, HR@1/5/10, MRR as mean ± s.e."""
+    """One row of the all-users accuracy table (docs/results.md): NDCG@5/10, HR@1/5/10, MRR as mean ± s.e."""
     cells = [format_mean_stderr(summary["metrics"][name]["per_seed"])
              for name in ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr")]
     return f"| {label} | " + " | ".join(cells) + " |"

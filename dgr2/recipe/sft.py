@@ -17,7 +17,8 @@ import torch
 
 from dgr2.model.catalog import Catalog
 from dgr2.model.prompt import render_completion, render_prompt
-from dgr2.model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab
+from dgr2.model.slot_rule import banned_slots
+from dgr2.model.tokenizer import MAX_SLOTS, Vocab
 from dgr2.recipe.data import Example, UserView, train_example, train_prefixes
 from dgr2.recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, sft_target
 
@@ -84,12 +85,11 @@ class TrainStream:
 
 def slot_exclusions(vocab: Vocab, e: Encoded, T: int) -> torch.Tensor:
     """``[T, MAX_SLOTS]``: the slots position ``t``'s prediction may not name, as the AR decoder's
-    constraint sees them: slots outside the request, and slots already named in the same section
-    (``TRACE_SLOT_USES`` times in the trace, once in the answer). Training under the same
+    constraint sees them (:mod:`model.slot_rule`). Training under the same
     exclusions makes each ranking step a softmax over the remaining candidates (a Plackett-Luce
     likelihood), so the model only has to score them."""
-    ban = torch.zeros(T, MAX_SLOTS, dtype=torch.bool)
-    ban[:, e.num_slots:] = True
+    in_request = torch.arange(MAX_SLOTS) < e.num_slots
+    ban = (~in_request).expand(T, MAX_SLOTS).clone()
     comp = e.ids[e.prompt_len:]
     if not comp:
         return ban
@@ -99,11 +99,10 @@ def slot_exclusions(vocab: Vocab, e: Encoded, T: int) -> torch.Tensor:
     named[torch.arange(len(comp)), torch.where(slot >= 0, slot, MAX_SLOTS)] = 1
     uses = named[:, :MAX_SLOTS].cumsum(0)  # uses up to and including each completion token
     a = comp.index(vocab.answer) if vocab.answer in comp else len(comp)
-    limit = torch.full((len(comp), 1), TRACE_SLOT_USES)
-    if a < len(comp):  # the answer starts over: every slot is open again, once
+    in_answer = torch.arange(len(comp)) >= a  # what position t predicts, token t + 1, lies after <answer>
+    if a < len(comp):  # the answer's section starts over: uses are counted from <answer> on
         uses[a:] -= uses[a - 1] if a > 0 else 0
-        limit[a:] = 1
-    ban[e.prompt_len: e.prompt_len + len(comp)] |= uses >= limit  # position t predicts token t + 1
+    ban[e.prompt_len: e.prompt_len + len(comp)] = banned_slots(uses, in_answer, in_request)
     return ban
 
 

@@ -72,15 +72,12 @@ class EvidenceRule:
         return min(EVIDENCE_LEVELS - 1, bisect.bisect_right(self.edges, score))
 
 
-# v3 (the checkpoints of the first eight sessions): weights chosen on 5,000 validation users with
-# 2-window links; edges from the validation score distribution (sorting by level kept NDCG@10
-# 0.270 of the exact score's 0.280 on 3,000 validation users).
+# v3 (every checkpoint before prompt v4, the served pair included): weights chosen on validation users
+# with 2-window links, edges from the validation score distribution (docs/design.md, "Prompt").
 RULE_V3 = EvidenceRule(brand=3.0, cat=1.0, co=3.0, pop=0.35,
                        edges=(1.4, 1.75, 2.1, 2.27, 2.45, 2.75, 3.1, 4.05, 6.0), co_strength=False)
-# v4 (ninth session): weights by grid search and edges by coordinate ascent on 4,000 random
-# validation users (seed 12345), 1-window links (scripts/fit_evidence_rule.py). Held out on 4,000
-# random test users, level-sorted NDCG@10 0.338 / 0.333 (seeds 12345 / 1) against v3's 0.318 /
-# 0.314 (docs/design.md, "Prompt").
+# v4: weights by grid search and edges by coordinate ascent on random validation users, 1-window
+# links (scripts/fit_evidence_rule.py); scored on held-out test users in docs/design.md, "Prompt v4".
 RULE_V4 = EvidenceRule(brand=5.0, cat=1.0, co=4.0, pop=0.15,
                        edges=(0.45, 0.6, 0.79, 0.99, 1.47, 2.43, 3.57, 4.39, 7.02), co_strength=True)
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
@@ -167,9 +164,9 @@ def sft_target(evs: list[Evidence], target_slot: int, trace_len: int = DEFAULT_T
     candidates the trace did not reach, in an order shuffled by ``tie_seed``.
 
     Why shuffled: most candidates share the lowest strengths, and with ties broken by slot the
-    cheapest way to lower the answer loss is to emit the lowest open slot, ignoring strengths (the
-    third session's first AR run did exactly that: 96% correct strengths, an answer in ascending
-    slot order). With random ties the strengths are the only thing an answer step can predict."""
+    cheapest way to lower the answer loss is to emit the lowest open slot, ignoring strengths (an
+    AR run did exactly that: docs/design.md, "Ties in the SFT answer are shuffled"). With random
+    ties the strengths are the only thing an answer step can predict."""
     entries = trace_entries(evs, trace_len)
     reached = {s for s, _ in entries}
     strength = {e.slot: e.level for e in evs if e.slot in reached}

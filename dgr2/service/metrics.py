@@ -8,7 +8,7 @@ Every series carries ``model`` (the model name) and, where a decoder is involved
   counts once, with ``decoder="none"``).
 - ``dgr2_rejections_total{reason}``: ``invalid`` (422), ``too_large`` (413), ``queue_full`` (429),
   ``not_ready`` / ``draining`` (503), ``deadline`` (504).
-- ``dgr2_invalid_decodes_total{kind}``: decodes whose raw answer had that fault (``duplicate``,
+- ``dgr2_invalid_decodes_total{kind}``: decodes whose raw answer had that fault (``duplicates``,
   ``missing``, ``out_of_set``, ``malformed``); a decode with several faults counts once per kind.
 - Decode-side series (tokens, forward passes, batch size, decode time) include shadow decodes:
   they measure work done. Shadow agreement is the histogram ``dgr2_shadow_agreement{decoder,metric}``
@@ -25,12 +25,11 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dgr2.model.guard import GuardReport
-from dgr2.service.settings import DECODERS
+from dgr2.model.config import DECODERS
+from dgr2.model.guard import INVALID_KINDS, GuardReport
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-FAULT_KINDS = ("duplicate", "missing", "out_of_set", "malformed")  # the kind label of dgr2_invalid_decodes_total
 AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 REJECTION_REASONS = {413: "too_large", 422: "invalid", 429: "queue_full", 504: "deadline"}
 
@@ -67,7 +66,7 @@ class Metrics:
         # Series that should be 0 rather than absent: with both decoders constrained, faults are rare,
         # and a rate over a never-created series is "no data", not the 0 an SRE expects on the panel.
         for decoder in DECODERS:
-            for kind in FAULT_KINDS:
+            for kind in INVALID_KINDS:
                 self.invalid_decodes.labels(self.model, decoder, kind)
             self.repairs.labels(self.model, decoder)
 
@@ -88,8 +87,7 @@ class Metrics:
         self.queue_seconds.labels(self.model, decoder).observe(queue_s)
         self.generated_tokens.labels(self.model, decoder).inc(generated)
         self.forward_passes.labels(self.model, decoder).inc(passes)
-        for kind, bad in zip(FAULT_KINDS, (report.duplicates, report.missing, report.out_of_set, report.malformed),
-                             strict=True):
+        for kind, bad in report.faults().items():
             if bad:
                 self.invalid_decodes.labels(self.model, decoder, kind).inc()
         if report.repaired:

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
+from dgr2.model.config import DECODERS
 from dgr2.model_store import CheckpointError, ModelStore
 from dgr2.service.ab import ABRouter
 from dgr2.service.batcher import Batcher
 from dgr2.service.errors import InvalidInput, ServiceError, Unavailable, public_message
 from dgr2.service.metrics import Metrics
 from dgr2.service.models import ModelHolder, ModelSet, load_model_set, warm_up
-from dgr2.service.settings import DECODERS, Settings
+from dgr2.service.settings import Settings
 from dgr2.service.torch_thread import in_side_thread, torch_thread
 
 log = logging.getLogger(__name__)

@@ -6,12 +6,14 @@ Limits that depend on settings (how many candidates, how many requests per batch
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic_core import PydanticCustomError
 
-Decoder = Literal["ar", "diffusion"]
+from dgr2.model.config import DecoderKind
+
+Decoder = DecoderKind
 
 
 class _Strict(BaseModel):

@@ -12,10 +12,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dgr2.model.config import DECODERS
 from dgr2.model.tokenizer import MAX_HISTORY, MAX_SLOTS
 from dgr2.model_store import DEFAULT_MODEL, DEFAULT_ROOT
-
-DECODERS = ("ar", "diffusion")
 
 
 def parse_split(text: str | dict) -> dict[str, float]:

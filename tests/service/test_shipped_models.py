@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from dgr2.bench.service_load import free_port
-from dgr2.model.engine import DECODERS
+from dgr2.model.config import DECODERS
 from dgr2.model_store import DEFAULT_MODEL, load_checkpoint, open_store
 
 pytestmark = pytest.mark.timeout(400)
