@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Beauty recipe end to end, as the README's results were produced: AR -> CFT -> OPD -> RL, each
+# The Beauty recipe end to end, as the CPU-trained pairs of 2026-11-26 were produced: AR -> CFT -> OPD -> RL, each
 # stage with its own time budget, resumable (re-running skips finished stages via their run dirs),
 # then the ablation evals. Usage: bash scripts/beauty_recipe.sh [STORE] [RUNS]
 # Budgets (minutes): AR_MIN CFT_MIN OPD_MIN RL_MIN; validation: VAL_USERS every EVAL_EVERY steps;

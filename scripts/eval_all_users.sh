@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The issue-3 evaluation of one checkpoint: the test split, 100 candidates, every user, for the three
-# negative-sampling seeds in turn, resumable across sessions. Each finished batch is on disk
+# The all-users evaluation of one checkpoint: the test split, 100 candidates, every user, for the three
+# negative-sampling seeds in turn, resumable across stops and restarts. Each finished batch is on disk
 # (`dgr2 eval --resume-file`); stop it at any time and run the same command again to go on. A seed's
 # JSON lands in OUT/test-all-SEED.json when all of its users are done; when every seed is done, the
 # mean ± standard error over seeds (`dgr2 summarize`) lands in OUT/summary.json and OUT/summary.txt.

@@ -2,7 +2,7 @@
 
     python scripts/fit_evidence_rule.py --fit-users 4000 --test-users 4000 --test-seeds 12345,1
 
-How ``recipe.traces.RULE_V4`` was chosen (ninth session). For a uniform sample of validation users
+How ``recipe.traces.RULE_V4`` was chosen (prompt v4, 2026-11-27). For a uniform sample of validation users
 (``--sample`` semantics of ``dgr2 eval``) it takes each candidate's score terms from
 ``recipe.traces.evidence`` under rules that weigh one term alone (popularity bucket; brand and
 category matches, recency-weighted; the most recent link, times log of its ``<coN>`` floor in v4),

@@ -42,7 +42,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $out/NAM
 }
 
 # the CPU smoke test of the benchmarks is left out: the benchmarks run for real below
-# (GPU_CHECK_SKIP_TESTS=1 when scripts/gpu_train.sh already ran the kernel tests in the same lease)
+# (GPU_CHECK_SKIP_TESTS=1 when scripts/gpu_train.sh already ran the kernel tests on the same machine)
 [[ -n ${GPU_CHECK_SKIP_TESTS:-} ]] || step pytest 120 "$PYTHON" -m pytest tests/kernels -q --ignore=tests/kernels/test_kernel_benchmarks.py
 
 for op in block_attention unmask_select answer_scores; do

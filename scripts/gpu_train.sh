@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU training check, sized for a short lease (one call of under 10 minutes on one H100):
+# The GPU training check, sized for one short GPU call (under 10 minutes on one H100):
 #   - the Triton kernel tests compiled on CUDA (in the background, beside the training);
 #   - optionally the answer-step probe (scripts/answer_sort_probe.py) at GPU step counts (PROBE_S > 0);
 #   - the AR re-ranker on Beauty (`dgr2 train ar --device cuda`, batch 64, bf16 autocast, loader workers),
@@ -47,7 +47,7 @@ else
     echo "CFT skipped: the AR model is not clearly above chance (0.045)"
 fi
 
-# full test-split evals until the deadline: AR first (the all-users table), then the diffusion rows
+# full test-split evals until the deadline: AR first (the all-users accuracy table), then the diffusion rows
 eval_deadline=${EVAL_DEADLINE_S:-0}
 ablation=("$PYTHON" -m dgr2.recipe.ablation --store "$out/store" --split test --seeds 12345,1,2 --device "$DEVICE"
           --batch-size "${EVAL_BATCH:-1024}" --out "$out/ablation-full.jsonl")
