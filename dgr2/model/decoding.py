@@ -22,29 +22,20 @@ from dgr2.model.transformer import Transformer
 
 @dataclass
 class DecodeConfig:
-    max_new_tokens: int = 1024
-    block_size: int = 32  # diffusion only
-    threshold: float = 0.9  # diffusion only; > 1 means exactly one token per denoising step
-    # diffusion only: the threshold after a decided <answer> (None: ``threshold``). The ranking's
-    # tail is a tie among weak candidates the model spreads its mass over, so no position clears
-    # 0.9 there and the answer decodes ~1 slot per pass; a lower value commits it in parallel
-    # (same-pass duplicates are still deferred). Needs ``constrain_answer`` (it knows the sections).
-    answer_threshold: float | None = None
-    ignore_eos: bool = False  # generate exactly max_new_tokens (throughput-vs-length sweeps)
-    constrain_answer: bool = True  # both decoders: exclude used and out-of-request slots (see each decoder)
-    # diffusion only, with constrain_answer: the answer grammar by position (model.slot_constraint);
-    # False keeps the slot exclusions alone (how much validity the model itself learned)
-    answer_grammar: bool = True
-    temperature: float = 0.0  # diffusion only: 0 = greedy; > 0 samples each position (RL rollouts)
-    # diffusion only: commit a finished block in the same forward pass as the next block's first
-    # denoising step (a 2-block-wide pass) when at least half of the rows commit; the decode is the
-    # same, with one pass fewer per block. False: a separate causal commit pass (the reference).
-    fuse_commit: bool = True
+    """How a batch is decoded. Fields marked *diffusion* only matter to the block-diffusion decoder;
+    their measured effects are in docs/design.md ("Decoding") and docs/benchmarks.md."""
+
+    max_new_tokens: int = 1024  # the decode budget (trace + answer); the engine caps it by the model's trace length
+    block_size: int = 32  # diffusion: positions denoised together
+    threshold: float = 0.9  # diffusion: unmask every position this confident (> 1: one per pass)
+    answer_threshold: float | None = None  # diffusion: the threshold after a decided <answer> (None: threshold)
+    ignore_eos: bool = False  # write exactly max_new_tokens (throughput-versus-length sweeps)
+    constrain_answer: bool = True  # apply the slot rule and, for AR, the answer grammar
+    answer_grammar: bool = True  # diffusion, with constrain_answer: the answer grammar by position
+    temperature: float = 0.0  # diffusion: 0 greedy; > 0 samples each position (RL rollouts)
+    fuse_commit: bool = True  # diffusion: commit a full block in the next block's first pass (same decode)
     seed: int = 0  # sampling seed when temperature > 0
-    # diffusion only: the pass that decides rank 1 reads the block up to <answer> causally, so rank 1
-    # is predicted from the view AR has (nothing after it), at no extra pass; measured in
-    # docs/design.md, "Rank 1 from AR's view"
-    causal_first_rank: bool = True
+    causal_first_rank: bool = True  # diffusion: rank 1 is predicted from the view AR has (nothing after it)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:

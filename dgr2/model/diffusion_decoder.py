@@ -26,6 +26,7 @@ stops as soon as ``<eos>`` is decided with every position before it decided.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -44,111 +45,165 @@ from dgr2.model.tokenizer import Vocab
 from dgr2.model.transformer import Transformer
 
 
+@dataclass
+class BlockState:
+    """Each live row's current block, as the AR decoder keeps its answer state: ``keep(rows)`` follows
+    the batch when finished rows leave."""
+
+    tokens: torch.Tensor  # [b, S]: the block's decided tokens (anything where still masked)
+    masked: torch.Tensor  # [b, S]: positions not decided yet
+    committing: torch.Tensor  # [b]: the block is full and this pass commits it
+    offset: torch.Tensor  # [b]: continuation index of the block's first position
+    prev_logits: torch.Tensor  # [b, n_out]: the logits that predict block position 0
+    # block positions the next pass reads causally: up to a decided <answer> while rank 1 is open
+    # (causal_first_rank), else 0; committing rows read all S
+    rank1_causal: torch.Tensor  # [b]
+
+    @classmethod
+    def first(cls, vocab: Vocab, prev_logits: torch.Tensor, S: int) -> BlockState:
+        B, dev = prev_logits.shape[0], prev_logits.device
+        zeros = torch.zeros(B, dtype=torch.long, device=dev)
+        return cls(torch.full((B, S), vocab.mask, dtype=torch.long, device=dev),
+                   torch.ones(B, S, dtype=torch.bool, device=dev), torch.zeros(B, dtype=torch.bool, device=dev),
+                   zeros, prev_logits, zeros.clone())
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name)[rows])
+
+
+def forward(batch: Batch, st: BlockState, vocab: Vocab, fuse_commit: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One pass over every row's block: committing rows read their full block causally (writing its KV
+    entries), the others denoise theirs. With ``fuse_commit`` and at least half the rows committing,
+    the pass is two blocks wide and the committing rows' fresh masks ride along (their next block's
+    first denoising step). Returns the block logits ``[b, S, n_out]`` each row denoises with, the
+    committing rows' last-position logits (which predict the next block's position 0), and whether
+    the pass was fused."""
+    S = st.tokens.shape[1]
+    block_in = torch.where(st.masked, vocab.mask, st.tokens)
+    causal = torch.where(st.committing, S, st.rank1_causal)
+    n_commit = int(st.committing.sum()) if fuse_commit else 0  # one host sync, and none when off
+    if n_commit > 0 and 2 * n_commit >= st.committing.numel():
+        # [finished block ; fresh masks]: the masks see all of the clean block; the other rows denoise
+        # their block in the first half and ignore the second
+        wide = torch.cat([block_in, torch.full_like(block_in, vocab.mask)], dim=1)
+        out = batch.logits(wide, causal=causal, visible=S + st.committing.int() * S)
+        return torch.where(st.committing[:, None, None], out[:, S:], out[:, :S]), out[:, S - 1], True
+    logits = batch.logits(block_in, causal=causal)  # [b, S, n_out]
+    return logits, logits[:, -1], False
+
+
+def start_fresh_blocks(batch: Batch, st: BlockState, commit_last: torch.Tensor) -> None:
+    """Rows that committed their finished block this pass move on to a fresh, fully masked one."""
+    S = st.tokens.shape[1]
+    batch.cache.commit(torch.where(st.committing, S, 0))
+    st.prev_logits = torch.where(st.committing[:, None], commit_last, st.prev_logits)
+    st.offset = st.offset + st.committing * S
+    st.masked = st.masked | st.committing[:, None]
+
+
+def select(batch: Batch, st: BlockState, logits: torch.Tensor, denoise: torch.Tensor, cfg: DecodeConfig,
+           gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions this pass unmasks and their tokens: the next-token shift, the answer constraint
+    (:mod:`model.slot_constraint`), then the threshold rule. Returns ``(cand, unmask, belief)``:
+    candidate tokens ``[b, S]``, the positions to unmask, and the unconstrained shifted logits (the
+    model's own belief, which the guard reads as AR records it)."""
+    shifted = torch.cat([st.prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
+    belief = shifted
+    eligible = st.masked & denoise[:, None]
+    state = None
+    if cfg.constrain_answer:
+        state = slot_state(batch, st.tokens, st.masked, st.offset)
+        shifted = apply_bans(batch, shifted, state.ban)
+        if cfg.answer_grammar:
+            shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
+                                          float("-inf"))
+            eligible = eligible & ~waits_for_first_rank(state)
+    if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
+        probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
+        cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
+        conf = probs.gather(-1, cand_cols[..., None])[..., 0]
+        unmask = threshold_rule(conf, eligible, cfg.threshold)
+    else:
+        cand_cols, conf, unmask = unmask_select(shifted, eligible, cfg.threshold)
+    if cfg.answer_threshold is not None:
+        unmask = unmask | (eligible & state.in_answer & (conf >= cfg.answer_threshold))
+    cand = batch.head.token(cand_cols)
+    if state is not None:
+        unmask = keep_earliest(batch, cand, unmask, state)
+        if cfg.answer_grammar:
+            unmask = one_answer_per_pass(batch, cand, unmask, state)
+    return cand, unmask, belief
+
+
+def decide(batch: Batch, st: BlockState, cand: torch.Tensor, unmask: torch.Tensor, belief: torch.Tensor) -> None:
+    """Write the unmasked positions into the block and the batch's output (tokens and the guard's scores)."""
+    st.tokens = torch.where(unmask, cand, st.tokens)
+    st.masked = st.masked & ~unmask
+    rows, cols = unmask.nonzero(as_tuple=True)
+    pos = st.offset[rows] + cols
+    orig = batch.alive[rows]
+    batch.out_tokens[orig, pos] = cand[rows, cols]
+    # one "sequence" per decided position, so each gets its own K
+    batch.out_scores[orig, pos] = batch.scores(belief[rows, cols][:, None], rows)[:, 0]
+
+
+def rank1_view(st: BlockState, vocab: Vocab) -> torch.Tensor:
+    """Per row, the block positions the next pass reads causally: up to a decided ``<answer>`` while
+    the rank after it is still masked, else 0."""
+    S = st.tokens.shape[1]
+    arange_s = torch.arange(S, device=st.tokens.device)
+    a = torch.where((st.tokens == vocab.answer) & ~st.masked, arange_s, S).min(dim=1).values
+    open_ = (a + 1 < S) & st.masked.gather(1, (a + 1).clamp(max=S - 1)[:, None])[:, 0]
+    return torch.where(open_, a + 1, 0)
+
+
+def finish_rows(batch: Batch, st: BlockState, denoise: torch.Tensor, vocab: Vocab, ignore_eos: bool,
+                budget: int) -> torch.Tensor:
+    """Set each row's length; mark full blocks for commit; return the rows that are done: ``<eos>``
+    decided with every position before it decided, or the budget's last block full."""
+    S = st.tokens.shape[1]
+    arange_s = torch.arange(S, device=st.tokens.device)
+    decided_prefix = (~st.masked).long().cumprod(dim=1).sum(dim=1)  # [b] leading decided positions
+    first_eos = torch.where((st.tokens == vocab.eos) & ~st.masked, arange_s, S).min(dim=1).values
+    stopped = denoise & (first_eos < decided_prefix) & (not ignore_eos)
+    batch.length[batch.alive] = torch.where(stopped, st.offset + first_eos + 1, st.offset + S - st.masked.sum(1))
+    full = denoise & ~st.masked.any(dim=1) & ~stopped
+    last_block = full & (st.offset + S >= budget)  # nothing left to commit for
+    st.committing = full & ~last_block
+    return stopped | last_block
+
+
 @torch.inference_mode()
 def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
                      cfg: DecodeConfig | None = None) -> list[SequenceResult]:
+    """Prefill, then passes of: forward, start fresh blocks where one was committed, select, decide,
+    retire finished rows."""
     cfg = cfg or DecodeConfig()
     S = cfg.block_size
-    n_blocks = math.ceil(cfg.max_new_tokens / S)
-    batch = Batch(model, vocab, prompts, num_slots, n_blocks * S, block=S)
-    dev, B = batch.dev, len(prompts)
-    prev_logits = batch.prefill()  # [b, n_out]: predicts each row's next block position 0
-    tokens = torch.full((B, S), vocab.mask, dtype=torch.long, device=dev)
-    masked = torch.ones(B, S, dtype=torch.bool, device=dev)
-    committing = torch.zeros(B, dtype=torch.bool, device=dev)
-    offset = torch.zeros(B, dtype=torch.long, device=dev)  # continuation index of each row's block start
-    # per row, the block positions read causally: S when committing, else up to a decided <answer>
-    # while rank 1 is open (causal_first_rank), else 0
-    rank1_causal = torch.zeros(B, dtype=torch.long, device=dev)
+    budget = math.ceil(cfg.max_new_tokens / S) * S
+    batch = Batch(model, vocab, prompts, num_slots, budget, block=S)
+    st = BlockState.first(vocab, batch.prefill(), S)
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
-    arange_s = torch.arange(S, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
-
+    gen = torch.Generator(device=batch.dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     while True:
-        block_in = torch.where(masked, vocab.mask, tokens)
-        n_commit = int(committing.sum()) if cfg.fuse_commit else 0  # one host sync, and none when off
-        fuse = n_commit > 0 and 2 * n_commit >= committing.numel()
-        if fuse:
-            # [finished block ; fresh masks]: committing rows read their clean block causally and the
-            # masks see all of it (their next block's first denoising step); the other rows denoise
-            # their block in the first half and ignore the second
-            wide = torch.cat([block_in, torch.full_like(block_in, vocab.mask)], dim=1)
-            out = batch.logits(wide, causal=torch.where(committing, S, rank1_causal), visible=S + committing.int() * S)
-            logits = torch.where(committing[:, None, None], out[:, S:], out[:, :S])  # [b, S, n_out]
-            commit_last = out[:, S - 1]
-        else:
-            logits = batch.logits(block_in, causal=torch.where(committing, S, rank1_causal))  # [b, S, n_out]
-            commit_last = logits[:, -1]
-
-        # rows that committed their finished block this pass start a fresh one
-        batch.cache.commit(torch.where(committing, S, 0))
-        prev_logits = torch.where(committing[:, None], commit_last, prev_logits)
-        offset = offset + committing * S
-        masked = masked | committing[:, None]
-
-        # rows that denoise: next-token shift, then the threshold rule on the still-masked positions
-        denoise = torch.ones_like(committing) if fuse else ~committing
-        shifted = torch.cat([prev_logits[:, None], logits[:, :-1]], dim=1)  # [b, S, n_out]
-        belief = shifted  # the model's own slot distribution, recorded for the guard (as AR records it)
-        eligible = masked & denoise[:, None]  # positions this pass may unmask
-        if cfg.constrain_answer:
-            state = slot_state(batch, tokens, masked, offset)
-            shifted = apply_bans(batch, shifted, state.ban)
-            if cfg.answer_grammar:
-                shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
-                                              float("-inf"))
-                eligible = eligible & ~waits_for_first_rank(state)
-        if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
-            probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
-            cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
-            conf = probs.gather(-1, cand_cols[..., None])[..., 0]
-            unmask = threshold_rule(conf, eligible, cfg.threshold)
-        else:
-            cand_cols, conf, unmask = unmask_select(shifted, eligible, cfg.threshold)
-        if cfg.answer_threshold is not None:
-            unmask = unmask | (eligible & state.in_answer & (conf >= cfg.answer_threshold))
-        cand = batch.head.token(cand_cols)
-        if cfg.constrain_answer:
-            unmask = keep_earliest(batch, cand, unmask, state)
-            if cfg.answer_grammar:
-                unmask = one_answer_per_pass(batch, cand, unmask, state)
-        tokens = torch.where(unmask, cand, tokens)
-        masked = masked & ~unmask
-        rows, cols = unmask.nonzero(as_tuple=True)
-        pos = offset[rows] + cols
-        orig = batch.alive[rows]
-        batch.out_tokens[orig, pos] = cand[rows, cols]
-        # one "sequence" per decided position, so each gets its own K
-        batch.out_scores[orig, pos] = batch.scores(belief[rows, cols][:, None], rows)[:, 0]
+        logits, commit_last, fused = forward(batch, st, vocab, cfg.fuse_commit)
+        denoise = torch.ones_like(st.committing) if fused else ~st.committing
+        start_fresh_blocks(batch, st, commit_last)
+        cand, unmask, belief = select(batch, st, logits, denoise, cfg, gen)
+        decide(batch, st, cand, unmask, belief)
         steps_log.append((batch.alive[denoise], unmask[denoise].sum(1)))
-
-        if cfg.causal_first_rank:  # next pass: read up to a decided <answer> causally while rank 1 is open
-            is_ans = (tokens == vocab.answer) & ~masked
-            a = torch.where(is_ans, arange_s, S).min(dim=1).values
-            open_ = (a + 1 < S) & masked.gather(1, (a + 1).clamp(max=S - 1)[:, None])[:, 0]
-            rank1_causal = torch.where(open_, a + 1, 0)
-
-        # stop: <eos> decided with everything before it decided
-        decided_prefix = (~masked).long().cumprod(dim=1).sum(dim=1)  # [b] leading decided positions
-        is_eos = (tokens == vocab.eos) & ~masked
-        first_eos = torch.where(is_eos, arange_s, S).min(dim=1).values
-        stopped = denoise & (first_eos < decided_prefix) & (not cfg.ignore_eos)
-        batch.length[batch.alive] = torch.where(stopped, offset + first_eos + 1, offset + S - masked.sum(1))
-        full = denoise & ~masked.any(dim=1) & ~stopped
-        last_block = full & (offset + S >= n_blocks * S)  # budget spent: nothing left to commit for
-        finished = stopped | last_block
-        committing = full & ~last_block
-
+        if cfg.causal_first_rank:
+            st.rank1_causal = rank1_view(st, vocab)
+        finished = finish_rows(batch, st, denoise, vocab, cfg.ignore_eos, budget)
         if bool(finished.any()):
             keep = batch.drop_finished(~finished)
             if keep.numel() == 0:
                 break
-            tokens, masked, committing = tokens[keep], masked[keep], committing[keep]
-            offset, prev_logits, rank1_causal = offset[keep], prev_logits[keep], rank1_causal[keep]
+            st.keep(keep)
 
     results = batch.results()
     for rows, counts in steps_log:  # read back once, after decoding, not once per pass
         for r, n in zip(rows.tolist(), counts.tolist(), strict=True):
             results[r].unmasked_per_step.append(n)
     return results
-
