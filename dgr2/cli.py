@@ -18,6 +18,8 @@ COMMANDS = {
     "train": ("dgr2.recipe.cli", "run a stage of the training recipe"),
     "eval": ("dgr2.recipe.evaluate", "evaluate a checkpoint on the leave-one-out split"),
     "compare": ("dgr2.recipe.compare", "paired comparison of two evals from their --resume-file records"),
+    "fit-rule": ("dgr2.recipe.fit_rule", "fit the evidence rule's weights and levels on validation users, "
+                                         "score it on test users"),
     "summarize": ("dgr2.recipe.seed_summary",
                   "mean ± standard error over negative-sampling seeds of dgr2 eval results"),
 }

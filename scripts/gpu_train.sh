@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The GPU training check, sized for one short GPU call (under 10 minutes on one H100):
 #   - the Triton kernel tests compiled on CUDA (in the background, beside the training);
-#   - optionally the answer-step probe (scripts/answer_sort_probe.py) at GPU step counts (PROBE_S > 0);
 #   - the AR re-ranker on Beauty (`dgr2 train ar --device cuda`, batch 64, bf16 autocast, loader workers),
 #     from scratch or warm-started from AR_INIT (an AR checkpoint folder or store reference; a v3 one,
 #     like the shipped ar-small-gpu5, grows the <coN> tokens and trains on prompt v4); the learning rate
@@ -12,7 +11,7 @@
 #     (answer threshold 0 beside the plain threshold), then naive conversion. Each finished eval is one
 #     line of OUT/ablation-full.jsonl, so a run cut by the deadline keeps what it measured.
 # Usage, from the repository root with DGR2_DATA_DIR set: bash scripts/gpu_train.sh OUT_DIR
-# Budgets (minutes/seconds) via AR_MIN, CFT_MIN, PROBE_S, EVAL_DEADLINE_S. Everything lands in OUT_DIR;
+# Budgets (minutes/seconds) via AR_MIN, CFT_MIN, EVAL_DEADLINE_S. Everything lands in OUT_DIR;
 # the published checkpoints are in OUT_DIR/store.
 set -uo pipefail
 out=${1:?usage: gpu_train.sh OUT_DIR}
@@ -25,11 +24,6 @@ nvidia-smi -L > "$out/nvidia-smi.txt" 2>&1
 
 [[ $DEVICE == cuda ]] && (unset TRITON_INTERPRET; DGR2_KERNELS=triton DGR2_TEST_DEVICE=cuda timeout 150 "$PYTHON" -m pytest tests/kernels -q \
     --ignore=tests/kernels/test_kernel_benchmarks.py > "$out/pytest-kernels.log" 2>&1; echo "rc=$?" >> "$out/pytest-kernels.log") &
-if (( ${PROBE_S:-0} > 0 )); then
-    probe=(scripts/answer_sort_probe.py --device "$DEVICE" --steps 1000000 --batch-size 64 --every 250 --time-budget-s "$PROBE_S")
-    "$PYTHON" "${probe[@]}" --layout twice > "$out/probe-twice.log" 2>&1 &
-    "$PYTHON" "${probe[@]}" --layout twice --candidates 1500:10,1500:30,100 > "$out/probe-curriculum.log" 2>&1 &
-fi
 
 common=(--device "$DEVICE" --loader-workers "${LOADER_WORKERS:-10}" --data-dir "$DGR2_DATA_DIR" --store "$out/store" --val-users "${VAL_USERS:-200}")
 warm=()
@@ -62,4 +56,4 @@ for rows in "AR" "+CFT" "naive conversion"; do
 done
 "$PYTHON" -m dgr2.recipe.ablation --out "$out/ablation-full.jsonl" --table 2>/dev/null
 wait
-tail -n 3 "$out"/probe-*.log "$out"/pytest-kernels.log 2>/dev/null
+tail -n 3 "$out"/pytest-kernels.log 2>/dev/null

@@ -77,7 +77,7 @@ class EvidenceRule:
 RULE_V3 = EvidenceRule(brand=3.0, cat=1.0, co=3.0, pop=0.35,
                        edges=(1.4, 1.75, 2.1, 2.27, 2.45, 2.75, 3.1, 4.05, 6.0), co_strength=False)
 # v4: weights by grid search and edges by coordinate ascent on random validation users, 1-window
-# links (scripts/fit_evidence_rule.py); scored on held-out test users in docs/design.md, "Prompt v4".
+# links (dgr2 fit-rule); scored on held-out test users in docs/design.md, "Prompt v4".
 RULE_V4 = EvidenceRule(brand=5.0, cat=1.0, co=4.0, pop=0.15,
                        edges=(0.45, 0.6, 0.79, 0.99, 1.47, 2.43, 3.57, 4.39, 7.02), co_strength=True)
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
