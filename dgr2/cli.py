@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from dgr2.model_store import CheckpointError
+    from dgr2.errors import UserError
 
     try:
         module_name, _, attr = args.module.partition(":")
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         parsed = sub.parse_args(rest)
         parsed.command_line = shlex.join([*args.prog.split(), *rest])  # what a benchmark records it ran
         return command.run(parsed)
-    except CheckpointError as e:
-        print(f"dgr2: error: {e}", file=sys.stderr)
+    except UserError as e:  # a checkpoint, a data folder or file, a resume file: one line, no traceback
+        print(f"{args.prog if hasattr(args, 'prog') else 'dgr2'}: error: {e}", file=sys.stderr)
         return 2
 
 

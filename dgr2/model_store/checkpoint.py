@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dgr2.errors import UserError
 from dgr2.model.catalog import Catalog
 from dgr2.model.config import ModelConfig
 from dgr2.model.tokenizer import Vocab
@@ -44,7 +45,7 @@ def files_of(manifest: dict[str, Any]) -> tuple[str, ...]:
     return (*FILES[:-1], LEGACY_CATALOG) if manifest.get("format", 1) == 1 else FILES
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the offending file."""
 
 

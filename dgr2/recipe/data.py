@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from dgr2.errors import UserError
 from dgr2.model.catalog import Catalog, Item, popularity_buckets
 
 DATA_ENV = "DGR2_DATA_DIR"
@@ -37,7 +38,7 @@ WINDOW = 5
 LINK_MIN = 1
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data folder is missing files or holds malformed ones (the message says which)."""
 
 

@@ -14,12 +14,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dgr2.errors import UserError
 from dgr2.model.guard import INVALID_KINDS
 from dgr2.recipe.metrics import summarize
 from dgr2.recipe.trace_fidelity import TraceFidelity
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """A resume file that does not belong to this eval, or is damaged beyond its last line."""
 
 
