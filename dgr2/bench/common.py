@@ -148,10 +148,17 @@ class PeakMemory:
 def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates: int | None, neg_seed: int,
                   n: int):
     """The first ``n`` users of a leave-one-out split: Amazon Beauty from ``data_dir`` (or
-    ``$DGR2_DATA_DIR``), else the generated synthetic data. Returns ``(examples, description)``."""
+    ``$DGR2_DATA_DIR``), or the generated synthetic data when asked for by name (it has 20-candidate
+    prompts no shipped model was trained on, so a benchmark never falls back to it silently).
+    Returns ``(examples, description)``."""
+    from dgr2.errors import UserError
     from dgr2.recipe.data import DATA_ENV, eval_examples, load_source
 
-    use_synthetic = synthetic or not (data_dir or os.environ.get(DATA_ENV))
+    if not (synthetic or data_dir or os.environ.get(DATA_ENV)):
+        raise UserError(f"no data folder: pass --data-dir (or set {DATA_ENV}) to measure on Beauty prompts, or "
+                        "--synthetic for the generated 20-candidate set (a smoke test: the shipped models were "
+                        "not trained on such prompts)")
+    use_synthetic = synthetic
     if candidates is None:
         candidates = 20 if use_synthetic else 100  # the synthetic catalog has only 60 items
     source = load_source(data_dir, use_synthetic)

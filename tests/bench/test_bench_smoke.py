@@ -130,3 +130,12 @@ def test_profile_decode_splits_each_decoders_time(store, tmp_path):
     for cols in rows.values():  # network + head + decoder shares of the wall time add up to ~100%
         assert abs(sum(int(c.rstrip("%")) for c in cols[5:8]) - 100) <= 2
     assert "diffusion/AR: throughput" in text and text.count("top operators") == 2
+
+
+def test_without_data_the_benchmarks_refuse_by_name(monkeypatch, capsys):
+    """No silent fallback to synthetic prompts that the shipped models were never trained on."""
+    monkeypatch.delenv("DGR2_DATA_DIR", raising=False)
+    for argv in (["bench", "decode", "--quick"], ["bench", "service", "--concurrency", "1"]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert "no data folder" in err and "--synthetic" in err, err
