@@ -11,8 +11,8 @@ Storage is head-major: each tensor is a ``[batch, n_kv_heads, capacity, head_dim
 through a transpose, so one (sequence, head)'s keys are one contiguous run in time. A decode step
 reads the whole committed prefix for one new query per sequence; with the token-major layout the
 CPU attention gathered that prefix with a stride of ``n_kv_heads * head_dim``, and head-major
-reads it straight: the same values, so the same decode, with half the attention time on this
-CPU at batch 50 and ~1,000 keys (a batch-50 AR eval 1.19x faster, ``docs/design.md``). The Triton
+reads it straight: the same values, so the same decode, in less attention time on CPU
+(measured in ``docs/design.md``). The Triton
 kernel takes strides and reads either layout.
 """
 

@@ -206,7 +206,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
     model = stage.model
     device = next(model.parameters()).device  # the stage placed it (training_device); teachers too
     model.train()
-    # bf16 autocast where it pays: on CUDA; on this project's CPU it made the backward 13x slower
+    # bf16 autocast where it pays: on CUDA; on this project's CPU it slowed the backward (docs/recipe.md)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     run_dir = RunDir(args.run_dir, d.main)

@@ -4,10 +4,8 @@ Why one thread. On CPU, torch's intra-op parallelism is OpenMP (libgomp), which 
 worker threads for each thread that ran a parallel region. When it manages more threads than there
 are CPUs, its workers spin only ~100 times before sleeping between parallel regions (GCC libgomp
 manual, GOMP_SPINCOUNT), so a denoising pass, made of many small parallel operators, pays a wake-up
-for each. Measured: with the model loaded on one thread and decoded on another, one diffusion
-decode took 1.7-1.9x as long as with both on the same thread; in the server (loader, warm-up and a
-decode thread per decoder) a diffusion request took twice as long as on its own (docs/design.md,
-"One torch thread in the server"). All decodes of both decoders therefore go through one thread: on a CPU two
+for each: a diffusion decode on a thread other than the one that loaded the model is markedly slower
+(measured in docs/design.md, "Service"). All decodes of both decoders therefore go through one thread: on a CPU two
 concurrent decodes would only share the same cores anyway.
 
 A reload loads and warms the new checkpoints in a side thread that ends with it (serving goes on
