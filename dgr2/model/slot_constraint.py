@@ -140,7 +140,7 @@ def keep_earliest(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state:
     candidates ranks < r left open, so an earlier rank has the first claim on a slot, as it has in
     AR decoding. Ranking by confidence gave the answer's first slot (the model's guess at the
     held-out item, a spread-out distribution) to whichever later rank was surer of the same item,
-    and cost the shipped CFT model more than half of its HR@1 (docs/design.md). A picked slot is
+    and cost the shipped CFT model much of its HR@1 (measured in docs/design.md). A picked slot is
     never banned (room >= 1), so each slot's earliest pick survives and every pass makes progress.
     """
     slot_ids = batch.head.token(batch.slot_cols)
