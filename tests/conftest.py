@@ -1,9 +1,14 @@
-"""Shared fixtures: a synthetic catalog and a tiny random-init model, built once per session."""
+"""Shared fixtures: a synthetic catalog and a tiny random-init model, built once per session; the rule
+for what a test needs from outside the repository (``need``); the ``gpu`` marker's skip."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 import subprocess
+import sys
+from types import ModuleType, SimpleNamespace
 
 # Triton kernels run interpreted on CPU; this must be set before triton is first imported.
 if os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cuda":
@@ -21,6 +26,56 @@ from dgr2.model_store.init import new_model
 from dgr2.recipe.synthetic import SyntheticData, synthetic_data
 
 DATA_DIR_ENV = "DGR2_DATA_DIR"
+INSTALL = "make install"  # installs the locked runtime and test set into .venv
+
+
+def under_ci() -> bool:
+    """``CI`` set (to anything but empty, 0 or false): the CI entry point (.ci/run) installs everything."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def _missing(what: str, install: str) -> None:
+    """The one rule for a missing dependency: under CI the test fails (a broken install must not pass
+    as a skip); on a developer machine it skips, naming the command that installs it."""
+    if under_ci():
+        pytest.fail(f"{what} is not installed ({install}); CI must install it", pytrace=False)
+    pytest.skip(f"{what} is not installed on this machine; install it with: {install}")
+
+
+def need_module(name: str, install: str = INSTALL) -> ModuleType:
+    """The imported module ``name`` (a package the test extra installs), else fail under CI / skip."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        _missing(f"the Python package {name!r}", install)
+        raise  # not reached: _missing raises
+
+
+def need_binary(name: str, install: str = INSTALL) -> str:
+    """The path of command ``name``, from this interpreter's bin folder (the pip-installed tools) or
+    PATH, else fail under CI / skip."""
+    path = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    if path is None:
+        _missing(f"the command {name!r}", install)
+    return path
+
+
+@pytest.fixture(scope="session")
+def need() -> SimpleNamespace:
+    """``need.module(name)`` / ``need.binary(name, install)``: the helpers above, for test folders that
+    cannot import this conftest."""
+    return SimpleNamespace(module=need_module, binary=need_binary)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``gpu`` tests run only with ``DGR2_TEST_DEVICE=cuda`` (``bash scripts/gpu_check.sh`` sets it);
+    they are the only tests a CPU run skips."""
+    if os.environ.get("DGR2_TEST_DEVICE", "cpu") == "cuda":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: DGR2_TEST_DEVICE=cuda (bash scripts/gpu_check.sh)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,7 @@ class Batcher:
         self.decoder, self.engine, self.metrics = decoder, engine, metrics
         self.max_batch_size, self.max_wait_s, self.queue_limit = max_batch_size, max_wait_s, queue_limit
         self._queue: deque[Job] = deque()
+        self._inflight: list[Job] = []  # the batch being decoded
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -108,6 +109,15 @@ class Batcher:
         except TimeoutError:
             return False
 
+    def fail_pending(self, error: Exception) -> None:
+        """Answer every admitted request that has no answer yet, queued or decoding, with ``error``
+        (a drain that ran out or was abandoned): none is left waiting for a worker that will stop."""
+        self._closing = True
+        for job in [*self._inflight, *self._queue]:
+            self._fail(job, error)
+        self._queue.clear()
+        self._gauge()
+
     async def stop(self) -> None:
         """After :meth:`drain`: cancel a worker that did not finish and fail whatever is left (503)."""
         self._closing = True
@@ -115,9 +125,7 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._queue:
-            self._fail(self._queue.popleft(), Unavailable("the service shut down", code="draining"))
-        self._gauge()
+        self.fail_pending(Unavailable("the service shut down", code="draining"))
 
     # ----------------------------------------------------------------- worker
     async def _run(self) -> None:
@@ -131,7 +139,11 @@ class Batcher:
             await self._fill()
             batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
             self._gauge()
-            await self._decode(self._live(batch))
+            self._inflight = self._live(batch)
+            try:
+                await self._decode(self._inflight)
+            finally:
+                self._inflight = []
 
     async def _fill(self) -> None:
         """Wait until a full batch is queued or the oldest request has waited ``max_wait``."""

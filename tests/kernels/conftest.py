@@ -1,7 +1,7 @@
 """Kernel tests: each Triton kernel against its ``_ref`` and a float64 ground truth.
 
-``DGR2_TEST_DEVICE=cuda`` runs them compiled on the GPU (larger shapes too); otherwise they run on
-CPU tensors through Triton's interpreter.
+``DGR2_TEST_DEVICE=cuda`` runs them compiled on the GPU (larger shapes too, marked ``gpu``); otherwise
+they run on CPU tensors through Triton's interpreter and the ``gpu`` shapes skip.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 @pytest.fixture
 def device() -> str:
     return DEVICE
+
+
+@pytest.fixture(scope="session")
+def triton(need):
+    """The Triton kernels' tests need triton (the test extra): under CI a missing one fails them."""
+    return need.module("triton")
 
 
 def _max_err(x: torch.Tensor, exact: torch.Tensor) -> float:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from dgr2.kernels.answer_scores import answer_scores_ref, answer_scores_triton
 
-pytest.importorskip("triton")
-ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py
+pytestmark = pytest.mark.usefixtures("triton")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, N, V, Kmax, num_slots): K=1, K=100, V not a power of two, num_slots > Kmax, N over several row tiles
@@ -20,8 +17,7 @@ CASES = [
     (2, 130, 300, 3, (3, 5)),
     (1, 1, 1000, 20, (20,)),
 ]
-if ON_GPU:
-    CASES += [(32, 100, 50257, 100, tuple(range(69, 101)))]
+CASES += [pytest.param((32, 100, 50257, 100, tuple(range(69, 101))), marks=pytest.mark.gpu)]  # model-sized
 
 
 def answer_scores_f64(logits, slot_ids, num_slots):

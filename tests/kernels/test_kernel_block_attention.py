@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -11,8 +10,7 @@ import torch
 
 from dgr2.kernels.block_attention import block_attention_ref, block_attention_triton, visible_keys
 
-pytest.importorskip("triton")
-ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py
+pytestmark = pytest.mark.usefixtures("triton")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -46,13 +44,12 @@ CASES = [
     Case("batch1-ar-step", (37,), (True,), S=1, Hq=4, Hkv=2, D=16, T=40),
     Case("batch1-commit", (12,), (True,), S=8, Hq=4, Hkv=2, D=16, T=24),
 ]
-if ON_GPU:  # compiled kernels are fast: add model-sized shapes
-    CASES += [
-        Case("gpu-decode", (1000, 17, 513, 0, 999, 1, 640, 7), (True,) * 8, S=1, Hq=8, Hkv=4, D=64, T=1024),
-        Case("gpu-denoise", (990, 0, 300, 31), (False, True, False, False), S=32, Hq=8, Hkv=4, D=64, T=1024),
-        Case("gpu-prefill", (0, 0), (True, True), S=700, Hq=16, Hkv=4, D=128, T=768),
-        Case("gpu-fused", (900, 0, 300), (32, 0, 32), S=64, Hq=8, Hkv=4, D=64, T=1024, visible=(64, 32, 64)),
-    ]
+GPU_CASES = [  # compiled kernels are fast: model-sized shapes, on the GPU only (gpu marker)
+    Case("gpu-decode", (1000, 17, 513, 0, 999, 1, 640, 7), (True,) * 8, S=1, Hq=8, Hkv=4, D=64, T=1024),
+    Case("gpu-denoise", (990, 0, 300, 31), (False, True, False, False), S=32, Hq=8, Hkv=4, D=64, T=1024),
+    Case("gpu-prefill", (0, 0), (True, True), S=700, Hq=16, Hkv=4, D=128, T=768),
+    Case("gpu-fused", (900, 0, 300), (32, 0, 32), S=64, Hq=8, Hkv=4, D=64, T=1024, visible=(64, 32, 64)),
+]
 
 
 def attention_f64(q, k, v, lens, causal, visible=None):
@@ -85,7 +82,8 @@ def check(q, k, v, lens, causal, visible, near_truth, exact_inputs=None):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + [pytest.param(c, marks=pytest.mark.gpu) for c in GPU_CASES],
+                         ids=lambda c: c.name)
 def test_matches_reference(case, dtype, device, near_truth):
     check(*make_inputs(case, dtype, device), near_truth)
 

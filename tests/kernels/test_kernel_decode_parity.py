@@ -11,6 +11,8 @@ from dgr2.model.decoding import DecodeConfig
 from dgr2.model.diffusion_decoder import decode_diffusion
 from dgr2.model.prompt import render_prompt
 
+pytestmark = pytest.mark.usefixtures("triton")
+
 
 @pytest.mark.parametrize("decode", [decode_ar, decode_diffusion])
 def test_triton_and_reference_paths_decode_the_same_tokens(tiny, synth, decode, device):

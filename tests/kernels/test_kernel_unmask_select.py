@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from dgr2.kernels.unmask_select import threshold_rule, unmask_select_ref, unmask_select_triton
 
-pytest.importorskip("triton")
-ON_GPU = os.environ.get("DGR2_TEST_DEVICE", "cpu") != "cpu"  # see conftest.py
+pytestmark = pytest.mark.usefixtures("triton")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(3, 7, 1000), (2, 5, 257), (1, 1, 5000), (4, 33, 300)]  # 5000 > one 4096-wide vocabulary tile
-LARGE_SHAPES = [(32, 32, 50257), (8, 256, 32000)] if ON_GPU else []  # near-ties likely: see check()
+LARGE_SHAPES = [(32, 32, 50257), (8, 256, 32000)]  # GPU only (gpu marker); near-ties likely: see check()
 GAP = 1e-4  # confidences closer than this to each other or to the threshold would make the test ill-posed
 
 
@@ -84,7 +81,8 @@ def check(logits, masked, threshold, near_truth, strict):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES + LARGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES + [pytest.param(s, marks=pytest.mark.gpu) for s in LARGE_SHAPES],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference(shape, dtype, device, near_truth):
     logits, masked = make_logits(*shape, dtype, device), make_masked(*shape[:2], device)
     conf64, masked_cpu = conf_f64(logits).cpu(), masked.cpu()

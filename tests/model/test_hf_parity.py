@@ -7,10 +7,13 @@ import torch
 
 from dgr2.model_store import Provenance, save_checkpoint
 
-transformers = pytest.importorskip("transformers")
+
+@pytest.fixture(scope="module")
+def transformers(need):
+    return need.module("transformers")
 
 
-def test_logits_match_qwen3_for_causal_lm(tmp_path, tiny, catalog):
+def test_logits_match_qwen3_for_causal_lm(tmp_path, tiny, catalog, transformers):
     model, vocab = copy.deepcopy(tiny)
     for p in model.parameters():  # norms start at 1: perturb so every weight is exercised
         p.data.add_(torch.randn_like(p) * 0.02)
@@ -24,7 +27,7 @@ def test_logits_match_qwen3_for_causal_lm(tmp_path, tiny, catalog):
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
-def test_tokenizer_opens_in_transformers(tmp_path, tiny, catalog):
+def test_tokenizer_opens_in_transformers(tmp_path, tiny, catalog, transformers):
     model, vocab = tiny
     path = save_checkpoint(tmp_path / "ckpt", model, vocab, catalog, Provenance(stage="test"))
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))

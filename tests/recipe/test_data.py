@@ -149,6 +149,7 @@ def test_missing_or_malformed_data_dir(tmp_path, monkeypatch):
         load_beauty(tmp_path)
 
 
+@pytest.mark.beauty
 def test_beauty_protocol(beauty_dir):
     data = load_beauty(beauty_dir)
     assert len(data.sequences) == 22363 and len(data.catalog) == 12101

@@ -1,7 +1,6 @@
 """The recipe under ``torchrun``: 2 CPU processes (gloo) take the same steps as one process."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -20,10 +19,9 @@ def run(cmd, tmp, tag):
     return torch.load(tmp / tag / "state.pt", weights_only=False)["model"]
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
-                    reason="torchrun is not installed beside this python")
-def test_two_processes_match_one(tmp_path):
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, need):
+    torchrun = need.binary("torchrun", "make install (torchrun comes with torch)")
     one = run([sys.executable, "-m", "dgr2"], tmp_path, "one")
     two = run([torchrun, "--nproc-per-node", "2", "-m", "dgr2"], tmp_path, "two")
     assert one.keys() == two.keys()

@@ -1,12 +1,15 @@
 """``dgr2 eval``: one JSON object on stdout with the documented fields, for checkpoints and baselines."""
 
 import json
+import math
 
 import pytest
 
 from dgr2.cli import main as cli
 from dgr2.model_store import ModelStore
 from dgr2.model_store.init import init_pair
+from dgr2.recipe.data import eval_examples
+from dgr2.recipe.evaluate import baseline_ranks
 
 FIELDS = {"n", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward",
           "decode_tokens_per_s", "decoder", "split", "candidates", "neg_seed"}
@@ -26,11 +29,27 @@ def test_eval_json_for_both_decoders(tmp_path, synth, capsys):
         assert all(0.0 <= v <= 1.0 for v in out["trace"].values())
 
 
-def test_eval_baselines(capsys):
-    for name in ("pop", "evidence"):
+def test_eval_baselines(synth, capsys):
+    """The printed metrics are those of the baseline's ranks on the same candidate lists: PopRec's worked out
+    here from the training counts (rank = candidates counted more often, plus those counted as often in an
+    earlier slot), the evidence baseline's from ``baseline_ranks`` (checked by hand in test_evaluate.py)."""
+    examples = eval_examples(synth.sequences, synth.item_ids, "test", 10, 12345)
+    pop_ranks = []
+    for ex in examples:
+        mine = synth.counts.get(ex.target, 0)
+        pop_ranks.append(sum(synth.counts.get(c, 0) > mine or (synth.counts.get(c, 0) == mine and k < ex.target_slot)
+                             for k, c in enumerate(ex.candidates)))
+    expected = {"pop": pop_ranks, "evidence": baseline_ranks("evidence", synth, examples)}
+    assert expected["pop"] != expected["evidence"]
+    for name, ranks in expected.items():
         assert cli(["eval", "--baseline", name, "--synthetic", "--candidates", "10", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
-        assert out["n"] == 200 and out["baseline"] == name and 0.0 <= out["ndcg@10"] <= 1.0
+        assert out["n"] == 200 and out["baseline"] == name
+        ndcg10 = sum(1 / math.log2(r + 2) for r in ranks if r < 10) / len(ranks)
+        hr1 = sum(r == 0 for r in ranks) / len(ranks)
+        mrr = sum(1 / (r + 1) for r in ranks) / len(ranks)
+        assert out["ndcg@10"] == pytest.approx(ndcg10, abs=1e-6) and out["hr@1"] == pytest.approx(hr1, abs=1e-6)
+        assert out["mrr"] == pytest.approx(mrr, abs=1e-6) and out["hr@10"] == 1.0  # 10 candidates: always in
 
 
 def test_eval_sample_reports_its_users_and_refuses_with_limit(capsys):

@@ -1,13 +1,15 @@
 """run_stage: a stray non-finite step is skipped and logged, a stage that never trains stops
-instead of publishing its untouched weights, and the schedule ends with the time budget."""
+instead of publishing its untouched weights, and the schedule ends with the time budget (on a fake
+clock that each step moves on by a fixed amount, so the step the budget runs out at is known)."""
 
 import argparse
 import json
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from dgr2.recipe import trainer
 from dgr2.recipe.trainer import MAX_SKIPPED_IN_A_ROW, Dist, Stage, StageNotTraining, lr_at, run_stage
 
 
@@ -20,11 +22,12 @@ class Tiny(torch.nn.Module):
         return self.w
 
 
-def run(tmp_path, nan_steps, steps, time_budget_min=None, step_s=0.0, schedule_to_budget=False):
+def run(tmp_path, nan_steps, steps, time_budget_min=None, step_s=0.0, schedule_to_budget=False, clock=None):
     model, published = Tiny(), []
 
     def loss(step, hidden):
-        time.sleep(step_s)
+        if clock is not None:
+            clock.now += step_s  # the step "takes" step_s on the trainer's clock
         scale = float("nan") if step in nan_steps else 1.0
         return (hidden() * scale).sum()
 
@@ -64,13 +67,17 @@ def test_the_schedule_decays_over_steps_or_time_whichever_ends_first():
 
 
 @pytest.mark.parametrize("to_budget", [True, False])
-def test_a_time_budget_stops_the_run_and_can_end_the_schedule(tmp_path, to_budget):
-    # 0.05 s steps against a 1 s budget: stops after ~20 of 1,000 steps
-    model, published, log, outcome = run(tmp_path, nan_steps=set(), steps=1000, time_budget_min=1 / 60,
-                                         step_s=0.05, schedule_to_budget=to_budget)
-    assert outcome is None and 5 <= len(log) <= 21 and published == [len(log)]
+def test_a_time_budget_stops_the_run_and_can_end_the_schedule(tmp_path, monkeypatch, to_budget):
+    # 3 s steps against a 1 min budget on a fake clock: the budget is spent after exactly 20 of 1,000 steps
+    clock = SimpleNamespace(now=1_000.0)
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(time=lambda: clock.now))
+    model, published, log, outcome = run(tmp_path, nan_steps=set(), steps=1000, time_budget_min=1.0, step_s=3.0,
+                                         schedule_to_budget=to_budget, clock=clock)
+    assert outcome is None and len(log) == 20 and published == [20]
     lrs = [r["lr"] for r in log]
     assert lrs == sorted(lrs, reverse=True)
+    # step 20 is set from the budget fraction measured after step 19 (57 of 60 s) when the schedule follows it
+    assert lrs[-1] == round(lr_at(19, 1000, 0.1, 0, 19 * 3 / 60 if to_budget else 0.0), 7)
     if to_budget:  # decayed near its floor (base 0.1, floor 0.01) by the end of the budget
         assert lrs[-1] < 0.1 * 0.2
     else:  # the schedule follows the 1,000 steps: barely moved

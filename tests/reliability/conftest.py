@@ -30,6 +30,7 @@ _no_service_env = harness._no_service_env
 _one_torch_thread = harness._one_torch_thread
 shared_store = harness.shared_store
 h = harness.h
+hold = harness.hold
 
 _FIGURES: dict[str, dict] = {}
 
@@ -71,14 +72,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
 # ----------------------------------------------------------------------------- a real `dgr2 serve` process
 ROOT = Path(__file__).resolve().parents[2]
 # `dgr2 serve` in a child process; SLOW_S > 0 makes every batched decode sleep that long first (what the
-# in-process tests do with Server.slow_down), so a test can hold requests in flight for a known time
+# in-process tests do with Server.slow_down); while the file HOLD exists, every decode waits for it to go
+# (at most 120 s), so a test holds requests in flight for as long as it needs (Server.hold in-process), and
+# a held decode touches HOLD.held, so the test knows one is in flight
 _LAUNCH = """
 import os, sys, time
 slow = float(os.environ.pop("DGR2_TEST_SLOW_S", "0"))
-if slow > 0:
+hold = os.environ.pop("DGR2_TEST_HOLD", "")
+if slow > 0 or hold:
     from dgr2.model import engine
     rank = engine.Reranker.rank
     def slowed(self, requests):
+        end = time.monotonic() + 120
+        if hold and os.path.exists(hold):
+            open(hold + ".held", "w").close()
+        while hold and os.path.exists(hold) and time.monotonic() < end:
+            time.sleep(0.01)
         time.sleep(slow)
         return rank(self, requests)
     engine.Reranker.rank = slowed
@@ -93,10 +102,12 @@ sys.exit(dgr2.cli.main(["serve", *sys.argv[1:]]))
 
 
 class ServeProcess:
-    """``dgr2 serve`` on a free loopback port: ``proc``, ``url``, ``log`` (its stdout and stderr)."""
+    """``dgr2 serve`` on a free loopback port: ``proc``, ``url``, ``log`` (its stdout and stderr). With
+    ``hold``, decodes wait while that file exists (create it after :meth:`wait_ready`, delete it to let
+    them go); the first held decode creates ``hold.held``."""
 
     def __init__(self, store_root: Path, log: Path, *flags: str, slow_s: float = 0.0,
-                 fail_warm_up: bool = False) -> None:
+                 fail_warm_up: bool = False, hold: Path | None = None) -> None:
         import subprocess
 
         self.port = free_port()
@@ -106,6 +117,8 @@ class ServeProcess:
         env.update(DGR2_TEST_SLOW_S=str(slow_s), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
         if fail_warm_up:
             env["DGR2_TEST_FAIL_WARM_UP"] = "1"
+        if hold is not None:
+            env["DGR2_TEST_HOLD"] = str(hold)
         cmd = [sys.executable, "-c", _LAUNCH, "--store", str(store_root), "--model", harness.MODEL,
                "--port", str(self.port), "--torch-threads", "1", "--log-level", "warning", *flags]
         with open(log, "wb") as out:
@@ -134,9 +147,10 @@ def serve_process(tmp_path):
     """Start ``dgr2 serve`` processes; each is killed at the end of the test if still running."""
     started: list[ServeProcess] = []
 
-    def start(store_root: Path, *flags: str, slow_s: float = 0.0, fail_warm_up: bool = False) -> ServeProcess:
+    def start(store_root: Path, *flags: str, slow_s: float = 0.0, fail_warm_up: bool = False,
+              hold: Path | None = None) -> ServeProcess:
         p = ServeProcess(store_root, tmp_path / f"serve-{len(started)}.log", *flags, slow_s=slow_s,
-                         fail_warm_up=fail_warm_up)
+                         fail_warm_up=fail_warm_up, hold=hold)
         started.append(p)
         return p
 

@@ -1,6 +1,8 @@
 """Faults: damaged checkpoints are refused at start (clear error, non-zero exit) and on /admin/reload
-(the old models keep serving); SIGTERM under load answers every admitted request and refuses new ones
-with 503; a decoder exception fails only its own batch.
+(the old models keep serving); SIGTERM answers every admitted request and refuses new ones with 503, a
+drain that runs out and a second SIGTERM answer what is still queued with 503; a decoder exception fails
+only its own batch. Where it matters when something was answered, decodes are held (in flight) until
+the test lets them go, and the test asserts what was answered while they were held.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ import argparse
 import hashlib
 import json
 import signal
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -140,60 +142,138 @@ def test_a_damaged_checkpoint_is_refused_on_reload_and_the_old_one_keeps_serving
     assert httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 200
 
 
-# ----------------------------------------------------------------------------- SIGTERM under load
-def test_sigterm_under_load_answers_every_admitted_request(shared_store, serve_process, h, figures):
-    """Senders keep posting (a new connection each) until 0.8 s after SIGTERM, well inside the drain."""
-    decode_s, senders = 0.4, 8
-    srv = serve_process(shared_store.root, "--max-batch-size", "1", "--max-wait-ms", "0", "--max-new-tokens", "16",
-                        "--ab-split", "ar=50,diffusion=50", slow_s=decode_s)
+# ----------------------------------------------------------------------------- SIGTERM and the drain
+def _held_server(store, serve_process, tmp_path, *flags: str):
+    """A ``dgr2 serve`` process, batch 1, whose decodes are held (in flight) until the test lets them go."""
+    hold = tmp_path / "hold"
+    srv = serve_process(store.root, "--max-batch-size", "1", "--max-wait-ms", "0", "--max-new-tokens", "16",
+                        *flags, hold=hold)
     srv.wait_ready()
-    stop_sending = threading.Event()
-    outcomes: Counter = Counter()
-    lock = threading.Lock()
-    signalled_at: list[float] = []
+    hold.touch()  # from now on every decode waits while this file exists
+    return srv, hold
 
-    def sender(i: int) -> None:
-        body = {"candidates": h.CANDIDATES[: 2 + i], "user_id": f"u{i}"}
-        while not stop_sending.is_set():
-            sent_after_signal = bool(signalled_at)
-            try:
-                r = httpx.post(f"{srv.url}/v1/rerank", json=body, timeout=60, headers={"connection": "close"})
-            except httpx.TransportError as e:
-                with lock:
-                    outcomes[f"lost:{type(e).__name__}"] += 1
-                continue
-            if r.status_code == 200:
-                h.assert_permutation(r.json(), body["candidates"])
-                key = "200 (sent after SIGTERM)" if sent_after_signal else "200"
-            else:
-                h.assert_error(r, 503, "draining")
-                key = "503"
-            with lock:
-                outcomes[key] += 1
+
+@contextmanager
+def _let_go_at_the_end(hold: Path):
+    """Whatever happens in the block, the held decodes go on when it ends (so a failing test ends soon)."""
+    try:
+        yield
+    finally:
+        hold.unlink(missing_ok=True)
+
+
+def _send(url: str, body: dict):
+    """POST on a new connection: the response, or ``"lost: <error>"`` when the connection broke."""
+    try:
+        return httpx.post(f"{url}/v1/rerank", json=body, timeout=90, headers={"connection": "close"})
+    except httpx.TransportError as e:
+        return f"lost: {type(e).__name__}"
+
+
+def _admit(pool, srv, h, hold, n: int) -> list:
+    """``n`` AR requests: the first held in decode, the others queued behind it (in that order)."""
+    def send(i: int):
+        return pool.submit(_send, srv.url, {"candidates": h.CANDIDATES[: 2 + i], "decoder": "ar"})
+
+    futures = [send(0)]
+    h.wait_for(lambda: Path(f"{hold}.held").exists(), 30, "the first decode to be held")
+    futures += [send(i) for i in range(1, n)]
 
     def queued() -> float:
-        m = h.parse_metrics(httpx.get(f"{srv.url}/metrics", timeout=5).text)
-        return h.metric(m, "dgr2_queue_depth")
+        return h.metric(h.parse_metrics(httpx.get(f"{srv.url}/metrics", timeout=5).text), "dgr2_queue_depth")
 
-    with ThreadPoolExecutor(senders) as pool:
-        futures = [pool.submit(sender, i) for i in range(senders)]
-        h.wait_for(lambda: queued() >= 5, 30, "a queue of admitted requests")  # drain lasts >= 5 x 0.4 s
+    h.wait_for(lambda: queued() == n - 1, 30, f"{n - 1} requests queued behind the held one")
+    return futures
+
+
+def _draining(srv) -> bool:
+    return httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 503
+
+
+def _outcome(r) -> str:
+    """``"200"``, ``"503 draining"`` (status and error code), or what else came back."""
+    if isinstance(r, str):
+        return r
+    try:
+        code = r.json().get("error", {}).get("code", "")
+    except ValueError:
+        code = f"(not JSON: {r.text[:40]!r})"
+    return f"{r.status_code} {code}".strip()
+
+
+def test_sigterm_answers_every_admitted_request_and_refuses_new_ones(shared_store, serve_process, h, tmp_path,
+                                                                      figures):
+    """SIGTERM with one request decoding and seven queued: while they are all still held, new requests (a new
+    connection each) get 503 ``draining``; once let go, every admitted request is answered 200 and the
+    process exits by SIGTERM."""
+    n, late = 8, 3
+    srv, hold = _held_server(shared_store, serve_process, tmp_path)
+    with ThreadPoolExecutor(n) as pool, _let_go_at_the_end(hold):
+        admitted = _admit(pool, srv, h, hold, n)
         srv.proc.send_signal(signal.SIGTERM)
-        signalled_at.append(time.monotonic())
-        time.sleep(0.8)
-        stop_sending.set()
-        for f in futures:
-            f.result(timeout=60)
+        signalled = time.monotonic()
+        h.wait_for(lambda: _draining(srv), 30, "the drain to begin")
+        refused = [_send(srv.url, {"candidates": h.CANDIDATES[:3], "decoder": "ar"}) for _ in range(late)]
+        assert not any(f.done() for f in admitted)  # refused while every admitted request was still held
+        hold.unlink()
+        answered = [f.result(timeout=90) for f in admitted]
     code = srv.proc.wait(timeout=60)
-    drain_s = time.monotonic() - signalled_at[0]
-    sent = sum(outcomes.values())
-    answered = outcomes["200"] + outcomes["200 (sent after SIGTERM)"]
-    figures.update(sent=sent, answered_200=answered, refused_503=outcomes["503"],
-                   lost=sum(n for k, n in outcomes.items() if k.startswith("lost")), exit_code=code,
-                   signal_to_exit_s=round(drain_s, 2))
-    assert not [k for k in outcomes if k.startswith("lost")], outcomes  # no request dropped mid-flight
-    assert sent == answered + outcomes["503"] and outcomes["503"] >= 1, outcomes
-    assert code in (0, -signal.SIGTERM), srv.output()[-3000:]
+    figures.update(admitted=n, answered_200=sum(_outcome(r) == "200" for r in answered),
+                   refused_503=sum(_outcome(r) == "503 draining" for r in refused), exit_code=code,
+                   signal_to_exit_s=round(time.monotonic() - signalled, 2))
+    assert [_outcome(r) for r in refused] == ["503 draining"] * late, srv.output()[-3000:]
+    for r in refused:
+        h.assert_error(r, 503, "draining")
+    assert [_outcome(r) for r in answered] == ["200"] * n, srv.output()[-3000:]
+    for i, r in enumerate(answered):
+        h.assert_permutation(r.json(), h.CANDIDATES[: 2 + i])
+    assert code == -signal.SIGTERM, srv.output()[-3000:]  # uvicorn re-raises the signal once it has stopped
+
+
+def test_a_drain_that_runs_out_answers_the_queued_requests_503(shared_store, serve_process, h, tmp_path, figures):
+    """``--drain-timeout-s 1`` with a decode that does not finish in time: the requests still queued get 503
+    ``draining`` when the drain runs out (the held decode still in flight), the one decoding gets an answer
+    (not a broken connection) once it ends, and the process exits by SIGTERM."""
+    n = 4
+    srv, hold = _held_server(shared_store, serve_process, tmp_path, "--drain-timeout-s", "1")
+    with ThreadPoolExecutor(n) as pool, _let_go_at_the_end(hold):
+        admitted = _admit(pool, srv, h, hold, n)
+        srv.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        # the held decode never ends by itself: the drain runs out, and the queued requests must be answered
+        h.wait_for(lambda: all(f.done() for f in admitted[1:]), 60, "the queued requests to be answered")
+        queued_outcomes = [_outcome(f.result()) for f in admitted[1:]]
+        hold.unlink()
+        outcomes = [_outcome(f.result(timeout=90)) for f in admitted]
+    code = srv.proc.wait(timeout=60)
+    figures.update(admitted=n, outcomes=dict(Counter(outcomes)), exit_code=code,
+                   signal_to_exit_s=round(time.monotonic() - signalled, 2))
+    assert queued_outcomes == ["503 draining"] * (n - 1), (queued_outcomes, srv.output()[-3000:])
+    assert outcomes[0] in ("200", "503 draining"), (outcomes, srv.output()[-3000:])  # the one that was decoding
+    assert "drain timed out" in srv.output()
+    assert code == -signal.SIGTERM, srv.output()[-3000:]
+
+
+def test_a_second_sigterm_abandons_the_drain(shared_store, serve_process, h, tmp_path, figures):
+    """A second SIGTERM during the drain stops waiting for admitted requests: what is still queued gets 503
+    ``draining`` at once (the held decode still in flight), the one decoding gets an answer once it ends,
+    and the process exits by SIGTERM."""
+    n = 4
+    srv, hold = _held_server(shared_store, serve_process, tmp_path)
+    with ThreadPoolExecutor(n) as pool, _let_go_at_the_end(hold):
+        admitted = _admit(pool, srv, h, hold, n)
+        srv.proc.send_signal(signal.SIGTERM)
+        h.wait_for(lambda: _draining(srv), 30, "the drain to begin")
+        srv.proc.send_signal(signal.SIGTERM)
+        h.wait_for(lambda: all(f.done() for f in admitted[1:]), 60, "the queued requests to be answered")
+        queued_outcomes = [_outcome(f.result()) for f in admitted[1:]]
+        hold.unlink()
+        outcomes = [_outcome(f.result(timeout=90)) for f in admitted]
+    code = srv.proc.wait(timeout=60)
+    figures.update(admitted=n, outcomes=dict(Counter(outcomes)), exit_code=code)
+    assert queued_outcomes == ["503 draining"] * (n - 1), (queued_outcomes, srv.output()[-3000:])
+    assert outcomes[0] in ("200", "503 draining"), (outcomes, srv.output()[-3000:])
+    assert code == -signal.SIGTERM, srv.output()[-3000:]
 
 
 # ----------------------------------------------------------------------------- a decoder exception

@@ -90,6 +90,7 @@ def check_response(srv, h, documented, method: str, path: str, body, r) -> None:
 
 
 # ----------------------------------------------------------------------------- schemathesis
+@pytest.mark.slow
 def test_schemathesis_fuzzing_of_the_openapi_schema(srv, h, documented, figures):
     """Positive and negative cases for every operation of the app's own schema."""
     # a schema-violating request may also be refused as too large (413) or while busy (429/503/504)
@@ -199,6 +200,7 @@ def _post(client: httpx.Client, path: str, raw: bytes, ctype: str | None) -> htt
     return client.post(path, content=raw, headers=headers)
 
 
+@pytest.mark.slow
 def test_hypothesis_bodies_never_500(srv, h, documented, figures):
     """Malformed, oversize, unicode, wrong-typed, duplicated and NaN-laden bodies, one and batched."""
     seen: Counter = Counter()
@@ -277,6 +279,7 @@ def good_request(draw) -> dict:
     return body
 
 
+@pytest.mark.slow
 def test_guard_every_200_ranks_exactly_the_candidates_sent(srv, h, figures):
     """Valid requests with catalog, unknown, unicode and object items, empty or long histories: each is
     answered 200 by the decoder it asked for, with a permutation of exactly its candidates."""

@@ -1,6 +1,7 @@
 """Overload and soak: bounded load above capacity is refused with 429 + Retry-After beyond the queue
-limit while readiness keeps answering and latency comes back when the load stops; a bounded soak of a
-real ``dgr2 serve`` process leaves its resident memory flat. Every request sent gets an answer.
+limit while readiness keeps answering, and nothing is left queued when the load stops; a bounded soak of
+a real ``dgr2 serve`` process leaves its resident memory flat. Every request sent gets an answer.
+Latencies are recorded as figures; no assertion compares one with a bound.
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ def _timed(client: httpx.Client, body: dict) -> tuple[httpx.Response, float]:
     return r, time.monotonic() - t0
 
 
-def test_overload_is_refused_with_429_and_latency_recovers(shared_store, h, monkeypatch, figures):
+def test_overload_is_refused_with_429_and_latency_recovers(shared_store, h, monkeypatch, hold, figures):
+    """Load above capacity: 429 beyond the queue limit, readiness answered while the queue is full (the first
+    decode is held at a gate until it was), the other decoder unaffected; once the load stops, the queue is
+    empty and each new request is decoded on its own, with nothing queued ahead. Latencies are figures."""
     workers, per_worker, decode_s = 16, 6, 0.2
     settings = h.settings_for(shared_store, queue_limit=4, max_batch_size=2, max_wait_ms=5, max_new_tokens=8)
     with h.running(settings) as srv:
-        srv.slow_down(monkeypatch, "ar", decode_s)  # capacity: 2 requests per (0.2 s + a tiny decode)
         with srv.client() as c:
             baseline = [_timed(c, BODY)[1] for _ in range(5)]
+        calls: list[int] = []
+        srv.slow_down(monkeypatch, "ar", decode_s)  # capacity: 2 requests per (0.2 s + a tiny decode)
+        gate = hold(srv, "ar", calls)  # ... once the gate opens
 
         outcomes: Counter = Counter()
         latencies_200: list[float] = []
@@ -57,7 +63,7 @@ def test_overload_is_refused_with_429_and_latency_recovers(shared_store, h, monk
                         h.assert_error(r, 429, "queue_full")
                         assert 1 <= int(r.headers["retry-after"]) <= 60
 
-        def probe() -> None:
+        def probe() -> None:  # readiness all along (figures), besides the one asserted below
             with srv.client(timeout=10) as c:
                 while not stop.is_set():
                     t0 = time.monotonic()
@@ -67,16 +73,35 @@ def test_overload_is_refused_with_429_and_latency_recovers(shared_store, h, monk
         with ThreadPoolExecutor(workers + 1) as pool:
             prober = pool.submit(probe)
             t0 = time.monotonic()
-            list(pool.map(load, range(workers)))
+            loads = [pool.submit(load, i) for i in range(workers)]
+            h.wait_for(lambda: srv.rt.batchers["ar"].depth == settings.queue_limit and outcomes[429] > 0, 30,
+                       "a full queue and a refusal")
+            with srv.client() as c:  # while the queue is full and a decode is held
+                ready = c.get("/readyz")
+                gate.log(f"readyz {ready.status_code}")
+            assert gate.events == ["ar decode started", "readyz 200"], gate.events
+            # the other decoder's queue admits meanwhile: its batch waits for the one torch thread (held)
+            other = pool.submit(lambda: httpx.post(f"{srv.url}/v1/rerank", json={**BODY, "decoder": "diffusion"},
+                                                   timeout=60))
+            h.wait_for(lambda: srv.rt.torch_executor._work_queue.qsize() >= 1 or other.done(), 10,
+                       "the diffusion batch to wait for the torch thread")
+            assert not other.done(), other.result().text  # admitted, not refused
+            gate.open()
+            assert other.result(timeout=60).status_code == 200
+            for f in loads:
+                f.result(timeout=120)
             load_s = time.monotonic() - t0
-            with srv.client() as c:  # the other decoder's queue is not affected
-                assert c.post("/v1/rerank", json={**BODY, "decoder": "diffusion"}).status_code == 200
             stop.set()
             prober.result(timeout=10)
 
         h.wait_for(lambda: srv.rt.batchers["ar"].depth == 0, 10, "the queue to drain")
+        decoded_before = len(calls)
         with srv.client() as c:
-            after = [_timed(c, BODY)[1] for _ in range(5)]
+            after = []
+            for _ in range(5):
+                r, s = _timed(c, BODY)
+                assert r.status_code == 200, r.text
+                after.append(s)
         sent = workers * per_worker
         figures.update(sent=sent, answered_200=outcomes[200], answered_429=outcomes[429], load_s=round(load_s, 2),
                        offered_rps=round(sent / load_s, 1), served_rps=round(outcomes[200] / load_s, 1),
@@ -88,10 +113,10 @@ def test_overload_is_refused_with_429_and_latency_recovers(shared_store, h, monk
         assert outcomes[429] > 0 and outcomes[200] >= settings.queue_limit  # above capacity, still serving
         m = srv.metrics()
         assert h.metric(m, "dgr2_rejections_total", decoder="ar", reason="queue_full") == outcomes[429]
-        assert {s for s, _ in probes} == {200} and len(probes) >= 10  # readiness answered all along
-        assert max(s for _, s in probes) < 2.0
-        # latency recovers: bounded liveness with a generous margin, not a benchmark
-        assert statistics.median(after) < 3 * statistics.median(baseline) + 0.5
+        assert {s for s, _ in probes} == {200}  # readiness answered all along
+        # recovered: nothing left queued, so each request after the load is a batch of its own
+        assert calls[decoded_before:] == [1] * 5, calls[decoded_before:]
+        assert h.metric(m, "dgr2_queue_depth", decoder="ar") == 0
 
 
 def _soak_bodies(n: int, offset: int) -> list[tuple[str, dict]]:
@@ -112,6 +137,7 @@ def _soak_bodies(n: int, offset: int) -> list[tuple[str, dict]]:
     return out
 
 
+@pytest.mark.slow
 def test_soak_memory_stays_flat(shared_store, serve_process, h, rss, figures):
     srv = serve_process(shared_store.root, "--max-new-tokens", "8", "--max-batch-size", "8",
                         "--queue-limit", "64", "--ab-split", "ar=50,diffusion=50")

@@ -1,9 +1,11 @@
 """Service test harness: a tiny random-init checkpoint pair in a temp store, and a real uvicorn server
 on a loopback socket in a background thread, talked to over HTTP with httpx.
 
-Decodes are kept to milliseconds (``max_new_tokens=48``); tests that need a slow decode wrap one
-engine's ``rank`` with a sleep (the server runs in this process, so patching its objects works).
-Every wait is bounded.
+Decodes are kept to milliseconds (``max_new_tokens=48``); tests that need a decode in flight hold one
+engine's ``rank`` at a :class:`Gate` they open themselves, or slow it with a sleep where only load
+matters (the server runs in this process, so patching its objects works). Every wait is bounded, and
+no test asserts a duration: where it matters *when* something was answered, the test asserts the order
+of events (e.g. a 504 logged before the decode ahead of it was let go).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -79,6 +81,7 @@ class Server:
     app: object
     server: DrainingServer
     thread: threading.Thread
+    gates: list[Gate] = field(default_factory=list)  # opened before the server stops
 
     @property
     def rt(self) -> Runtime:
@@ -105,6 +108,53 @@ class Server:
             return real(requests)
 
         monkeypatch.setattr(reranker, "rank", slow)
+
+    def hold(self, monkeypatch, decoder: str, calls: list | None = None) -> Gate:
+        """Hold ``decoder``'s decodes at a :class:`Gate` until the test opens it; log each batch's size in
+        ``calls``. What a test asserts is then an order of events, never a duration."""
+        reranker = self.rt.models.engine(decoder).reranker
+        real = reranker.rank
+        gate = Gate()
+        self.gates.append(gate)
+
+        def held(requests):
+            if calls is not None:
+                calls.append(len(requests))
+            gate.log(f"{decoder} decode started")
+            gate.wait()
+            try:
+                return real(requests)
+            finally:
+                gate.log(f"{decoder} decode ended")
+
+        monkeypatch.setattr(reranker, "rank", held)
+        return gate
+
+
+class Gate:
+    """A barrier a held decode waits at, and the log of what happened, in order (``events``).
+
+    A decode waits at most ``limit_s`` (then goes on, logging it), so a test that never opens the gate
+    still ends; the log shows it."""
+
+    def __init__(self, limit_s: float = 60.0) -> None:
+        self.events: list[str] = []
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self.limit_s = limit_s
+
+    def log(self, event: str) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def wait(self) -> None:
+        if not self._open.wait(self.limit_s):
+            self.log("gate timed out")
+
+    def open(self) -> None:
+        if not self._open.is_set():
+            self.log("gate opened")
+            self._open.set()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -170,10 +220,27 @@ def running(settings: Settings, ready: bool = True) -> Iterator[Server]:
             srv.wait_ready()
         yield srv
     finally:
+        for gate in srv.gates:  # a test that failed while holding a decode must not hold up the stop
+            gate.open()
         server.request_shutdown()
         thread.join(timeout=30)
         sock.close()
         assert not thread.is_alive(), "server did not stop within 30 s"
+
+
+@pytest.fixture()
+def hold(monkeypatch) -> Iterator[Callable[..., Gate]]:
+    """``hold(srv, decoder, calls=None) -> Gate``: :meth:`Server.hold` for this test; every gate it made opens
+    when the test ends, so a failed test does not leave a decode held on a shared server."""
+    gates: list[Gate] = []
+
+    def start(srv: Server, decoder: str, calls: list | None = None) -> Gate:
+        gates.append(srv.hold(monkeypatch, decoder, calls))
+        return gates[-1]
+
+    yield start
+    for gate in gates:
+        gate.open()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ while draining, and a graceful shutdown that answers every admitted request."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,21 +18,24 @@ def _post(url: str, body: dict, timeout: float = 30.0) -> httpx.Response:
     return httpx.post(f"{url}/v1/rerank", json=body, timeout=timeout)
 
 
-def test_429_when_the_queue_is_full(shared_store, h, monkeypatch):
+def test_429_when_the_queue_is_full(shared_store, h, hold):
     with h.running(h.settings_for(shared_store, queue_limit=2, max_batch_size=1, max_wait_ms=0)) as srv:
         calls: list[int] = []
-        srv.slow_down(monkeypatch, "ar", 0.6, calls)
+        gate = hold(srv, "ar", calls)
         body = {"candidates": ["S0001", "S0002"], "decoder": "ar"}
         with ThreadPoolExecutor(8) as pool:
-            # the burst comes once the first request is decoding: otherwise all 8 can reach the queue
-            # before the decoder takes one, and only 2 (the queue limit) would be admitted
+            # the burst comes once the first request is decoding (held at the gate): the queue then takes
+            # exactly two (its limit) and the other five are refused at once, while the decode is still held
             first = pool.submit(_post, srv.url, body)
             h.wait_for(lambda: calls, 10, "the first decode to start")
-            burst = list(pool.map(lambda _: _post(srv.url, body), range(7)))
-            responses = [first.result(), *burst]
+            burst = [pool.submit(_post, srv.url, body) for _ in range(7)]
+            h.wait_for(lambda: sum(f.done() for f in burst) >= 5, 30, "five refusals")
+            assert srv.rt.batchers["ar"].depth == 2 and not first.done()
+            gate.open()
+            responses = [first.result(timeout=30), *(f.result(timeout=30) for f in burst)]
         codes = sorted(r.status_code for r in responses)
-        # one decoding + two queued are admitted; the rest are refused at once
-        assert codes.count(200) >= 3 and codes.count(429) >= 1 and set(codes) <= {200, 429}, codes
+        assert codes == [200] * 3 + [429] * 5, codes  # one decoding + two queued admitted, the rest refused
+        assert calls == [1, 1, 1]
         for r in responses:
             if r.status_code == 429:
                 h.assert_error(r, 429, "queue_full")
@@ -47,24 +49,25 @@ def test_429_when_the_queue_is_full(shared_store, h, monkeypatch):
         assert _post(srv.url, {"candidates": ["S0001"], "decoder": "diffusion"}).status_code == 200
 
 
-def test_504_deadline_passes_while_queued_and_is_not_decoded(shared_store, h, monkeypatch):
+def test_504_deadline_passes_while_queued_and_is_not_decoded(shared_store, h, hold):
     with h.running(h.settings_for(shared_store, max_batch_size=1, max_wait_ms=0)) as srv:
         calls: list[int] = []
-        srv.slow_down(monkeypatch, "ar", 0.6, calls)
+        gate = hold(srv, "ar", calls)  # the first decode holds the worker until the gate opens
         with ThreadPoolExecutor(2) as pool:
             slow = pool.submit(_post, srv.url, {"candidates": ["S0001", "S0002"], "decoder": "ar"})
             h.wait_for(lambda: calls, 10, "the first decode to start")
-            t0 = time.monotonic()
             late = _post(srv.url, {"candidates": ["S0003", "S0004"], "decoder": "ar", "deadline_ms": 100})
-            waited = time.monotonic() - t0
+            gate.log(f"late answered {late.status_code}")
+            # answered at its deadline, not after the decode ahead of it: that decode is still held
+            assert gate.events == ["ar decode started", "late answered 504"], gate.events
+            assert srv.rt.batchers["ar"].depth == 0  # and its queue slot is free again
+            gate.open()
             assert slow.result(timeout=30).status_code == 200
         h.assert_error(late, 504, "deadline_exceeded")
-        assert waited < 0.5  # answered at its deadline, not after the decode ahead of it
-        time.sleep(0.2)  # let the worker reach the expired job
-        assert calls == [1]  # the late request was never decoded
-        assert h.metric(srv.metrics(), "dgr2_rejections_total", decoder="ar", reason="deadline") == 1
         ok = _post(srv.url, {"candidates": ["S0003"], "decoder": "ar", "deadline_ms": 20_000})
         assert ok.status_code == 200
+        assert calls == [1, 1]  # the late request was never decoded: the worker went from the first to this one
+        assert h.metric(srv.metrics(), "dgr2_rejections_total", decoder="ar", reason="deadline") == 1
 
 
 def test_503_before_ready(shared_store, h, monkeypatch):

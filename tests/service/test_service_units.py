@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -24,6 +28,33 @@ def test_sticky_assignment_follows_the_split():
     assert other_salt != first  # the salt reshuffles users
     assert router.choose("user1", override="ar") == "ar"
     assert ABRouter({"ar": 1, "diffusion": 0}, "s").choose("anyone") == "ar"
+
+
+# Written down once from sha256("test-salt:<user id>"): a user keeps their decoder across restarts, replicas
+# and releases, so a change of hash function, of how the salt and id are joined, or of the bucket order fails here.
+PINNED_50_50 = {"user-1": "diffusion", "user-2": "ar", "user-3": "diffusion", "user-42": "ar", "alice": "ar",
+                "bob": "diffusion", "42": "ar", "u-7": "diffusion"}
+# (salt, user, bucket in [0, 1) to four decimals): the user is on "ar" exactly when ar's share exceeds it
+PINNED_BUCKETS = [("test-salt", "user-42", 0.1519), ("test-salt", "alice", 0.4513), ("other-salt", "alice", 0.3684)]
+_CHOOSE = """
+import json, sys
+from dgr2.service.ab import ABRouter
+router = ABRouter({"diffusion": 50, "ar": 50}, salt="test-salt")
+print(json.dumps({u: router.choose(u) for u in sys.argv[1:]}))
+"""
+
+
+def test_sticky_assignment_is_pinned_across_processes():
+    router = ABRouter({"ar": 50, "diffusion": 50}, salt="test-salt")
+    assert {u: router.choose(u) for u in PINNED_50_50} == PINNED_50_50
+    for salt, user, bucket in PINNED_BUCKETS:
+        below = ABRouter({"ar": bucket, "diffusion": 1 - bucket}, salt=salt)  # ar's share ends below the bucket
+        above = ABRouter({"ar": bucket + 1e-4, "diffusion": 1 - bucket - 1e-4}, salt=salt)
+        assert (below.choose(user), above.choose(user)) == ("diffusion", "ar"), (salt, user, bucket)
+    for hash_seed in ("1", "2"):  # fresh interpreters with other str hashes: nothing may depend on hash()
+        out = subprocess.run([sys.executable, "-c", _CHOOSE, *PINNED_50_50], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONHASHSEED": hash_seed}, timeout=120, check=True)
+        assert json.loads(out.stdout) == PINNED_50_50
 
 
 def test_anonymous_draws_follow_the_split():

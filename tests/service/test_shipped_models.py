@@ -53,6 +53,7 @@ def test_every_shipped_checkpoint_verifies(ref, tmp_path):
     assert json.loads(out.stdout)  # the verified manifest
 
 
+@pytest.mark.slow
 def test_dgr2_serve_ranks_full_requests_with_each_decoder(tmp_path, h):
     """`make serve`'s command on the shipped store, started outside the repository."""
     port = free_port()
@@ -110,10 +111,10 @@ print(json.dumps(out))
 """
 
 
-def test_hf_kernels_and_ours_in_one_process(tmp_path):
+@pytest.mark.slow
+def test_hf_kernels_and_ours_in_one_process(tmp_path, need):
     """transformers needs PyPI's `kernels`; ours is `dgr2.kernels`: both load, from the repository root too."""
-    if importlib_missing("kernels") and not os.environ.get("CI"):
-        pytest.skip("the Hugging Face `kernels` package is not installed (`make install` installs the locked set)")
+    need.module("kernels"), need.module("transformers")
     body = _request(seed=1)
     for cwd in (ROOT, tmp_path):  # the repository root is on sys.path for `python -c`: nothing there may shadow
         out = subprocess.run([sys.executable, "-c", _ONE_PROCESS, json.dumps(body)], cwd=cwd, env=_env(),
@@ -122,9 +123,3 @@ def test_hf_kernels_and_ours_in_one_process(tmp_path):
         for decoder, got in json.loads(out.stdout.strip().splitlines()[-1]).items():
             assert got["gap"] < 1e-3, decoder  # transformers' Qwen3 and our network: the same logits
             assert sorted(got["order"]) == list(range(len(body["candidates"]))), decoder
-
-
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is None
