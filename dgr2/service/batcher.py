@@ -177,7 +177,7 @@ class Batcher:
         try:
             # timed on the torch thread: waiting there for the other decoder's batch is not decode time
             results, start, decode_s = await asyncio.get_running_loop().run_in_executor(
-                self._executor, timed, engine.reranker.rank, [j.request for j in jobs])
+                self._executor, timed, engine.rank, [j.request for j in jobs])
             if len(results) != len(jobs):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         except Exception:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dgr2.model.decoding import DecodeConfig
-from dgr2.model.engine import RankRequest, Reranker
+from dgr2.model.engine import RankRequest, RankResult, Reranker
 from dgr2.model_store import ModelStore, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,18 @@ class Engine:
     version: str  # what it resolved to: the version folder's name
     stage: str | None
     path: Path  # internal only: never sent to clients
-    reranker: Reranker
+    reranker: Reranker  # the service goes through rank() and info(), never into the reranker
 
-    @property
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.reranker.model.parameters())
+    def rank(self, requests: list[RankRequest]) -> list[RankResult]:
+        return self.reranker.rank(requests)
+
+    def info(self) -> dict:
+        """What ``/v1/models`` shows of this decoder: its checkpoint and decoding settings."""
+        d = self.reranker.decode
+        return {"decoder": self.decoder, "ref": self.ref, "version": self.version, "stage": self.stage,
+                "parameters": sum(p.numel() for p in self.reranker.model.parameters()),
+                "block_size": d.block_size, "threshold": d.threshold, "answer_threshold": d.answer_threshold,
+                "max_new_tokens": d.max_new_tokens}
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ def warm_up(models: ModelSet) -> None:
     """One small decode per engine: the first call pays allocator and kernel set-up, not a user."""
     for engine in models.engines.values():
         start = time.perf_counter()
-        (result,) = engine.reranker.rank([WARMUP])
+        (result,) = engine.rank([WARMUP])
         if sorted(result.order) != [0, 1]:
             raise RuntimeError(f"{engine.decoder} warm-up returned an invalid ranking")
         log.info("warmed %s (%s) in %.0f ms", engine.decoder, engine.version, 1000 * (time.perf_counter() - start))

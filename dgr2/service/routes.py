@@ -96,11 +96,7 @@ async def models(request: Request) -> ModelsResponse:
     return ModelsResponse(
         model=rt.settings.model, ready=rt.ready and not rt.draining, ab_split=rt.router.split,
         shadow_rate=rt.router.shadow_rate,
-        decoders=[DecoderInfo(decoder=e.decoder, ref=e.ref, version=e.version, stage=e.stage,
-                              parameters=e.parameters, block_size=e.reranker.decode.block_size,
-                              threshold=e.reranker.decode.threshold,
-                              answer_threshold=e.reranker.decode.answer_threshold,
-                              max_new_tokens=e.reranker.decode.max_new_tokens) for e in engines])
+        decoders=[DecoderInfo(**e.info()) for e in engines])
 
 
 @router.get("/healthz", response_model=Status, tags=["ops"], summary="The process is alive")
