@@ -17,10 +17,10 @@ COMMANDS = {
     "serve": ("dgr2.service.cli", "run the re-ranking service (FastAPI + uvicorn)"),
     "train": ("dgr2.recipe.cli", "run a stage of the training recipe"),
     "eval": ("dgr2.recipe.evaluate", "evaluate a checkpoint on the leave-one-out split"),
-    "compare": ("dgr2.recipe.compare", "paired comparison of two evals from their --resume-file records"),
+    "compare": ("dgr2.recipe.evals.compare", "paired comparison of two evals from their --resume-file records"),
     "fit-rule": ("dgr2.recipe.fit_rule", "fit the evidence rule's weights and levels on validation users, "
                                          "score it on test users"),
-    "summarize": ("dgr2.recipe.seed_summary",
+    "summarize": ("dgr2.recipe.evals.seed_summary",
                   "mean ± standard error over negative-sampling seeds of dgr2 eval results"),
 }
 # command groups: group -> (help, {subcommand -> (module[:COMMAND], help)}), e.g. ``dgr2 bench decode``; a

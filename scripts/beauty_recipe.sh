@@ -22,5 +22,5 @@ stage ar  --time-budget-min "${AR_MIN:-55}"
 stage cft --from beauty-gr2:ar --time-budget-min "${CFT_MIN:-15}"
 stage opd --from beauty-gr2:cft --teacher beauty-gr2:ar --time-budget-min "${OPD_MIN:-9}" --eval-every 100
 stage rl  --from beauty-gr2:opd --time-budget-min "${RL_MIN:-9}" --eval-every 100
-python -m dgr2.recipe.ablation --store "$STORE" --split test --limit "${ABLATION_USERS:-200}" \
+python -m dgr2.recipe.evals.ablation --store "$STORE" --split test --limit "${ABLATION_USERS:-200}" \
   --seeds "${ABLATION_SEEDS:-12345,1,2}" --out "$RUNS/ablation.jsonl"

@@ -43,7 +43,7 @@ fi
 
 # full test-split evals until the deadline: AR first (the all-users accuracy table), then the diffusion rows
 eval_deadline=${EVAL_DEADLINE_S:-0}
-ablation=("$PYTHON" -m dgr2.recipe.ablation --store "$out/store" --split test --seeds 12345,1,2 --device "$DEVICE"
+ablation=("$PYTHON" -m dgr2.recipe.evals.ablation --store "$out/store" --split test --seeds 12345,1,2 --device "$DEVICE"
           --batch-size "${EVAL_BATCH:-1024}" --out "$out/ablation-full.jsonl")
 [[ -n ${EVAL_LIMIT:-} ]] && ablation+=(--limit "$EVAL_LIMIT")
 for rows in "AR" "+CFT" "naive conversion"; do
@@ -54,6 +54,6 @@ for rows in "AR" "+CFT" "naive conversion"; do
     echo "evals: $rows (${left} s left)"
     timeout "$left" "${ablation[@]}" --rows "$rows" "${extra[@]}" > /dev/null 2>> "$out/ablation-full.log"
 done
-"$PYTHON" -m dgr2.recipe.ablation --out "$out/ablation-full.jsonl" --table 2>/dev/null
+"$PYTHON" -m dgr2.recipe.evals.ablation --out "$out/ablation-full.jsonl" --table 2>/dev/null
 wait
 tail -n 3 "$out"/pytest-kernels.log 2>/dev/null

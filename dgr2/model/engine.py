@@ -33,7 +33,7 @@ class RankRequest:
 @dataclass
 class RankResult:
     order: list[int]  # candidate indices (positions in the request), best first
-    relevance: list[float]  # aligned with ``order``
+    relevance: list[float]  # aligned with ``order``, non-increasing: what the service sends
     report: GuardReport
     reasoning: str
     prompt_tokens: int
@@ -41,22 +41,59 @@ class RankResult:
     forward_passes: int
     unknown_items: list[str] = field(default_factory=list)
     raw: SequenceResult | None = None
+    # per candidate, in request order: the model's expected DCG gain before the monotone fit
+    # (:func:`expected_gains`); for evaluation and diagnostics, never sent to clients
+    expected_gain: list[float] = field(default_factory=list)
 
 
-def relevance_scores(parse: AnswerParse, position_logprobs: np.ndarray) -> np.ndarray:
-    """Per candidate, its expected DCG gain under the model: sum_r P(rank r = slot) / log2(r + 2).
+def expected_gains(parse: AnswerParse, position_logprobs: np.ndarray | None) -> np.ndarray:
+    """Per candidate (request order), its expected DCG gain under the model: sum_r P(rank r = slot) / log2(r + 2).
 
-    Ranks the decoder never wrote (a short or missing answer) count as uniform over the slots.
-    Scores lie in [0, 1]; they reflect the model's confidence and need not decrease along the
-    guarded order.
+    ``P`` is the K x K (rank position x slot) matrix of the answer positions' probabilities, as the
+    decoder recorded them. Ranks the decoder never wrote (a short or missing answer) count as uniform
+    over the slots. Values lie in [0, 1] but need not decrease along the decoded order: this is the
+    raw score, which :func:`relevance_scores` makes monotone.
     """
     K = parse.num_slots
     P = np.full((K, K), 1.0 / K)
-    if parse.start is not None:
-        rows = position_logprobs[parse.start + 1: parse.start + 1 + K, :K]
+    if parse.start is not None and position_logprobs is not None:
+        rows = np.asarray(position_logprobs, dtype=np.float64)[parse.start + 1: parse.start + 1 + K, :K]
         P[: len(rows)] = np.exp(rows)
     gains = 1.0 / np.log2(np.arange(K) + 2.0)
     return np.nan_to_num(P.T @ gains, nan=0.0).clip(0.0, 1.0)
+
+
+def monotone_decreasing(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The non-increasing sequence closest to ``values`` in squared error (antitonic regression).
+
+    Pool-adjacent-violators: walk the sequence, and whenever a block's mean exceeds the mean of the
+    block before it, merge the two into their (length-weighted) mean. A sequence that is already
+    non-increasing comes back unchanged; every output value is the mean of a run of inputs, so the
+    output stays within the inputs' range.
+    """
+    means: list[float] = []
+    sizes: list[int] = []
+    for v in np.asarray(values, dtype=np.float64).ravel():
+        means.append(float(v))
+        sizes.append(1)
+        while len(means) > 1 and means[-2] < means[-1]:
+            m, n = means.pop(), sizes.pop()
+            means[-1] = (means[-1] * sizes[-1] + m * n) / (sizes[-1] + n)
+            sizes[-1] += n
+    return np.repeat(np.asarray(means, dtype=np.float64), sizes)
+
+
+def relevance_scores(gains: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """The served ``relevance_score`` of each position of ``order`` (best first).
+
+    The candidates' expected gains (:func:`expected_gains`) read in the guarded order, then made
+    non-increasing by :func:`monotone_decreasing`: where the decoded order agrees with the model's
+    marginals the expected gains pass through unchanged; where a candidate below has a higher
+    expected gain than one above it, the run in between shares its mean gain. In [0, 1], never rising
+    down the ranking, and still the model's confidence: a sure decode scores near 1 at rank 1, an
+    unsure one far lower.
+    """
+    return monotone_decreasing(np.asarray(gains, dtype=np.float64)[list(order)]).clip(0.0, 1.0)
 
 
 class Reranker:
@@ -82,12 +119,13 @@ class Reranker:
         for prompt, out in zip(prompts, outs, strict=True):
             parse = parse_answer(self.vocab, out.tokens, prompt.num_slots)
             order, report = guard(parse, out.slot_logprobs)
-            scores = relevance_scores(parse, out.slot_logprobs)
+            gains = expected_gains(parse, out.slot_logprobs)
             results.append(RankResult(
-                order=order, relevance=[round(float(scores[k]), 6) for k in order], report=report,
-                reasoning=self.reasoning_text(out.tokens), prompt_tokens=len(prompt.ids),
+                # rounding is monotone, so the rounded scores stay non-increasing
+                order=order, relevance=[round(float(s), 6) for s in relevance_scores(gains, order)],
+                report=report, reasoning=self.reasoning_text(out.tokens), prompt_tokens=len(prompt.ids),
                 generated_tokens=out.generated_tokens, forward_passes=out.forward_passes,
-                unknown_items=prompt.unknown_items, raw=out,
+                unknown_items=prompt.unknown_items, raw=out, expected_gain=[float(g) for g in gains],
             ))
         return results
 

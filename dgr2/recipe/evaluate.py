@@ -21,16 +21,18 @@ from dgr2.model.config import DECODERS
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import RankRequest, Reranker
 from dgr2.recipe.data import Example, eval_examples, load_source
-from dgr2.recipe.eval_tally import ResumeError, ResumeFile, Tally
+from dgr2.recipe.evals.eval_tally import ResumeError, ResumeFile, Tally
+from dgr2.recipe.evals.score_report import ScoreReport
 from dgr2.recipe.metrics import summarize
 from dgr2.recipe.traces import evidence, rule_for, trace_entries
 
 
 def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 32,
-             progress: bool = True, resume: ResumeFile | None = None) -> dict:
+             progress: bool = True, resume: ResumeFile | None = None, scores: ScoreReport | None = None) -> dict:
     """Metrics of the guarded rankings, validity as decoded, decode speed, and the trace fidelity
     (:mod:`recipe.trace_fidelity`) against the rule's trace cut at the model's trace length. With
-    ``resume``, users already in that file are not decoded again and count towards the result."""
+    ``resume``, users already in that file are not decoded again and count towards the result.
+    With ``scores``, every decoded user is also added to that :class:`ScoreReport`."""
     total = resume.load() if resume else Tally()
     done = set(total.users)
     todo = [e for e in examples if e.user not in done]
@@ -56,6 +58,8 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
             batch.generated += res.generated_tokens
             reference = trace_entries(evidence(reranker.catalog, ex.history, ex.candidates, rule), trace_len)
             batch.fidelity.add(res.reasoning.split(), reference, res.order)
+            if scores is not None:
+                scores.add(res, ex.target_slot)
         if resume:
             resume.append(batch)
         total.merge(batch)
@@ -125,6 +129,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume-file", default=None,
                    help="append each finished batch to this file and, when it exists, skip the users it "
                         "holds (an all-users CPU eval that survives a stop; refused if written by another eval)")
+    p.add_argument("--score-report", default=None, metavar="FILE",
+                   help="also write FILE (JSON): the served relevance_score of the held-out item at each rank "
+                        "and the metrics of re-sorting the candidates by the raw expected gain "
+                        "(dgr2/recipe/evals/score_report.py)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,6 +147,9 @@ def eval_result(args: argparse.Namespace) -> dict:
 
     if bool(args.checkpoint) == bool(args.baseline):
         raise SystemExit("dgr2 eval: give exactly one of --checkpoint or --baseline")
+    if args.score_report and (args.baseline or args.resume_file):
+        raise SystemExit("dgr2 eval: --score-report needs a checkpoint whose users all decode in this run "
+                         "(no --baseline, no --resume-file)")
     source = load_source(args.data_dir, args.synthetic)
     try:
         examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
@@ -175,10 +186,14 @@ def eval_result(args: argparse.Namespace) -> dict:
     # the resume file also pins the weights, so a re-trained checkpoint of the same name is refused
     resume = ResumeFile(args.resume_file, {**settings, "weights_sha256": ckpt.manifest["files"]["model.safetensors"],
                                            "trace_len": trace_len}) if args.resume_file else None
+    scores = ScoreReport() if args.score_report else None
     try:
         result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,
-                          resume=resume)
+                          resume=resume, scores=scores)
     except ResumeError as e:
         raise SystemExit(f"dgr2 eval: {e}") from None
     result.update(settings)
+    if scores is not None:
+        scores.write(args.score_report, settings)
+        result["score_report"] = args.score_report
     return result

@@ -65,7 +65,8 @@ class RankedItem(_Strict):
     index: int = Field(description="position of the candidate in the request")
     item_id: str
     rank: int = Field(description="1 = best")
-    relevance_score: float = Field(description="the model's expected DCG gain for the item, in [0, 1]")
+    relevance_score: float = Field(description="the model's confidence in the item at this rank, in [0, 1]; "
+                                   "never rises from one rank to the next (docs/api.md)")
 
 
 class Validity(_Strict):

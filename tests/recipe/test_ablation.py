@@ -1,6 +1,6 @@
 """The ablation table: rows in recipe order, mean ± s.e. over seeds, speed ratios within a seed."""
 
-from dgr2.recipe.ablation import eval_command, rows, table
+from dgr2.recipe.evals.ablation import eval_command, rows, table
 
 
 def rec(label, seed, ndcg, speed):

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from dgr2.cli import main as cli
-from dgr2.recipe.compare import paired
-from dgr2.recipe.eval_tally import ResumeFile, Tally
+from dgr2.recipe.evals.compare import paired
+from dgr2.recipe.evals.eval_tally import ResumeFile, Tally
 
 SETTINGS = {"checkpoint": "m", "split": "test", "candidates": 100, "neg_seed": 1}
 

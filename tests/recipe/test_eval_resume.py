@@ -11,7 +11,7 @@ from dgr2.model.engine import Reranker
 from dgr2.model_store import ModelStore
 from dgr2.model_store.init import new_model
 from dgr2.recipe.data import eval_examples
-from dgr2.recipe.eval_tally import ResumeError, ResumeFile
+from dgr2.recipe.evals.eval_tally import ResumeError, ResumeFile
 from dgr2.recipe.evaluate import evaluate
 
 DECODE = DecodeConfig(max_new_tokens=16)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from dgr2.cli import main as cli
-from dgr2.recipe.seed_summary import read_evals, summarize_seeds
+from dgr2.recipe.evals.seed_summary import read_evals, summarize_seeds
 
 BASE = {"checkpoint": "m", "decoder": "ar", "split": "test", "candidates": 100, "n": 4, "block_size": 32,
         "threshold": 0.9, "answer_threshold": None, "constrained": True, "causal_first_rank": True,

@@ -1,8 +1,8 @@
 """The ablation table: every row and seed is one ``dgr2 eval`` run, its command kept beside its JSON.
 
-    python -m dgr2.recipe.ablation --store runs/store --split test --limit 200 --seeds 12345,1,2 \\
+    python -m dgr2.recipe.evals.ablation --store runs/store --split test --limit 200 --seeds 12345,1,2 \\
         --out docs/results/ablation.jsonl          # runs the evals (resumable: done lines are kept)
-    python -m dgr2.recipe.ablation --out docs/results/ablation.jsonl --table   # prints the Markdown table
+    python -m dgr2.recipe.evals.ablation --out docs/results/ablation.jsonl --table   # prints the Markdown table
 
 Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL;
 with ``--answer-threshold X``, each row named in ``--answer-threshold-rows`` again, decoded with

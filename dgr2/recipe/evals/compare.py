@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from dgr2.recipe.eval_tally import ResumeError, read_resume_file
+from dgr2.recipe.evals.eval_tally import ResumeError, read_resume_file
 from dgr2.recipe.metrics import hr_at, mean_and_stderr, ndcg_at, reciprocal_rank
 
 # the candidate lists must be the same for a pair to mean anything

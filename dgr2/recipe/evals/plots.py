@@ -1,4 +1,4 @@
-"""Training curves from run logs: ``python -m dgr2.recipe.plots runs/ar runs/cft --out docs/training-curves.png``.
+"""Training curves from run logs: ``python -m dgr2.recipe.evals.plots runs/ar runs/cft --out docs/training-curves.png``.
 
 One column per run: loss per step, and validation NDCG@10 and raw validity where measured.
 """
