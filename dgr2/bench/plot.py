@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dgr2.plotting import pyplot, save
+
 
 def plot_lengths(result: dict, path: str | Path) -> bool:
     """Write the PNG; False (nothing written) when the result holds no fixed-length runs."""
@@ -12,11 +14,7 @@ def plot_lengths(result: dict, path: str | Path) -> bool:
     ratios = [s for s in result["speedup"] if s["output_length"] is not None]
     if not runs:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     batches = sorted({r["batch_size"] for r in runs})
     colors = {b: plt.cm.viridis(i / max(len(batches) - 1, 1) * 0.85) for i, b in enumerate(batches)}
     fig, (ax_tp, ax_ratio) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -55,8 +53,5 @@ def plot_lengths(result: dict, path: str | Path) -> bool:
                  f"{threshold_text}.\nBoth decoders generate exactly L "
                  "tokens (stop ignored) with the same model code, KV cache and kernels.", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True

@@ -14,7 +14,7 @@ import numpy as np
 from dgr2.model.ar_decoder import decode_ar
 from dgr2.model.catalog import Catalog
 from dgr2.model.config import DECODERS, DecoderKind
-from dgr2.model.decoding import DecodeConfig, SequenceResult, completion_budget
+from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.diffusion_decoder import decode_diffusion
 from dgr2.model.guard import GuardReport, guard
 from dgr2.model.prompt import AnswerParse, ItemRef, check_catalog, parse_answer, render_prompt
@@ -40,7 +40,6 @@ class RankResult:
     generated_tokens: int
     forward_passes: int
     unknown_items: list[str] = field(default_factory=list)
-    raw: SequenceResult | None = None
     # per candidate, in request order: the model's expected DCG gain before the monotone fit
     # (:func:`expected_gains`); for evaluation and diagnostics, never sent to clients
     expected_gain: list[float] = field(default_factory=list)
@@ -125,7 +124,7 @@ class Reranker:
                 order=order, relevance=[round(float(s), 6) for s in relevance_scores(gains, order)],
                 report=report, reasoning=self.reasoning_text(out.tokens), prompt_tokens=len(prompt.ids),
                 generated_tokens=out.generated_tokens, forward_passes=out.forward_passes,
-                unknown_items=prompt.unknown_items, raw=out, expected_gain=[float(g) for g in gains],
+                unknown_items=prompt.unknown_items, expected_gain=[float(g) for g in gains],
             ))
         return results
 

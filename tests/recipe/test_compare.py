@@ -60,3 +60,17 @@ def test_cli_compares_files_part_way_and_refuses_other_lists(tmp_path, capsys):
     (tmp_path / "junk.jsonl").write_text("not json\n")
     assert cli(["compare", a, str(tmp_path / "junk.jsonl")]) == 2
     assert "no settings line" in capsys.readouterr().err
+
+
+def test_training_curves_plot_from_run_logs(tmp_path):
+    """dgr2.recipe.evals.plots draws a run folder's log.jsonl (loss, and the validation points)."""
+    from dgr2.recipe.evals.plots import plot
+
+    run = tmp_path / "cft"
+    run.mkdir()
+    rows = [{"stage": "cft", "step": 1, "loss": 2.0},
+            {"stage": "cft", "step": 2, "loss": 1.5, "val_ndcg@10": 0.1, "val_valid_raw": 1.0}]
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "figs" / "curves.png"
+    plot([str(run)], str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dgr2.plotting import pyplot, save
 from dgr2.records import read_json_lines
 
 
@@ -16,12 +17,7 @@ def read_log(run_dir: str | Path) -> list[dict]:
 
 
 def plot(run_dirs: list[str], out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(run_dirs), figsize=(5 * len(run_dirs), 6), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(run_dirs), figsize=(5 * len(run_dirs), 6), squeeze=False)
     for col, run in enumerate(run_dirs):
         log = read_log(run)
         stage = log[0].get("stage", Path(run).name) if log else Path(run).name
@@ -38,8 +34,7 @@ def plot(run_dirs: list[str], out: str) -> None:
         ax.set_xlabel("step")
         ax.legend(loc="center right")
     fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save(fig, out, dpi=110)
 
 
 def main() -> None:
