@@ -134,3 +134,37 @@ def launch_prometheus(tmp_path):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=10)
+
+
+@pytest.fixture()
+def damage_rank_two(monkeypatch):
+    """``apply(decoder, vocab)``: that decoder's answers come back invalid, rank 2 a copy of rank 1
+    (what the guard must repair), for the rest of the test."""
+    from dgr2.model import engine
+
+    def apply(decoder: str, vocab) -> None:
+        real = engine.DECODE_FUNCTIONS[decoder]
+
+        def damaged(*args, **kw):
+            outs = real(*args, **kw)
+            for o in outs:
+                toks = list(o.tokens)
+                start = toks.index(vocab.answer)
+                if vocab.slot_of(toks[start + 2]) is not None:
+                    toks[start + 2] = toks[start + 1]
+                o.tokens = toks
+            return outs
+
+        monkeypatch.setitem(engine.DECODE_FUNCTIONS, decoder, damaged)
+
+    return apply
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny-model decodes: they gain nothing from more, and on a busy
+    2-core box the OpenMP team of a second thread makes each pass many times slower; restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

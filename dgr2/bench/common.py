@@ -11,6 +11,7 @@ both checkpoints; ``machine["rss_baseline_mb"]`` is the resident size before the
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -143,6 +144,19 @@ class PeakMemory:
             kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             kb = kb // 1024 if sys.platform == "darwin" else kb
         return round(kb / 1024, 1)
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser, full: bool = True) -> None:
+    """Where a benchmark's prompts come from; ``full`` adds the split, candidates and negative seed."""
+    p.add_argument("--data-dir", default=None,
+                   help="Amazon Beauty folder (default $DGR2_DATA_DIR; without either, refused unless --synthetic)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="the generated 20-candidate prompts (a smoke test: no shipped model was trained on them)")
+    if full:
+        p.add_argument("--split", choices=["valid", "test"], default="valid", help="leave-one-out split of the users")
+        p.add_argument("--candidates", type=int, default=None,
+                       help="candidates per request (default 100; 20 synthetic)")
+        p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
 
 
 def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates: int | None, neg_seed: int,

@@ -35,6 +35,7 @@ import torch
 
 from dgr2.bench.common import (
     PeakMemory,
+    add_prompt_arguments,
     command_line,
     load_examples,
     machine_info,
@@ -260,12 +261,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ar", default="ar", help="AR checkpoint: version or alias in the store, or a checkpoint "
                                               "folder (default %(default)s)")
     p.add_argument("--diffusion", default="diffusion", help="diffusion checkpoint, likewise (default %(default)s)")
-    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default $DGR2_DATA_DIR; without "
-                                                    "either, the synthetic data)")
-    p.add_argument("--synthetic", action="store_true", help="use the synthetic data even when Beauty is there")
-    p.add_argument("--split", choices=["valid", "test"], default="valid", help="leave-one-out split of the users")
-    p.add_argument("--candidates", type=int, default=None, help="candidates per user (default 100; 20 synthetic)")
-    p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
+    add_prompt_arguments(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op CPU threads (default torch's)")
     p.add_argument("--trace-len", type=int, default=None,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dgr2.bench.common import command_line, load_examples, machine_info, pick_device
+from dgr2.bench.common import add_prompt_arguments, command_line, load_examples, machine_info, pick_device
 from dgr2.bench.decode import load_side
 from dgr2.model.engine import DECODE_FUNCTIONS
 from dgr2.model.output_head import OutputHead
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--ar", default="ar", help="AR checkpoint version, alias or folder")
     p.add_argument("--diffusion", default="diffusion", help="diffusion checkpoint version, alias or folder")
-    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default $DGR2_DATA_DIR, else synthetic)")
-    p.add_argument("--synthetic", action="store_true", help="use the synthetic data even when Beauty is there")
+    add_prompt_arguments(p, full=False)
     p.add_argument("--trace-len", type=int, default=None,
                    help="trace length for the natural-stop budget (default: the checkpoint's)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op CPU threads")

@@ -39,7 +39,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dgr2.bench.common import command_line, load_examples, machine_info, parse_list, percentile, pick_device, write_json
+from dgr2.bench.common import (
+    add_prompt_arguments,
+    command_line,
+    load_examples,
+    machine_info,
+    parse_list,
+    percentile,
+    pick_device,
+    write_json,
+)
 from dgr2.model.config import DECODERS
 
 log = logging.getLogger("dgr2.bench")
@@ -207,12 +216,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="1,4,16,64", help="concurrency levels (default %(default)s)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per level, and the most the raw decode "
                                                                 "baseline takes (default %(default)s)")
-    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default $DGR2_DATA_DIR; without "
-                                                    "either, the synthetic data)")
-    p.add_argument("--synthetic", action="store_true", help="use the synthetic data even when Beauty is there")
-    p.add_argument("--split", choices=["valid", "test"], default="valid", help="leave-one-out split of the users")
-    p.add_argument("--candidates", type=int, default=None, help="candidates per request (default 100; 20 synthetic)")
-    p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
+    add_prompt_arguments(p)
     p.add_argument("--users", type=int, default=64, help="distinct requests, sent round robin (default %(default)s)")
     p.add_argument("--top-n", type=int, default=None, help="top_n of each request (default: the whole ranking)")
     p.add_argument("--device", default=None, help="cpu or cuda, for the server and the raw decode "

@@ -27,14 +27,7 @@ SURE = 50.0  # the planted token's logit; every other output column is 0: probab
 KS = [1, 4, 7, 2, 9]  # candidates per row (K = 1 included)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core box their OpenMP team makes
-    each pass many times slower (as in tests/service/conftest.py); restored for the other modules."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted_completion(vocab, k: int, row: int) -> tuple[list[int], list[int]]:

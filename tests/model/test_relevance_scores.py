@@ -193,23 +193,11 @@ def test_engine_scores_never_rise_on_either_decoder(tiny, synth, decoder):
 
 
 @pytest.mark.parametrize("decoder", ["ar", "diffusion"])
-def test_engine_scores_never_rise_on_repaired_answers(tiny, synth, decoder, monkeypatch):
+def test_engine_scores_never_rise_on_repaired_answers(tiny, synth, decoder, damage_rank_two):
     """Every answer damaged after decoding (its second slot made a copy of the first): the guard
     repairs it, and the scores of the repaired order are as monotone."""
     model, vocab = tiny
-    real = engine.DECODE_FUNCTIONS[decoder]
-
-    def damaged(*args, **kw):
-        outs = real(*args, **kw)
-        for o in outs:
-            toks = list(o.tokens)
-            start = toks.index(vocab.answer)
-            if vocab.slot_of(toks[start + 2]) is not None:
-                toks[start + 2] = toks[start + 1]
-            o.tokens = toks
-        return outs
-
-    monkeypatch.setitem(engine.DECODE_FUNCTIONS, decoder, damaged)
+    damage_rank_two(decoder, vocab)
     reqs = requests_for(synth)
     results = Reranker(model, vocab, synth.catalog, decoder, DecodeConfig(max_new_tokens=40, block_size=8)).rank(reqs)
     for req, res in zip(reqs, results, strict=True):

@@ -8,7 +8,6 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from dgr2.model.catalog import Catalog, Item
 from dgr2.model.decoding import DecodeConfig
@@ -16,15 +15,7 @@ from dgr2.model.engine import Reranker
 from dgr2.recipe.data import Example, eval_examples
 from dgr2.recipe.evaluate import baseline_ranks, evaluate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-core box their OpenMP team makes
-    each decode many times slower (as in tests/service/conftest.py); restored for the other modules."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class KnownAnswer(Reranker):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from dgr2.model_store import ModelStore
 from dgr2.model_store.init import init_pair
@@ -36,14 +35,10 @@ HISTORY = ["S0051", "S0027", "S0032", "S0021"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and with the test process's own thread and the
-    server's torch thread each running an OpenMP team, a busy 2-core box slows a decode several-fold
-    (dgr2/service/torch_thread.py); restored for the other test packages."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
+    """The test process's thread and the server's torch thread each run an OpenMP team: one intra-op thread
+    each, or a busy 2-core box slows a decode several-fold (dgr2/service/torch_thread.py)."""
     yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from dgr2.model import engine
-
 pytestmark = pytest.mark.timeout(120)
 
 BODIES = [
@@ -65,23 +63,11 @@ def test_batch_endpoint_scores(client, h):
 
 
 @pytest.mark.parametrize("decoder", ["ar", "diffusion"])
-def test_scores_never_rise_on_repaired_answers(client, server, h, decoder, monkeypatch):
+def test_scores_never_rise_on_repaired_answers(client, server, h, decoder, damage_rank_two):
     """Answers damaged after decoding (rank 2 a copy of rank 1): the guard repairs every one, and the
     repaired ranking's scores still never rise."""
     vocab = server.rt.models.engine(decoder).reranker.vocab
-    real = engine.DECODE_FUNCTIONS[decoder]
-
-    def damaged(*args, **kw):
-        outs = real(*args, **kw)
-        for o in outs:
-            toks = list(o.tokens)
-            start = toks.index(vocab.answer)
-            if vocab.slot_of(toks[start + 2]) is not None:
-                toks[start + 2] = toks[start + 1]
-            o.tokens = toks
-        return outs
-
-    monkeypatch.setitem(engine.DECODE_FUNCTIONS, decoder, damaged)
+    damage_rank_two(decoder, vocab)
     for body in BODIES:
         r = client.post("/v1/rerank", json={**body, "decoder": decoder})
         assert r.status_code == 200, r.text
