@@ -37,7 +37,11 @@ run)
 snapshot)
     mkdir -p "$SAVED"
     cp "$RUN/state.pt" "$SAVED/state.pt.tmp" && mv "$SAVED/state.pt.tmp" "$SAVED/state.pt"
-    cp "$RUN/log.jsonl" "$SAVED/log.jsonl"
+    # the log up to the saved step only: a run resumed from this state logs the later steps again
+    step=$(.venv/bin/python -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" \
+        "$SAVED/state.pt")
+    .venv/bin/python -c "import json, sys; [print(l, end='') for l in open(sys.argv[1]) if json.loads(l)['step'] <= int(sys.argv[2])]" \
+        "$RUN/log.jsonl" "$step" > "$SAVED/log.jsonl"
     echo "saved step $(steps_in "$SAVED") in $SAVED: commit it (git add $SAVED)"
     ;;
 status)
