@@ -39,16 +39,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dgr2.bench.common import (
-    add_prompt_arguments,
-    command_line,
-    load_examples,
-    machine_info,
-    parse_list,
-    percentile,
-    pick_device,
-    write_json,
-)
+from dgr2.bench import common
+from dgr2.bench.common import percentile
 from dgr2.model.config import DECODERS
 
 log = logging.getLogger("dgr2.bench")
@@ -216,7 +208,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="1,4,16,64", help="concurrency levels (default %(default)s)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per level, and the most the raw decode "
                                                                 "baseline takes (default %(default)s)")
-    add_prompt_arguments(p)
+    common.add_prompt_arguments(p)
     p.add_argument("--users", type=int, default=64, help="distinct requests, sent round robin (default %(default)s)")
     p.add_argument("--top-n", type=int, default=None, help="top_n of each request (default: the whole ranking)")
     p.add_argument("--device", default=None, help="cpu or cuda, for the server and the raw decode "
@@ -248,16 +240,16 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    decoders = parse_list(args.decoders, str)
-    levels = parse_list(args.concurrency)
+    decoders = common.parse_list(args.decoders, str)
+    levels = common.parse_list(args.concurrency)
     if not decoders or set(decoders) - set(DECODERS) or not levels or min(levels) < 1:
         raise SystemExit("--decoders takes ar and/or diffusion; --concurrency positive integers")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    device = pick_device(args.device)
+    device = common.pick_device(args.device)
     store = open_store(args.store)
     refs = {"ar": args.ar, "diffusion": args.diffusion}
-    examples, prompts = load_examples(args.data_dir, args.synthetic, args.split, args.candidates, args.neg_seed,
+    examples, prompts = common.load_examples(args.data_dir, args.synthetic, args.split, args.candidates, args.neg_seed,
                                       args.users)
 
     raw = {}
@@ -320,16 +312,16 @@ def run(args: argparse.Namespace) -> int:
                        overhead_pct=round(100 * (c1["p50_ms"] - raw_p50) / raw_p50, 2))
         overhead.append(row)
 
-    machine = machine_info(device)
+    machine = common.machine_info(device)
     machine.update(**prompts, users=len(examples), load="closed loop, separate process over loopback",
-                   command=command_line(args), wall_s=round(time.monotonic() - started, 1))
+                   command=common.command_line(args), wall_s=round(time.monotonic() - started, 1))
     server_cfg = {"model": args.model, "ar": args.ar, "diffusion": args.diffusion, "device": device,
                   "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
                   "queue_limit": args.queue_limit, "max_new_tokens": args.max_new_tokens,
                   "torch_threads": args.torch_threads, "top_n": args.top_n}
     result = {"machine": machine, "server": server_cfg, "runs": runs, "overhead": overhead}
     if args.out:
-        write_json(args.out, result)
+        common.write_json(args.out, result)
     if args.json:
         print(json.dumps(result))
     else:

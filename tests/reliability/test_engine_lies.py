@@ -62,6 +62,13 @@ def settled(srv, h, shadow_batches: float) -> None:
                and not srv.rt._tasks, 20, "the shadow decodes and their comparisons")
 
 
+def _shadow_baseline(srv, h):
+    """Once every earlier shadow decode has settled: the shadow observations so far and the number of
+    diffusion batches decoded."""
+    settled(srv, h, 0)
+    return shadow_observations(srv, h), h.metric(srv.metrics(), "dgr2_batch_size_count", decoder="diffusion")
+
+
 def _order_editor(bad):
     def edit(result):
         result.order = bad(list(result.order))
@@ -102,9 +109,7 @@ def test_bad_relevance_scores_are_a_decode_error_never_a_200(srv, h, monkeypatch
 
 @pytest.mark.parametrize("kind", sorted(BAD_ORDERS))
 def test_a_shadow_non_permutation_is_not_recorded_as_agreement(srv, h, monkeypatch, kind):
-    settled(srv, h, 0)
-    before = shadow_observations(srv, h)
-    batches = h.metric(srv.metrics(), "dgr2_batch_size_count", decoder="diffusion")
+    before, batches = _shadow_baseline(srv, h)
     lie(monkeypatch, srv, "diffusion", _order_editor(BAD_ORDERS[kind]))  # the shadow decoder lies
     r = httpx.post(f"{srv.url}/v1/rerank", json={"candidates": CANDIDATES}, timeout=60)
     assert r.status_code == 200 and r.headers["x-decoder"] == "ar", r.text  # the served answer is unaffected
@@ -115,9 +120,7 @@ def test_a_shadow_non_permutation_is_not_recorded_as_agreement(srv, h, monkeypat
 
 @pytest.mark.parametrize("kind", sorted(BAD_ORDERS))
 def test_a_served_non_permutation_is_not_compared_in_the_shadow(srv, h, monkeypatch, kind):
-    settled(srv, h, 0)
-    before = shadow_observations(srv, h)
-    batches = h.metric(srv.metrics(), "dgr2_batch_size_count", decoder="diffusion")
+    before, batches = _shadow_baseline(srv, h)
     lie(monkeypatch, srv, "ar", _order_editor(BAD_ORDERS[kind]))  # the served decoder lies
     r = httpx.post(f"{srv.url}/v1/rerank", json={"candidates": CANDIDATES}, timeout=60)
     h.assert_error(r, 500, "decode_failed")
