@@ -25,9 +25,10 @@ run)
     : "${DGR2_DATA_DIR:=../shared/data/amazon-beauty}"
     export DGR2_DATA_DIR PYTHONUNBUFFERED=1
     mkdir -p "$RUN"
-    if [[ -f $SAVED/state.pt ]] && (( $(steps_in "$SAVED") > $(steps_in "$RUN") )); then
+    if compgen -G "$SAVED/state.pt.part-*" > /dev/null && (( $(steps_in "$SAVED") > $(steps_in "$RUN") )); then
         echo "continuing from the repository's state at step $(steps_in "$SAVED")"
-        cp "$SAVED/state.pt" "$SAVED/log.jsonl" "$RUN/"
+        cat "$SAVED"/state.pt.part-* > "$RUN/state.pt.tmp" && mv "$RUN/state.pt.tmp" "$RUN/state.pt"
+        cp "$SAVED/log.jsonl" "$RUN/"
     fi
     nice "$DGR2" train cft --from "$INIT" --store candidates --run-dir "$RUN" --batch-size 16 \
         --steps "${STEPS:-600}" --warmup 10 --validity-weight 1 --eval-every "${EVAL_EVERY:-60}" \
@@ -36,10 +37,12 @@ run)
     ;;
 snapshot)
     mkdir -p "$SAVED"
-    cp "$RUN/state.pt" "$SAVED/state.pt.tmp" && mv "$SAVED/state.pt.tmp" "$SAVED/state.pt"
+    # in parts of 25 MB (the repository takes no file over 30 MB); `run` joins them
+    rm -f "$SAVED"/state.pt.part-*
+    split -b 25M -d "$RUN/state.pt" "$SAVED/state.pt.part-"
     # the log up to the saved step only: a run resumed from this state logs the later steps again
     step=$(.venv/bin/python -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" \
-        "$SAVED/state.pt")
+        "$RUN/state.pt")
     .venv/bin/python -c "import json, sys; [print(l, end='') for l in open(sys.argv[1]) if json.loads(l)['step'] <= int(sys.argv[2])]" \
         "$RUN/log.jsonl" "$step" > "$SAVED/log.jsonl"
     echo "saved step $(steps_in "$SAVED") in $SAVED: commit it (git add $SAVED)"
