@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed.command_line = shlex.join([*args.prog.split(), *rest])  # what a benchmark records it ran
         return command.run(parsed)
     except UserError as e:  # a checkpoint, a data folder or file, a resume file: one line, no traceback
-        print(f"{args.prog if hasattr(args, 'prog') else 'dgr2'}: error: {e}", file=sys.stderr)
+        print(f"{args.prog}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -172,12 +172,11 @@ def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates:
         raise UserError(f"no data folder: pass --data-dir (or set {DATA_ENV}) to measure on Beauty prompts, or "
                         "--synthetic for the generated 20-candidate set (a smoke test: the shipped models were "
                         "not trained on such prompts)")
-    use_synthetic = synthetic
     if candidates is None:
-        candidates = 20 if use_synthetic else 100  # the synthetic catalog has only 60 items
-    source = load_source(data_dir, use_synthetic)
+        candidates = 20 if synthetic else 100  # the synthetic catalog has only 60 items
+    source = load_source(data_dir, synthetic)
     examples = eval_examples(source.sequences, source.item_ids, split, candidates, neg_seed, n)
-    desc = {"prompts": "synthetic" if use_synthetic else "amazon-beauty", "split": split,
+    desc = {"prompts": "synthetic" if synthetic else "amazon-beauty", "split": split,
             "candidates": candidates, "neg_seed": neg_seed}
     return examples, desc
 
