@@ -45,6 +45,7 @@ from dgr2.bench.common import (
     rss_mb,
     write_json,
 )
+from dgr2.bench.pass_time import Clock, clocked, section_rates, split
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import DECODE_FUNCTIONS, Reranker
 from dgr2.model.prompt import render_prompt
@@ -75,6 +76,8 @@ class Side:
     slots: list[int] = field(default_factory=list)
     answer_threshold: float | None = None  # override of the checkpoint's (diffusion)
     fuse_commit: bool = True  # diffusion: commit pass fused with the next block's first step
+    answer_claims: bool | None = None  # diffusion: DecodeConfig's when None
+    block_cache: bool | None = None  # diffusion: DecodeConfig's when None
 
     def render(self, examples) -> None:
         """The prompts of ``examples`` in this checkpoint's vocabulary."""
@@ -83,14 +86,12 @@ class Side:
         self.ids, self.slots = [r.ids for r in rendered], [r.num_slots for r in rendered]
 
     def config(self, length: int | None, block: int | None, threshold: float | None, kmax: int) -> DecodeConfig:
-        answer = self.answer_threshold
+        common = dict(block_size=block, threshold=threshold, answer_threshold=self.answer_threshold,
+                      fuse_commit=self.fuse_commit, answer_claims=self.answer_claims, block_cache=self.block_cache)
         if length is None:  # natural stop within the completion budget of the trained trace length
             return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=completion_budget(self.trace_len, kmax),
-                                          block_size=block, threshold=threshold, answer_threshold=answer,
-                                          fuse_commit=self.fuse_commit)
-        return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=length, block_size=block,
-                                      threshold=threshold, answer_threshold=answer, ignore_eos=True,
-                                      fuse_commit=self.fuse_commit)
+                                          **common)
+        return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=length, ignore_eos=True, **common)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Setting:
     generated: int = 0
     requests: int = 0
     peak_mb: float = 0.0
+    profile: dict = field(default_factory=dict)  # from one clocked decode: pass time split, tokens per section
 
 
 @dataclass
@@ -179,7 +181,24 @@ def measure_group(group: Group, sides: dict[str, Side], requests: int, repeats: 
             s.tokens.append(tokens)
             s.passes, s.generated, s.requests = passes, tokens, n
             s.peak_mb = max(s.peak_mb, memory.read_mb())
+    for s, cfg in zip(settings, configs, strict=True):
+        s.profile = profile_batch(sides[s.decoder], cfg, group.batch, device)
     return settings
+
+
+def profile_batch(side: Side, cfg: DecodeConfig, batch: int, device: str) -> dict:
+    """One clocked, untimed decode of the first batch: where a pass's time goes, and tokens per pass
+    in the trace and in the answer."""
+    model, vocab = side.ckpt.model, side.ckpt.vocab
+    clock = Clock()
+    with clocked(model, clock):
+        t0 = time.perf_counter()
+        outs = DECODE_FUNCTIONS[side.decoder](model, vocab, side.ids[:batch], side.slots[:batch], cfg,
+                                              record_passes=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+    return {"pass_time_ms": split(clock, wall, max(o.forward_passes for o in outs)), **section_rates(outs, vocab)}
 
 
 class Ndcg:
@@ -223,6 +242,7 @@ def run_record(s: Setting, group: Group, ndcg: Ndcg) -> dict:
         "p99_ms": round(percentile(s.latencies_ms, 99), 2),
         "peak_mem_mb": s.peak_mb,
         "ndcg@10": ndcg(s.decoder, group.length, s.block, s.threshold),
+        **s.profile,
     }
 
 
@@ -251,6 +271,20 @@ def load_side(decoder: str, ref: str, store_root: str | None, model: str, device
     if trace_len:  # the engine caps its budget by the config's trace length
         ckpt.model.config = ckpt.model.config.replace(trace_len=trace_len)
     return Side(decoder, ckpt, ckpt.config.trace_len)
+
+
+def add_diffusion_arguments(p: argparse.ArgumentParser) -> None:
+    """The diffusion decoder's pass-economy switches (``DecodeConfig.answer_claims`` / ``block_cache``)."""
+    p.add_argument("--answer-claims", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: answer positions whose slot an earlier one takes in the same pass pick "
+                        "again among the slots left (default: DecodeConfig's)")
+    p.add_argument("--block-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: denoising passes compute only the positions they read or that changed "
+                        "(default: DecodeConfig's)")
+
+
+def apply_diffusion_arguments(side: Side, args: argparse.Namespace) -> None:
+    side.answer_claims, side.block_cache = args.answer_claims, args.block_cache
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -282,6 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion threshold inside the answer (default: the checkpoint's; 1 = off)")
     p.add_argument("--separate-commit", action="store_true",
                    help="diffusion: commit each block in its own causal pass (the unfused reference)")
+    add_diffusion_arguments(p)
     p.add_argument("--requests", type=int, default=None,
                    help=f"requests per timed run, rounded up to whole batches (default {FULL['requests']})")
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats per run (default {FULL['repeats']})")
@@ -317,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
     dcfg = sides["diffusion"].ckpt.config
     sides["diffusion"].answer_threshold = args.answer_threshold
     sides["diffusion"].fuse_commit = not args.separate_commit
+    apply_diffusion_arguments(sides["diffusion"], args)
     groups = plan(args.quick, lengths, batches, blocks, thresholds, dcfg.block_size, dcfg.threshold)
     for g in groups:
         for block, _ in g.diffusion:
@@ -340,6 +376,9 @@ def run(args: argparse.Namespace) -> int:
         trace_len={d: s.trace_len for d, s in sides.items()}, **prompts,
         answer_threshold=args.answer_threshold if args.answer_threshold is not None else dcfg.answer_threshold,
         fuse_commit=not args.separate_commit,
+        decode_settings={d: {k: v for k, v in vars(s.config(None, None, None, 100)).items()
+                             if k not in ("max_new_tokens", "ignore_eos", "seed", "temperature")}
+                         for d, s in sides.items()},
         requests=args.requests, repeats=args.repeats, ndcg_users=len(ndcg.examples),
         peak_mem=memory.kind, rss_baseline_mb=rss_mb() if not device.startswith("cuda") else None,
         timed="decoder call on rendered prompts (prefill included; tokenization and guard excluded)",

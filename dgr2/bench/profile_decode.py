@@ -16,46 +16,15 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from contextlib import contextmanager, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
 
 from dgr2.bench.common import add_prompt_arguments, command_line, load_examples, machine_info, pick_device
-from dgr2.bench.decode import load_side
+from dgr2.bench.decode import add_diffusion_arguments, apply_diffusion_arguments, load_side
+from dgr2.bench.pass_time import Clock, clocked, section_rates
 from dgr2.model.engine import DECODE_FUNCTIONS
-from dgr2.model.output_head import OutputHead
-
-
-class Clock:
-    """Accumulates wall time and calls of wrapped callables."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-
-    def wrap(self, name: str, fn):
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-                self.calls[name] = self.calls.get(name, 0) + 1
-        return timed
-
-
-@contextmanager
-def clocked(model, clock: Clock):
-    """Times ``model.hidden_states`` and every ``OutputHead`` call while inside."""
-    head_call = OutputHead.__call__
-    model.hidden_states = clock.wrap("network", model.hidden_states)
-    OutputHead.__call__ = clock.wrap("head", head_call)
-    try:
-        yield
-    finally:
-        del model.hidden_states  # the instance attribute; the class method shows through again
-        OutputHead.__call__ = head_call
 
 
 def profile_side(side, cfg, prompts, batch: int) -> dict:
@@ -65,10 +34,12 @@ def profile_side(side, cfg, prompts, batch: int) -> dict:
     decode(model, vocab, ids[:batch], slots[:batch], cfg)  # warm-up
     clock = Clock()
     tokens = seq_passes = passes = 0  # passes: of the batch (a pass serves every row still running)
+    every = []
     with clocked(model, clock):
         t0 = time.perf_counter()
         for s in range(0, len(ids), batch):
-            outs = decode(model, vocab, ids[s: s + batch], slots[s: s + batch], cfg)
+            outs = decode(model, vocab, ids[s: s + batch], slots[s: s + batch], cfg, record_passes=True)
+            every += outs
             tokens += sum(o.generated_tokens for o in outs)
             seq_passes += sum(o.forward_passes for o in outs)
             passes += max(o.forward_passes for o in outs)
@@ -81,7 +52,7 @@ def profile_side(side, cfg, prompts, batch: int) -> dict:
         "forward_passes": passes, "tokens_per_forward": tokens / max(seq_passes, 1),
         "ms_per_pass": 1000 * wall / max(passes, 1),
         "network_s": network, "head_s": head, "decoder_s": wall - network - head,
-        "network_calls": clock.calls.get("network", 0),
+        "network_calls": clock.calls.get("network", 0), **section_rates(every, vocab),
         "top_ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15),
     }
 
@@ -90,13 +61,15 @@ def report(results: list[dict], header: str) -> str:
     out = io.StringIO()
     with redirect_stdout(out):
         print(header)
-        print(f"{'decoder':10} {'tok/s':>8} {'passes':>7} {'tok/pass':>8} {'ms/pass':>8} "
-              f"{'network':>8} {'head':>6} {'decoder':>8}")
+        print(f"{'decoder':10} {'tok/s':>8} {'passes':>7} {'tok/pass':>8} {'trace':>6} {'answer':>6} "
+              f"{'ms/pass':>8} {'network':>8} {'head':>6} {'decoder':>8}")
         for r in results:
             w = r["wall_s"]
             print(f"{r['decoder']:10} {r['tokens_per_s']:8.1f} {r['forward_passes']:7d} "
-                  f"{r['tokens_per_forward']:8.2f} {r['ms_per_pass']:8.2f} {r['network_s'] / w:8.0%} "
+                  f"{r['tokens_per_forward']:8.2f} {r['tokens_per_forward_trace'] or 0:6.2f} "
+                  f"{r['tokens_per_forward_answer'] or 0:6.2f} {r['ms_per_pass']:8.2f} {r['network_s'] / w:8.0%} "
                   f"{r['head_s'] / w:6.0%} {r['decoder_s'] / w:8.0%}")
+        print("(tok/pass per section: trace before <answer>, answer from it on)")
         if len(results) == 2:
             ar, dif = results
             print(f"\ndiffusion/AR: throughput {dif['tokens_per_s'] / ar['tokens_per_s']:.2f}x = tokens per pass "
@@ -123,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=4, help="prompts decoded per decoder (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default=None)
+    add_diffusion_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = p.parse_args(argv)
     if args.users < 1 or args.batch_size < 1:
@@ -135,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
              for d, ref in (("ar", args.ar), ("diffusion", args.diffusion))]
     examples, _ = load_examples(args.data_dir, args.synthetic, "valid", None, 12345, args.users)
     results = []
+    apply_diffusion_arguments(sides[1], args)
     for side in sides:
         side.render(examples)
         cfg = side.config(None, None, None, max(side.slots))  # natural stop, the checkpoint's block/threshold

@@ -80,9 +80,10 @@ class AnswerConstraint:
 
 @torch.inference_mode()
 def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
-              cfg: DecodeConfig | None = None) -> list[SequenceResult]:
+              cfg: DecodeConfig | None = None, record_passes: bool = False) -> list[SequenceResult]:
+    """``record_passes``: each result's ``decided_at`` names the pass that decided each position."""
     cfg = cfg or DecodeConfig()
-    batch = Batch(model, vocab, prompts, num_slots, cfg.max_new_tokens, block=1)
+    batch = Batch(model, vocab, prompts, num_slots, cfg.max_new_tokens, block=1, record_passes=record_passes)
     logits = batch.prefill()  # [B, n_out]: output-vocabulary logits of token 0
     constraint = AnswerConstraint(vocab, batch, logits.shape[-1]) if cfg.constrain_answer else None
     for t in range(cfg.max_new_tokens):
@@ -94,6 +95,8 @@ def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_sl
         batch.out_tokens[rows_alive, t] = nxt
         batch.out_scores[rows_alive, t] = scores
         batch.length[rows_alive] = t + 1
+        if batch.decided_at is not None:
+            batch.record_decided(rows_alive, t)
         if constraint is not None:
             constraint.update(nxt)
         if t == cfg.max_new_tokens - 1:

@@ -36,6 +36,13 @@ class DecodeConfig:
     fuse_commit: bool = True  # diffusion: commit a full block in the next block's first pass (same decode)
     seed: int = 0  # sampling seed when temperature > 0
     causal_first_rank: bool = True  # diffusion: rank 1 is predicted from the view AR has (nothing after it)
+    # diffusion: a denoising pass computes only the positions whose output it reads or whose token changed,
+    # and reuses the other positions' keys and values from the pass that last computed them (approximate
+    # inside the block; a committed block is still computed whole, so the prefix cache stays exact)
+    block_cache: bool = False
+    # diffusion: an answer position whose pick an earlier position of the same pass takes picks again among
+    # the slots left (the threshold on the renormalised probability) instead of waiting for the next pass
+    answer_claims: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:
@@ -64,6 +71,9 @@ class SequenceResult:
     slot_logprobs: np.ndarray  # [len(tokens), K]: log-probs over the K slots when each token was decided
     forward_passes: int  # passes this sequence took part in, prefill included
     unmasked_per_step: list[int] = field(default_factory=list)  # diffusion: tokens decided per denoising step
+    # with record_passes: per output position, the pass that decided it (0 = the prefill), counted
+    # over the passes this sequence took part in; None when not recorded
+    decided_at: list[int] | None = None
 
     @property
     def generated_tokens(self) -> int:
@@ -78,7 +88,7 @@ class Batch:
     """
 
     def __init__(self, model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
-                 max_new: int, block: int) -> None:
+                 max_new: int, block: int, record_passes: bool = False) -> None:
         if len(prompts) != len(num_slots) or not prompts:
             raise ValueError("need one num_slots per prompt, and at least one prompt")
         if any(not 1 <= k <= len(vocab.slot_ids) for k in num_slots):
@@ -103,14 +113,19 @@ class Batch:
         self.out_scores = torch.zeros((B, max_new + block, self.kmax), dtype=torch.float32, device=dev)
         self.length = torch.zeros(B, dtype=torch.long, device=dev)  # final continuation length
         self.passes = torch.zeros(B, dtype=torch.long, device=dev)
+        # only allocated when asked for: decoders test it for None, so an unrecorded decode does no work for it
+        self.decided_at = torch.full((B, max_new + block), -1, dtype=torch.long, device=dev) if record_passes else None
         self.prompts = prompts
 
     def logits(self, block: torch.Tensor, causal: torch.Tensor | None = None,
-               visible: torch.Tensor | None = None) -> torch.Tensor:
+               visible: torch.Tensor | None = None, query_index: torch.Tensor | None = None,
+               block_len: int | None = None) -> torch.Tensor:
         """One forward pass of a block ``[b, S]`` against the cache: output-vocabulary logits ``[b, S, n_out]``;
-        ``causal`` / ``visible`` per row as in :mod:`kernels.block_attention`."""
+        ``causal`` / ``visible`` per row as in :mod:`kernels.block_attention`; with ``query_index``,
+        ``block`` holds only those positions of a block ``block_len`` wide."""
         self.passes[self.alive] += 1
-        return self.head(self.model.hidden_states(block, cache=self.cache, causal=causal, visible=visible))
+        return self.head(self.model.hidden_states(block, cache=self.cache, causal=causal, visible=visible,
+                                                  query_index=query_index, block_len=block_len))
 
     def prefill(self) -> torch.Tensor:
         """Causal pass over the right-padded prompts; returns the logits that predict token 0 ``[B, n_out]``."""
@@ -130,6 +145,11 @@ class Batch:
         alive = self.alive if rows is None else self.alive[rows]
         return answer_scores(logits, self.slot_cols, self.k[alive])
 
+    def record_decided(self, orig: torch.Tensor, pos: torch.Tensor | int) -> None:
+        """Note that the pass just run decided output positions ``pos`` of rows ``orig`` (original indices):
+        one tensor write, no host sync. Only called when ``decided_at`` is set."""
+        self.decided_at[orig, pos] = self.passes[orig] - 1  # passes already counts the pass that decided
+
     def drop_finished(self, keep: torch.Tensor) -> torch.Tensor:
         """Remove rows where ``keep`` is False; returns the kept row indices (to index row-shaped state)."""
         rows = keep.nonzero().squeeze(1)
@@ -141,5 +161,7 @@ class Batch:
         length, passes = self.length.tolist(), self.passes.tolist()
         k = self.k.tolist()
         tokens, scores = self.out_tokens.cpu(), self.out_scores.cpu()
-        return [SequenceResult(tokens[i, : length[i]].tolist(), scores[i, : length[i], : k[i]].numpy(), passes[i])
+        decided = self.decided_at.cpu() if self.decided_at is not None else None
+        return [SequenceResult(tokens[i, : length[i]].tolist(), scores[i, : length[i], : k[i]].numpy(), passes[i],
+                               decided_at=None if decided is None else decided[i, : length[i]].tolist())
                 for i in range(len(length))]

@@ -35,6 +35,7 @@ from dgr2.kernels.unmask_select import threshold_rule
 from dgr2.model.decoding import Batch, DecodeConfig, SequenceResult
 from dgr2.model.slot_constraint import (
     apply_bans,
+    claimed_earlier,
     grammar_disallow,
     keep_earliest,
     one_answer_per_pass,
@@ -58,6 +59,9 @@ class BlockState:
     # block positions the next pass reads causally: up to a decided <answer> while rank 1 is open
     # (causal_first_rank), else 0; committing rows read all S
     rank1_causal: torch.Tensor  # [b]
+    # [b, S]: positions whose keys and values in the cache do not reflect their current token (decided
+    # since, or never computed): a pass under block_cache recomputes them
+    stale: torch.Tensor
 
     @classmethod
     def first(cls, vocab: Vocab, prev_logits: torch.Tensor, S: int) -> BlockState:
@@ -65,32 +69,82 @@ class BlockState:
         zeros = torch.zeros(B, dtype=torch.long, device=dev)
         return cls(torch.full((B, S), vocab.mask, dtype=torch.long, device=dev),
                    torch.ones(B, S, dtype=torch.bool, device=dev), torch.zeros(B, dtype=torch.bool, device=dev),
-                   zeros, prev_logits, zeros.clone())
+                   zeros, prev_logits, zeros.clone(), torch.ones(B, S, dtype=torch.bool, device=dev))
 
     def keep(self, rows: torch.Tensor) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name)[rows])
 
 
-def forward(batch: Batch, st: BlockState, vocab: Vocab, fuse_commit: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def forward(batch: Batch, st: BlockState, vocab: Vocab, fuse_commit: bool,
+            block_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One pass over every row's block: committing rows read their full block causally (writing its KV
     entries), the others denoise theirs. With ``fuse_commit`` and at least half the rows committing,
     the pass is two blocks wide and the committing rows' fresh masks ride along (their next block's
-    first denoising step). Returns the block logits ``[b, S, n_out]`` each row denoises with, the
-    committing rows' last-position logits (which predict the next block's position 0), and whether
-    the pass was fused."""
+    first denoising step). With ``block_cache`` denoising rows compute only :func:`needed_positions`.
+    Returns the block logits ``[b, S, n_out]`` each row denoises with, the committing rows'
+    last-position logits (which predict the next block's position 0), and whether the pass was fused."""
     S = st.tokens.shape[1]
     block_in = torch.where(st.masked, vocab.mask, st.tokens)
     causal = torch.where(st.committing, S, st.rank1_causal)
     n_commit = int(st.committing.sum()) if fuse_commit else 0  # one host sync, and none when off
-    if n_commit > 0 and 2 * n_commit >= st.committing.numel():
+    fused = n_commit > 0 and 2 * n_commit >= st.committing.numel()
+    if fused:
         # [finished block ; fresh masks]: the masks see all of the clean block; the other rows denoise
         # their block in the first half and ignore the second
-        wide = torch.cat([block_in, torch.full_like(block_in, vocab.mask)], dim=1)
-        out = batch.logits(wide, causal=causal, visible=S + st.committing.int() * S)
+        block_in = torch.cat([block_in, torch.full_like(block_in, vocab.mask)], dim=1)
+        visible = S + st.committing.int() * S
+    else:
+        visible = None
+    if block_cache:
+        out = sparse_logits(batch, st, block_in, causal, visible)
+    else:
+        out = batch.logits(block_in, causal=causal, visible=visible)
+        st.stale = torch.zeros_like(st.stale)
+    # a committed row's next block was computed in a fused pass, else not at all yet
+    st.stale = st.stale | (st.committing[:, None] & (not fused))
+    if fused:
         return torch.where(st.committing[:, None, None], out[:, S:], out[:, :S]), out[:, S - 1], True
-    logits = batch.logits(block_in, causal=causal)  # [b, S, n_out]
-    return logits, logits[:, -1], False
+    return out, out[:, -1], False
+
+
+def needed_positions(st: BlockState, width: int) -> torch.Tensor:
+    """``[b, width]``: what a pass under ``block_cache`` computes. A denoising row: the outputs that predict
+    a masked position (position ``j - 1`` for a masked ``j``) and the positions whose cached keys and
+    values are stale; the rest keep the keys and values an earlier pass left. A committing row: all
+    of its window (its committed entries must be exact)."""
+    S = st.tokens.shape[1]
+    predicts_masked = torch.cat([st.masked[:, 1:], torch.zeros_like(st.masked[:, :1])], dim=1)
+    need = predicts_masked | st.stale
+    need = torch.cat([need, torch.zeros_like(need)], dim=1)[:, :width] if width > S else need
+    return need | st.committing[:, None]
+
+
+def sparse_logits(batch: Batch, st: BlockState, block_in: torch.Tensor, causal: torch.Tensor,
+                  visible: torch.Tensor | None) -> torch.Tensor:
+    """The pass on :func:`needed_positions` only, its logits scattered back to ``[b, width, n_out]``
+    (positions not computed hold zeros, which nothing reads)."""
+    b, width = block_in.shape
+    need = needed_positions(st, width)
+    counts = need.sum(dim=1)
+    R, everything = (int(x) for x in torch.stack([counts.max(), need.all()]).tolist())  # one host sync
+    R = max(R, 1)  # a row that needs nothing recomputes its position 0, whatever batch it is in
+    if everything:
+        out = batch.logits(block_in, causal=causal, visible=visible)
+        st.stale = torch.zeros_like(st.stale)
+        return out
+    # rows that need more than others do not make the others compute more: a row's decode does not
+    # depend on the batch it is in
+    arange_w = torch.arange(width, device=block_in.device)
+    order = torch.where(need, arange_w, width + arange_w).argsort(dim=1)[:, :R]  # needed positions first
+    # rows with fewer than R repeat their first (the same inputs, so the same keys and values)
+    q_index = torch.where(torch.arange(R, device=block_in.device) < counts[:, None], order, order[:, :1])
+    out = batch.logits(block_in.gather(1, q_index), causal=causal, visible=visible, query_index=q_index,
+                       block_len=width)
+    dense = out.new_zeros(b, width, out.shape[-1])
+    dense.scatter_(1, q_index[:, :, None].expand_as(out), out)
+    st.stale = st.stale & ~need[:, : st.stale.shape[1]]
+    return dense
 
 
 def start_fresh_blocks(batch: Batch, st: BlockState, commit_last: torch.Tensor) -> None:
@@ -125,9 +179,15 @@ def select(batch: Batch, st: BlockState, logits: torch.Tensor, denoise: torch.Te
         conf = probs.gather(-1, cand_cols[..., None])[..., 0]
         unmask = threshold_rule(conf, eligible, cfg.threshold)
     else:
-        cand_cols, conf, unmask = unmask_select(shifted, eligible, cfg.threshold)
-    if cfg.answer_threshold is not None:
-        unmask = unmask | (eligible & state.in_answer & (conf >= cfg.answer_threshold))
+        cand_cols, conf, unmask = threshold_select(shifted, eligible, state, cfg)
+        if cfg.answer_claims and state is not None:
+            # each round settles the earliest answer position whose pick an earlier one took: at most S rounds
+            for _ in range(shifted.shape[1]):
+                taken, clash = claimed_earlier(batch, batch.head.token(cand_cols), unmask, state)
+                if not bool(clash.any()):
+                    break
+                cand_cols, conf, unmask = threshold_select(apply_bans(batch, shifted, state.ban | taken), eligible,
+                                                           state, cfg)
     cand = batch.head.token(cand_cols)
     if state is not None:
         unmask = keep_earliest(batch, cand, unmask, state)
@@ -136,14 +196,26 @@ def select(batch: Batch, st: BlockState, logits: torch.Tensor, denoise: torch.Te
     return cand, unmask, belief
 
 
+def threshold_select(shifted: torch.Tensor, eligible: torch.Tensor, state, cfg: DecodeConfig):
+    """The threshold rule (:func:`kernels.unmask_select`), with ``answer_threshold`` after a decided
+    ``<answer>``: ``(cand_cols, conf, unmask)``."""
+    cand_cols, conf, unmask = unmask_select(shifted, eligible, cfg.threshold)
+    if cfg.answer_threshold is not None:
+        unmask = unmask | (eligible & state.in_answer & (conf >= cfg.answer_threshold))
+    return cand_cols, conf, unmask
+
+
 def decide(batch: Batch, st: BlockState, cand: torch.Tensor, unmask: torch.Tensor, belief: torch.Tensor) -> None:
     """Write the unmasked positions into the block and the batch's output (tokens and the guard's scores)."""
     st.tokens = torch.where(unmask, cand, st.tokens)
     st.masked = st.masked & ~unmask
+    st.stale = st.stale | unmask
     rows, cols = unmask.nonzero(as_tuple=True)
     pos = st.offset[rows] + cols
     orig = batch.alive[rows]
     batch.out_tokens[orig, pos] = cand[rows, cols]
+    if batch.decided_at is not None:
+        batch.record_decided(orig, pos)
     # one "sequence" per decided position, so each gets its own K
     batch.out_scores[orig, pos] = batch.scores(belief[rows, cols][:, None], rows)[:, 0]
 
@@ -176,18 +248,19 @@ def finish_rows(batch: Batch, st: BlockState, denoise: torch.Tensor, vocab: Voca
 
 @torch.inference_mode()
 def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
-                     cfg: DecodeConfig | None = None) -> list[SequenceResult]:
+                     cfg: DecodeConfig | None = None, record_passes: bool = False) -> list[SequenceResult]:
     """Prefill, then passes of: forward, start fresh blocks where one was committed, select, decide,
-    retire finished rows."""
+    retire finished rows. ``record_passes``: each result's ``decided_at`` names the pass that decided
+    each position (the prefill decides none; nor does a commit pass that is not fused)."""
     cfg = cfg or DecodeConfig()
     S = cfg.block_size
     budget = math.ceil(cfg.max_new_tokens / S) * S
-    batch = Batch(model, vocab, prompts, num_slots, budget, block=S)
+    batch = Batch(model, vocab, prompts, num_slots, budget, block=S, record_passes=record_passes)
     st = BlockState.first(vocab, batch.prefill(), S)
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     gen = torch.Generator(device=batch.dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     while True:
-        logits, commit_last, fused = forward(batch, st, vocab, cfg.fuse_commit)
+        logits, commit_last, fused = forward(batch, st, vocab, cfg.fuse_commit, cfg.block_cache)
         denoise = torch.ones_like(st.committing) if fused else ~st.committing
         start_fresh_blocks(batch, st, commit_last)
         cand, unmask, belief = select(batch, st, logits, denoise, cfg, gen)

@@ -153,3 +153,16 @@ def keep_earliest(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state:
     earlier = torch.where(in_answer, (hit_i * in_answer).cumsum(dim=1), (hit_i * ~in_answer).cumsum(dim=1)) - hit_i
     loser = hit & (earlier >= state.room)
     return unmask & ~loser.any(dim=2)
+
+
+def claimed_earlier(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor,
+                    state: SlotState) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(taken [b, S, Kmax], clash [b, S])``: per answer position, the slots that earlier answer positions
+    unmask in this same pass (a ranking names each candidate once, so those are taken for it), and
+    the unmasked positions whose own pick is among them."""
+    slot = batch.slot_index[cand]  # [b, S]; kmax for tokens that are not slots
+    hit = torch.zeros(*cand.shape, batch.kmax + 1, dtype=torch.int32, device=cand.device)
+    hit.scatter_(2, slot[..., None], (unmask & state.in_answer)[..., None].int())
+    taken = ((hit.cumsum(dim=1) - hit) > 0) & state.in_answer[:, :, None]
+    clash = unmask & taken.gather(2, slot[..., None])[..., 0]
+    return taken[..., : batch.kmax], clash

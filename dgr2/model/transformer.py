@@ -163,22 +163,27 @@ class Transformer(nn.Module):
         return self.model.embed_tokens.weight.device
 
     def hidden_states(self, input_ids, positions=None, mask=None, cache: KVCache | None = None, causal=None,
-                      visible=None):
+                      visible=None, query_index=None, block_len=None):
         """Final-norm hidden states ``[B, S, H]``.
 
         Without a cache: ``positions`` default to ``0..S-1`` and ``mask`` to causal.
         With a cache: the block goes right after each sequence's committed prefix; ``causal [B]``
         (and ``visible [B]``) pick the attention inside the block per sequence
-        (:mod:`kernels.block_attention`).
+        (:mod:`kernels.block_attention`). With ``query_index [B, S]`` only those positions of a block
+        ``block_len`` wide are computed; the other positions' keys and values are read from the cache
+        as an earlier pass left them.
         """
         B, S = input_ids.shape
         plan = None
         if cache is not None:
-            positions = cache.block_positions(S)
+            width = S if query_index is None else block_len
+            positions = cache.block_positions(width)
+            if query_index is not None:
+                positions = positions.gather(1, query_index)
             if causal is None:
                 causal = torch.ones(B, dtype=torch.bool, device=input_ids.device)
             # the lengths do not move within a pass (only commit moves them): one plan for all layers
-            plan = plan_block_attention(cache.lens, causal, visible, S, cache.k[0].shape[1])
+            plan = plan_block_attention(cache.lens, causal, visible, width, cache.k[0].shape[1], query_index)
         else:
             if positions is None:
                 positions = torch.arange(S, device=input_ids.device)[None, :].expand(B, S)

@@ -50,7 +50,12 @@ def test_decode_quick_prints_one_json_object(store, capsys):
         assert set(r) >= RUN_FIELDS
         assert r["output_length"] is None and r["stop"] == "natural" and r["batch_size"] == 1
         assert r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 0 and 0.0 <= r["ndcg@10"] <= 1.0
+        t = r["pass_time_ms"]  # where a pass's time goes, from one clocked decode
+        assert t["total"] > 0 and abs(t["network"] + t["head"] + t["decoder"] - t["total"]) < 1e-2
+    assert out["runs"][0]["tokens_per_forward_trace"] == 1.0  # AR: one token a pass in every section
     assert out["runs"][1]["block_size"] == 32 and out["runs"][1]["threshold"] == 0.9
+    assert set(out["machine"]["decode_settings"]["diffusion"]) >= {"block_size", "answer_claims", "block_cache"}
+    assert {"cpu", "torch_threads", "torch", "python"} <= set(out["machine"])
     (s,) = out["speedup"]
     assert set(s) >= SPEEDUP_FIELDS and s["ratio"] > 0
 
@@ -128,7 +133,8 @@ def test_profile_decode_splits_each_decoders_time(store, tmp_path):
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()[:1] in (["ar"], ["diffusion"])}
     assert set(rows) == {"ar", "diffusion"}
     for cols in rows.values():  # network + head + decoder shares of the wall time add up to ~100%
-        assert abs(sum(int(c.rstrip("%")) for c in cols[5:8]) - 100) <= 2
+        assert abs(sum(int(c.rstrip("%")) for c in cols[7:10]) - 100) <= 2
+    assert rows["ar"][4:6] == ["1.00", "1.00"]  # AR decides one token a pass in either section
     assert "diffusion/AR: throughput" in text and text.count("top operators") == 2
 
 

@@ -128,3 +128,22 @@ def test_unmasked_reference_reads_no_stale_entries(name):
     k[:, case.lens[0] + case.S:] = float("nan")
     v[:, case.lens[0] + case.S:] = float("nan")
     torch.testing.assert_close(block_attention_ref(q, k, v, lens, causal), clean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["denoise-mixed-mha", "fused-commit", "two-row-tiles", "one-length-denoise"])
+def test_a_subset_of_queries_gives_the_same_rows_as_the_whole_block(name, device, near_truth):
+    """``q_index``: computing some block positions (in any order, one repeated as padding) gives the
+    rows the whole block gives at those positions, from the same cache."""
+    case = next(c for c in CASES if c.name == name)
+    q, k, v, lens, causal, visible = make_inputs(case, torch.float32, device)
+    g = torch.Generator().manual_seed(1)
+    R = max(1, case.S // 2)
+    q_index = torch.stack([torch.randperm(case.S, generator=g)[:R] for _ in case.lens]).to(device)
+    q_index[:, -1] = q_index[:, 0]  # padding repeats a position
+    q_sub = q.gather(1, q_index[:, :, None, None].expand(-1, -1, case.Hq, case.D))
+    rows = q_index[:, :, None, None].expand(-1, -1, case.Hq, case.D)
+    exact = attention_f64(q, k, v, lens, causal, visible).gather(1, rows.to("cpu"))
+    ref = block_attention_ref(q_sub, k, v, lens, causal, visible, q_index=q_index, block_len=case.S)
+    torch.testing.assert_close(ref, block_attention_ref(q, k, v, lens, causal, visible).gather(1, rows))
+    out = block_attention_triton(q_sub, k, v, lens, causal, visible, q_index=q_index, block_len=case.S)
+    near_truth(out, ref, exact, scale=float(v.abs().max()))

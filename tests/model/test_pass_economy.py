@@ -1,0 +1,141 @@
+"""The diffusion decoder's two ways to spend less per token: ``answer_claims`` (fewer passes in the
+answer) and ``block_cache`` (fewer positions computed per pass)."""
+
+import copy
+
+import pytest
+import torch
+
+from dgr2.model.decoding import Batch, DecodeConfig
+from dgr2.model.diffusion_decoder import decode_diffusion
+from dgr2.model.prompt import parse_answer, render_prompt
+from dgr2.model.slot_constraint import SlotState, claimed_earlier
+
+
+def prompts(vocab, synth, ks=(1, 4, 7, 2, 9)):
+    ids = synth.catalog.ids()
+    users = list(synth.sequences)[: len(ks)]
+    return [render_prompt(vocab, synth.catalog, synth.sequences[u][:-1], ids[3 * i: 3 * i + k])
+            for i, (u, k) in enumerate(zip(users, ks, strict=True))]
+
+
+def decode(model, vocab, ps, **cfg):
+    return decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps], DecodeConfig(**cfg))
+
+
+@pytest.fixture()
+def model64(tiny):
+    model, vocab = tiny
+    return copy.deepcopy(model).double(), vocab
+
+
+def record_rows(monkeypatch):
+    """Patches ``Batch.logits`` to record, per pass, (positions computed per row, block width)."""
+    logits, calls = Batch.logits, []
+
+    def patched(self, block, causal=None, visible=None, query_index=None, block_len=None):
+        calls.append((block.shape[1], block_len or block.shape[1]))
+        return logits(self, block, causal, visible, query_index, block_len)
+
+    monkeypatch.setattr(Batch, "logits", patched)
+    return calls
+
+
+# ----- answer_claims ---------------------------------------------------------------------------------
+
+def test_an_answer_position_whose_pick_an_earlier_one_took_sees_it_as_taken():
+    """``claimed_earlier``: per answer position, the slots earlier answer positions unmask in the same
+    pass; trace positions and masked picks claim nothing."""
+    from types import SimpleNamespace
+
+    S, kmax = 6, 3
+    slot_index = torch.full((20,), kmax)
+    slot_index[torch.tensor([10, 11, 12])] = torch.arange(kmax)
+    batch = SimpleNamespace(slot_index=slot_index, kmax=kmax)
+    cand = torch.tensor([[10, 10, 11, 10, 12, 11]])
+    unmask = torch.tensor([[True, True, True, True, False, True]])
+    in_answer = torch.tensor([[False, True, True, True, True, True]])  # position 0 is trace
+    state = SlotState(ban=torch.zeros(1, S, kmax, dtype=torch.bool), room=torch.ones(1, S, kmax, dtype=torch.long),
+                      in_answer=in_answer, pos=torch.arange(S)[None], ans_pos=torch.tensor([0]),
+                      think_end=torch.tensor([S]), past_decided=torch.ones(1, S, dtype=torch.bool), undecided=S)
+    taken, clash = claimed_earlier(batch, cand, unmask, state)
+    assert taken[0].int().tolist() == [[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]]
+    # position 3 picked <c1>, which position 1 took; position 5 picked <c2>, which position 2 took;
+    # position 4's pick is masked, so it clashes with nothing
+    assert clash[0].tolist() == [False, False, False, True, False, True]
+
+
+def plant_sure_ranking(monkeypatch, vocab):
+    """The first pass puts ``<answer>`` at block position 3; every rank then prefers ``<c1>``, then
+    ``<c2>``, ... by wide margins, so once ``<c1>`` is taken, ``<c2>`` is a sure pick, and so on."""
+    logits, calls = Batch.logits, []
+
+    def patched(self, block, causal=None, visible=None):
+        out = logits(self, block, causal, visible)
+        calls.append(1)
+        if len(calls) == 1:
+            out[:, 2, self.head.col(vocab.answer)] += 1e4
+        for i, slot in enumerate(vocab.slot_ids[:9]):
+            out[:, :, self.head.col(slot)] += 1e4 - 20.0 * i
+        return out
+
+    monkeypatch.setattr(Batch, "logits", patched)
+
+
+def test_answer_claims_decide_a_sure_ranking_in_fewer_passes_with_the_same_answer(tiny, synth, monkeypatch):
+    model, vocab = tiny
+    plant_sure_ranking(monkeypatch, vocab)
+    ps = prompts(vocab, synth)
+    runs = {claims: decode(model, vocab, ps, max_new_tokens=40, block_size=8, answer_claims=claims)
+            for claims in (False, True)}
+    for p, waits, claims in zip(ps, runs[False], runs[True], strict=True):
+        assert claims.tokens == waits.tokens, (vocab.decode(claims.tokens), vocab.decode(waits.tokens))
+        answer = parse_answer(vocab, claims.tokens, p.num_slots)
+        assert answer.valid and answer.slots == list(range(p.num_slots)), vocab.decode(claims.tokens)
+        if p.num_slots >= 3:  # waiting decides one rank a pass; claims decide the sure ones together
+            assert claims.forward_passes < waits.forward_passes
+        else:
+            assert claims.forward_passes <= waits.forward_passes
+
+
+@pytest.mark.parametrize("threshold", [0.9, 0.3])
+def test_answer_claims_keep_every_answer_a_valid_ranking(tiny, synth, threshold):
+    model, vocab = tiny
+    ps = prompts(vocab, synth)
+    for p, o in zip(ps, decode(model, vocab, ps, max_new_tokens=48, block_size=8, threshold=threshold,
+                               answer_threshold=0.0, answer_claims=True), strict=True):
+        assert parse_answer(vocab, o.tokens, p.num_slots).valid, vocab.decode(o.tokens)
+
+
+# ----- block_cache -----------------------------------------------------------------------------------
+
+def test_block_cache_computes_fewer_positions_and_whole_blocks_when_they_commit(model64, synth, monkeypatch):
+    """Every pass that commits (or starts a block) computes its whole window; denoising passes compute
+    fewer positions once a block is under way; the answers stay valid rankings."""
+    model, vocab = model64
+    calls = record_rows(monkeypatch)
+    ps = prompts(vocab, synth, ks=(9,))
+    out = decode(model, vocab, ps, max_new_tokens=48, block_size=8, threshold=0.6, block_cache=True)[0]
+    assert parse_answer(vocab, out.tokens, 9).valid
+    assert calls[0] == (8, 8)  # the first block's first pass: nothing cached yet
+    assert all(computed == width for computed, width in calls if width == 16)  # fused commit passes
+    assert any(computed < width for computed, width in calls)
+    monkeypatch.undo()
+    dense_calls = record_rows(monkeypatch)
+    decode(model, vocab, ps, max_new_tokens=48, block_size=8, threshold=0.6)
+    assert all(computed == width for computed, width in dense_calls)
+    assert sum(c for c, _ in calls) < sum(c for c, _ in dense_calls)
+
+
+def test_block_cache_decodes_a_row_alike_whatever_batch_it_is_in(model64, synth):
+    """Rows of one batch need different positions; padding one row's list must not change what another
+    row computes (float64, so only summation order could differ)."""
+    model, vocab = model64
+    ps = prompts(vocab, synth)
+    cfg = dict(max_new_tokens=40, block_size=8, threshold=0.3, block_cache=True)
+    together = decode(model, vocab, ps, **cfg)
+    for p, t in zip(ps, together, strict=True):
+        alone = decode(model, vocab, [p], **cfg)[0]
+        assert alone.tokens == t.tokens
+        assert abs(alone.slot_logprobs - t.slot_logprobs).max() < 1e-9
+
