@@ -41,9 +41,10 @@ serve: install-runtime
 lint: install
 	$(BIN)/ruff check .
 
-# Under CI a missing Prometheus fails the run; elsewhere its tests skip naming this install command
+# Under CI a missing Prometheus or Chromium fails the run; elsewhere their tests skip naming the install command
 test: install lint
 	@command -v prometheus >/dev/null || bash scripts/install_prometheus.sh || [ -z "$$CI" ]
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || bash scripts/install_chromium.sh || [ -z "$$CI" ]
 	$(BIN)/python -m pytest
 
 lock:

@@ -28,6 +28,26 @@ DECODE_FUNCTIONS: dict[DecoderKind, Callable[..., list]] = {"ar": decode_ar, "di
 class RankRequest:
     history: Sequence[ItemRef]
     candidates: Sequence[ItemRef]
+    record_passes: bool = False  # fill RankResult.passes (a batch records when any of its requests asks)
+
+
+@dataclass
+class DecodePasses:
+    """What each forward pass of one request decided, for replaying a decode."""
+
+    block_size: int  # positions a pass may decide together: the diffusion block, 1 for AR
+    decided_at: list[int]  # per output position, the pass that decided it (0 = the prefill)
+    tokens: list[str]  # the decoded continuation, one token per output position
+
+    def by_pass(self, forward_passes: int) -> list[list[int]]:
+        """``out[p]``: the output positions pass ``p`` decided, ascending; ``ValueError`` when a position
+        names a pass outside ``range(forward_passes)``."""
+        out: list[list[int]] = [[] for _ in range(forward_passes)]
+        for pos, p in enumerate(self.decided_at):
+            if not 0 <= p < forward_passes:
+                raise ValueError(f"position {pos} decided at pass {p}, outside 0..{forward_passes - 1}")
+            out[p].append(pos)
+        return out
 
 
 @dataclass
@@ -43,6 +63,7 @@ class RankResult:
     # per candidate, in request order: the model's expected DCG gain before the monotone fit
     # (:func:`expected_gains`); for evaluation and diagnostics, never sent to clients
     expected_gain: list[float] = field(default_factory=list)
+    passes: DecodePasses | None = None  # only for a request with record_passes
 
 
 def expected_gains(parse: AnswerParse, position_logprobs: np.ndarray | None) -> np.ndarray:
@@ -113,9 +134,11 @@ class Reranker:
         budget = completion_budget(self.model.config.trace_len, max(p.num_slots for p in prompts))
         cfg = replace(self.decode, max_new_tokens=min(self.decode.max_new_tokens, budget))
         outs = DECODE_FUNCTIONS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
-                                      [p.num_slots for p in prompts], cfg)
+                                              [p.num_slots for p in prompts], cfg,
+                                              record_passes=any(r.record_passes for r in requests))
+        block = cfg.block_size if self.decoder == "diffusion" else 1
         results = []
-        for prompt, out in zip(prompts, outs, strict=True):
+        for request, prompt, out in zip(requests, prompts, outs, strict=True):
             parse = parse_answer(self.vocab, out.tokens, prompt.num_slots)
             order, report = guard(parse, out.slot_logprobs)
             gains = expected_gains(parse, out.slot_logprobs)
@@ -125,6 +148,8 @@ class Reranker:
                 report=report, reasoning=self.reasoning_text(out.tokens), prompt_tokens=len(prompt.ids),
                 generated_tokens=out.generated_tokens, forward_passes=out.forward_passes,
                 unknown_items=prompt.unknown_items, expected_gain=[float(g) for g in gains],
+                passes=DecodePasses(block, out.decided_at, [self.vocab.token(t) for t in out.tokens])
+                if request.record_passes and out.decided_at is not None else None,
             ))
         return results
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from dgr2.service.errors import UnexpectedErrorMiddleware, register_exception_handlers
 from dgr2.service.limits import BodyLimitMiddleware
 from dgr2.service.metrics import Metrics, RequestMetricsMiddleware
+from dgr2.service.page import page_router
 from dgr2.service.routes import admin_router, router
 from dgr2.service.runtime import Runtime
 from dgr2.service.settings import Settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees 413/422 too
     app.include_router(router)
+    app.include_router(page_router)  # GET /: the decoders side by side (no admin, only the public API)
     if settings.admin_token is not None:  # no token: /admin/* does not exist (404)
         app.include_router(admin_router)
     return app

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+from dgr2.model.catalog import Item
 from dgr2.model.decoding import DecodeConfig
 from dgr2.model.engine import RankRequest, RankResult, Reranker
 from dgr2.model_store import ModelStore, load_checkpoint
@@ -36,6 +38,15 @@ class Engine:
 
     def rank(self, requests: list[RankRequest]) -> list[RankResult]:
         return self.reranker.rank(requests)
+
+    @cached_property
+    def catalog_ids(self) -> list[str]:
+        """The catalog's item ids, sorted (example requests draw from them)."""
+        return sorted(self.reranker.catalog.items)
+
+    def describe(self, item_id: str) -> Item | None:
+        """The catalog's entry for an item (its title, brand and category), if it has one."""
+        return self.reranker.catalog.get(item_id)
 
     def info(self) -> dict:
         """What ``/v1/models`` shows of this decoder: its checkpoint and decoding settings."""

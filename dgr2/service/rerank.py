@@ -10,14 +10,25 @@ import asyncio
 import math
 import time
 import uuid
+from dataclasses import replace
 
-from dgr2.model.engine import RankRequest
+from dgr2.model.engine import RankRequest, RankResult
 from dgr2.service.ab import kendall_tau, top_overlap
 from dgr2.service.batcher import Decoded
 from dgr2.service.errors import DeadlineExceeded, DecodeFailed, ServiceError
 from dgr2.service.limits import check_candidates
+from dgr2.service.reasoning import reasoning_steps
 from dgr2.service.runtime import Runtime
-from dgr2.service.schemas import RankedItem, RerankRequest, RerankResponse, Timing, Usage, Validity, item_id
+from dgr2.service.schemas import (
+    Passes,
+    RankedItem,
+    RerankRequest,
+    RerankResponse,
+    Timing,
+    Usage,
+    Validity,
+    item_id,
+)
 
 
 def to_rank_request(req: RerankRequest) -> RankRequest:
@@ -26,7 +37,8 @@ def to_rank_request(req: RerankRequest) -> RankRequest:
     def ref(x):
         return x if isinstance(x, str) else x.model_dump(exclude_none=True)
 
-    return RankRequest(history=[ref(h) for h in req.history], candidates=[ref(c) for c in req.candidates])
+    return RankRequest(history=[ref(h) for h in req.history], candidates=[ref(c) for c in req.candidates],
+                       record_passes=req.return_passes)
 
 
 async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) -> RerankResponse:
@@ -42,19 +54,22 @@ async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) 
     except TimeoutError:
         batcher.withdraw(job)  # still queued: free its slot now (a batch already decoding drops the result)
         raise DeadlineExceeded() from None
-    response = build_response(req, decoder, decoded, rt.settings.model, started)  # refuses a bad decode first
+    # refuses a bad decode first
+    response = build_response(req, decoder, decoded, rt.settings.model, started, rt.settings.max_history)
     shadow = rt.router.shadow_of(decoder)
-    if shadow is not None:
-        rt.spawn(_shadow(rt, shadow, decoder, job.request, decoded.result.order))
+    if shadow is not None:  # the comparison needs only the shadow's order, never its passes
+        rt.spawn(_shadow(rt, shadow, decoder, replace(job.request, record_passes=False), decoded.result.order))
     return response
 
 
-def build_response(req: RerankRequest, decoder: str, decoded: Decoded, model: str, started: float) -> RerankResponse:
+def build_response(req: RerankRequest, decoder: str, decoded: Decoded, model: str, started: float,
+                   max_history: int) -> RerankResponse:
     r, k = decoded.result, len(req.candidates)
     if sorted(r.order) != list(range(k)):  # the engine promises a permutation; never pass on anything else
         raise DecodeFailed("the decoder returned an invalid ranking")
     if len(r.relevance) != k or not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in r.relevance):
         raise DecodeFailed("the decoder returned invalid relevance scores")
+    passes = decode_passes(r) if req.return_passes else None
     n = min(req.top_n or k, k)
     rep = r.report  # the guard's report; the wire schema is its public subset (no repair method)
     return RerankResponse(
@@ -62,6 +77,8 @@ def build_response(req: RerankRequest, decoder: str, decoded: Decoded, model: st
         results=[RankedItem(index=i, item_id=item_id(req.candidates[i]), rank=pos + 1, relevance_score=score)
                  for pos, (i, score) in enumerate(zip(r.order[:n], r.relevance[:n], strict=True))],
         reasoning=r.reasoning if req.return_reasoning else None,
+        reasoning_steps=reasoning_steps(r.reasoning, req, max_history) if req.return_reasoning else None,
+        passes=passes,
         validity=Validity(**{name: getattr(rep, name) for name in Validity.model_fields}),
         usage=Usage(prompt_tokens=r.prompt_tokens, generated_tokens=r.generated_tokens,
                     forward_passes=r.forward_passes),
@@ -69,6 +86,17 @@ def build_response(req: RerankRequest, decoder: str, decoded: Decoded, model: st
                       total_ms=round(1000 * (time.monotonic() - started), 3)),
         unknown_items=list(r.unknown_items),
     )
+
+
+def decode_passes(r: RankResult) -> Passes:
+    """The request's pass record, refused (500) unless it accounts for every pass and every position."""
+    if r.passes is None or len(r.passes.decided_at) != r.generated_tokens:
+        raise DecodeFailed("the decoder did not record its passes")
+    try:
+        positions = r.passes.by_pass(r.forward_passes)
+    except ValueError:
+        raise DecodeFailed("the decoder's record of its passes is inconsistent") from None
+    return Passes(block_size=r.passes.block_size, positions=positions, tokens=r.passes.tokens)
 
 
 async def _shadow(rt: Runtime, other: str, served_by: str, request: RankRequest, served: list[int]) -> None:

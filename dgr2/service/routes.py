@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import random
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dgr2.model.config import DECODERS
+from dgr2.model.tokenizer import MAX_HISTORY, MAX_SLOTS
 from dgr2.service.body import StrictJSONRoute
-from dgr2.service.errors import ServiceError, Unauthorized, error_body, error_responses
+from dgr2.service.errors import InvalidInput, ServiceError, Unauthorized, Unavailable, error_body, error_responses
 from dgr2.service.limits import check_batch
+from dgr2.service.models import Engine
 from dgr2.service.rerank import rerank
 from dgr2.service.runtime import Runtime
 from dgr2.service.schemas import (
@@ -26,6 +30,10 @@ from dgr2.service.schemas import (
     Decoder,
     DecoderInfo,
     ErrorBody,
+    ExampleRequest,
+    ItemInfo,
+    ItemsRequest,
+    ItemsResponse,
     ModelsResponse,
     ReloadRequest,
     ReloadResponse,
@@ -97,6 +105,52 @@ async def models(request: Request) -> ModelsResponse:
         model=rt.settings.model, ready=rt.ready and not rt.draining, ab_split=rt.router.split,
         shadow_rate=rt.router.shadow_rate,
         decoders=[DecoderInfo(**e.info()) for e in engines])
+
+
+EXAMPLE_HISTORY = 20  # history items in an example request unless asked otherwise
+
+
+def engines(rt: Runtime) -> list[Engine]:
+    """The serving engines, AR first (its catalog draws the examples)."""
+    current = rt.models.current
+    if current is None:
+        raise Unavailable("models are loading", code="not_ready")
+    return [current.engines[d] for d in DECODERS if d in current.engines]
+
+
+@router.get("/v1/example-request", response_model=ExampleRequest, responses=error_responses(422, 503),
+            tags=["rerank"], summary="A random re-rank request drawn from the served model's catalog")
+async def example_request(
+        request: Request,
+        candidates: Annotated[int | None, Query(ge=1, le=MAX_SLOTS, description="default: max_candidates")] = None,
+        history: Annotated[int | None, Query(ge=0, le=MAX_HISTORY, description="default: 20")] = None,
+        seed: Annotated[int | None, Query(ge=0, le=2**32 - 1, description="same seed, same request")] = None,
+) -> ExampleRequest:
+    rt = runtime(request)
+    s = rt.settings
+    n_cand = s.max_candidates if candidates is None else candidates
+    n_hist = min(EXAMPLE_HISTORY, s.max_history) if history is None else history
+    if n_cand > s.max_candidates:
+        raise InvalidInput(f"candidates: at most {s.max_candidates} (max_candidates)", param="candidates")
+    if n_hist > s.max_history:
+        raise InvalidInput(f"history: at most {s.max_history} (max_history)", param="history")
+    ids = engines(rt)[0].catalog_ids
+    if n_hist + n_cand > len(ids):
+        raise InvalidInput(f"the catalog has {len(ids)} items, fewer than history + candidates", param="candidates")
+    drawn = random.Random(seed).sample(ids, n_hist + n_cand)  # distinct: no item is both history and candidate
+    return ExampleRequest(history=drawn[:n_hist], candidates=drawn[n_hist:])
+
+
+@router.post("/v1/items", response_model=ItemsResponse, responses=error_responses(413, 422, 503), tags=["rerank"],
+             summary="What the served model's catalog says of items: title, brand, category")
+async def items(body: ItemsRequest, request: Request) -> ItemsResponse:
+    serving = engines(runtime(request))
+    out = []
+    for item_id in body.ids:
+        item = next((it for e in serving if (it := e.describe(item_id)) is not None), None)
+        out.append(ItemInfo(id=item_id, known=item is not None, title=item.title if item else None,
+                            brand=item.brand if item else None, category=item.category if item else None))
+    return ItemsResponse(items=out)
 
 
 @router.get("/healthz", response_model=Status, tags=["ops"], summary="The process is alive")

@@ -6,7 +6,7 @@ Limits that depend on settings (how many candidates, how many requests per batch
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from pydantic_core import PydanticCustomError
@@ -43,7 +43,9 @@ class RerankRequest(_Strict):
     candidates: list[ItemRef] = Field(min_length=1, description="1..max_candidates distinct items")
     top_n: StrictInt | None = Field(None, ge=1, description="return only the best top_n (default all)")
     decoder: Decoder | None = Field(None, description="override the A/B decision")
-    return_reasoning: StrictBool = False
+    return_reasoning: StrictBool = Field(False, description="include the decoded trace, as text (reasoning) "
+                                                           "and read into entries (reasoning_steps)")
+    return_passes: StrictBool = Field(False, description="include what each forward pass decided (passes)")
     deadline_ms: StrictInt | None = Field(None, ge=1, le=600_000, description="give up (504) after this long")
 
     @field_validator("candidates")
@@ -67,6 +69,37 @@ class RankedItem(_Strict):
     rank: int = Field(description="1 = best")
     relevance_score: float = Field(description="the model's confidence in the item at this rank, in [0, 1]; "
                                    "never rises from one rank to the next (docs/api.md)")
+
+
+class Evidence(_Strict):
+    relation: Literal["brand", "category", "co_occurrence"] = Field(
+        description="shares a brand / a leaf category with the history item, or co-occurs with it in other "
+                    "users' training sequences")
+    history_recency: int = Field(description="which history item: 1 = the most recent")
+    history_item_id: str | None = Field(description="that history item's id; null when the trace names a "
+                                                    "position the request's history does not have")
+    shared_windows_min: int | None = Field(None, description="co_occurrence under prompt v4: the fewest "
+                                                             "training windows the two share")
+    shared_windows_max: int | None = Field(None, description="... and the most (null: no upper bound)")
+
+
+class ReasoningStep(_Strict):
+    """One entry of the decoded trace: the model's assessment of one candidate."""
+
+    index: int = Field(description="the candidate's position in the request (the trace's <cK> is index K-1)")
+    item_id: str | None = Field(description="the candidate's id; null when the trace names a candidate the "
+                                            "request does not have")
+    evidence: list[Evidence]
+    strength: int | None = Field(description="the strength the model gave it, 0..9; null when it wrote none")
+    complete: bool = Field(description="the entry has the trace's shape: evidence, a strength, its slot again")
+
+
+class Passes(_Strict):
+    block_size: int = Field(description="positions one pass may decide together: the diffusion block, 1 for AR")
+    positions: list[list[int]] = Field(description="positions[p]: the output positions forward pass p decided, "
+                                       "ascending (pass 0 is the prefill); one list per usage.forward_passes")
+    tokens: list[str] = Field(description="the decoded output, one token per position "
+                                          "(usage.generated_tokens of them)")
 
 
 class Validity(_Strict):
@@ -97,10 +130,40 @@ class RerankResponse(_Strict):
     decoder: Decoder
     results: list[RankedItem]
     reasoning: str | None = Field(None, description="present when return_reasoning was true")
+    reasoning_steps: list[ReasoningStep] | None = Field(None, description="the trace read into entries; present "
+                                                        "when return_reasoning was true")
+    passes: Passes | None = Field(None, description="present when return_passes was true")
     validity: Validity
     usage: Usage
     timing: Timing
     unknown_items: list[str]
+
+
+class ExampleRequest(_Strict):
+    """A re-rank request drawn from the served model's catalog (``POST /v1/rerank`` accepts it as is)."""
+
+    history: list[str]
+    candidates: list[str]
+
+
+MAX_LOOKUP = 256
+
+
+class ItemsRequest(_Strict):
+    ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_LOOKUP, description=f"1..{MAX_LOOKUP} item ids")
+
+
+class ItemInfo(_Strict):
+    id: str
+    known: bool = Field(description="the served model's catalog has the item")
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = Field(None, description="leaf category")
+
+
+class ItemsResponse(_Strict):
+    items: list[ItemInfo] = Field(description="one per id asked for, in the same order")
 
 
 class ErrorBody(_Strict):
