@@ -36,6 +36,15 @@ GROUPS = {
                                                      "(e.g. a conversion) to a relative of its parent"),
         "verify": ("dgr2.model_store.commands:VERIFY", "verify a checkpoint's hashes and that it loads"),
     }),
+    "data": ("read, check and convert data folders (docs/data.md)", {
+        "check": ("dgr2.recipe.formats.commands:CHECK", "what the recipe reads from a data folder: layout, users "
+                                                        "(and those left out), items, brands, categories"),
+        "import": ("dgr2.recipe.formats.commands:IMPORT", "write a data folder in the project's own layout "
+                                                          "(interactions.csv + items.jsonl)"),
+        "attributes": ("dgr2.recipe.formats.commands:ATTRIBUTES", "how an S3-Rec folder's anonymous attributes "
+                                                                  "map to brand and category, and whether the "
+                                                                  "brands behave like brands"),
+    }),
     "bench": ("run a benchmark (decode throughput, service under load)", {
         "decode": ("dgr2.bench.decode", "decode throughput of AR vs block diffusion on the same prompts and machine"),
         "service": ("dgr2.bench.service_load", "the real server under concurrent load, per decoder"),
@@ -43,16 +52,25 @@ GROUPS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad flag or value answered in one line on stderr (what is wrong, where the flags
+    are listed) instead of the usage block; exit status 2 as argparse. Sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgr2", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="dgr2", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         # no help of its own: ``dgr2 NAME --help`` reaches the module's parser with every flag
         sub.add_parser(name, help=help_text, add_help=False).set_defaults(
             module=module, prog=f"dgr2 {name}", description=help_text)
     for group, (group_help, subcommands) in GROUPS.items():
-        gsub = sub.add_parser(group, help=group_help).add_subparsers(dest=f"{group}_cmd", required=True)
+        gsub = sub.add_parser(group, help=group_help).add_subparsers(dest=f"{group}_cmd", required=True,
+                                                                     metavar="{" + ",".join(subcommands) + "}")
         for name, (module, help_text) in subcommands.items():
             gsub.add_parser(name, help=help_text, add_help=False).set_defaults(
                 module=module, prog=f"dgr2 {group} {name}", description=help_text)
@@ -71,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         command = importlib.import_module(module_name)
         if attr:
             command = getattr(command, attr)
-        sub = argparse.ArgumentParser(prog=args.prog, description=args.description)
+        sub = OneLineParser(prog=args.prog, description=args.description)
         command.add_arguments(sub)
         parsed = sub.parse_args(rest)
         parsed.command_line = shlex.join([*args.prog.split(), *rest])  # what a benchmark records it ran

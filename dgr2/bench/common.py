@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from dgr2.flags import at_least
+from dgr2.model.tokenizer import MAX_SLOTS
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -149,34 +152,37 @@ class PeakMemory:
 def add_prompt_arguments(p: argparse.ArgumentParser, full: bool = True) -> None:
     """Where a benchmark's prompts come from; ``full`` adds the split, candidates and negative seed."""
     p.add_argument("--data-dir", default=None,
-                   help="Amazon Beauty folder (default $DGR2_DATA_DIR; without either, refused unless --synthetic)")
+                   help="data folder, any layout of docs/data.md (default $DGR2_DATA_DIR; without either, refused "
+                        "unless --synthetic)")
     p.add_argument("--synthetic", action="store_true",
                    help="the generated 20-candidate prompts (a smoke test: no shipped model was trained on them)")
     if full:
         p.add_argument("--split", choices=["valid", "test"], default="valid", help="leave-one-out split of the users")
-        p.add_argument("--candidates", type=int, default=None,
+        p.add_argument("--candidates", type=at_least(2, MAX_SLOTS), default=None,
                        help="candidates per request (default 100; 20 synthetic)")
         p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
 
 
 def load_examples(data_dir: str | None, synthetic: bool, split: str, candidates: int | None, neg_seed: int,
                   n: int):
-    """The first ``n`` users of a leave-one-out split: Amazon Beauty from ``data_dir`` (or
-    ``$DGR2_DATA_DIR``), or the generated synthetic data when asked for by name (it has 20-candidate
-    prompts no shipped model was trained on, so a benchmark never falls back to it silently).
+    """The first ``n`` users of a leave-one-out split: the data folder ``data_dir`` (or
+    ``$DGR2_DATA_DIR``; Amazon Beauty for every published figure), or the generated synthetic data
+    when asked for by name (it has 20-candidate prompts no shipped model was trained on, so a
+    benchmark never falls back to it silently).
     Returns ``(examples, description)``."""
     from dgr2.errors import UserError
     from dgr2.recipe.data import DATA_ENV, eval_examples, load_source
 
     if not (synthetic or data_dir or os.environ.get(DATA_ENV)):
-        raise UserError(f"no data folder: pass --data-dir (or set {DATA_ENV}) to measure on Beauty prompts, or "
+        raise UserError(f"no data folder: pass --data-dir (or set {DATA_ENV}) to measure on a data set's prompts, or "
                         "--synthetic for the generated 20-candidate set (a smoke test: the shipped models were "
                         "not trained on such prompts)")
     if candidates is None:
         candidates = 20 if synthetic else 100  # the synthetic catalog has only 60 items
     source = load_source(data_dir, synthetic)
     examples = eval_examples(source.sequences, source.item_ids, split, candidates, neg_seed, n)
-    desc = {"prompts": "synthetic" if synthetic else "amazon-beauty", "split": split,
+    # the folder's name, e.g. amazon-beauty
+    desc = {"prompts": "synthetic" if synthetic else Path(data_dir or os.environ[DATA_ENV]).name, "split": split,
             "candidates": candidates, "neg_seed": neg_seed}
     return examples, desc
 

@@ -1,7 +1,8 @@
-"""Amazon Beauty: loading, leave-one-out splits and candidate lists.
+"""A data folder's leave-one-out splits, candidate lists and item features.
 
-Reads the folder described in ``shared/data/amazon-beauty/README.md`` (``Beauty.txt`` and
-``items.jsonl``) from ``--data-dir`` or ``$DGR2_DATA_DIR``; the data is never committed.
+Reads a folder in any layout of docs/data.md (the project's ``interactions.csv`` + ``items.jsonl``,
+or S3-Rec's release, e.g. Amazon Beauty or Toys) from ``--data-dir`` or ``$DGR2_DATA_DIR``; the
+data is never committed. Readers live in :mod:`recipe.formats`.
 
 Protocol (S3-Rec, P5 and the Diffusion-GR2 paper all use it):
 * leave-one-out: a user's last item is the test target, the second last the validation target;
@@ -18,8 +19,6 @@ Two items are linked when they occur within ``WINDOW`` positions of each other i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 from collections import Counter
@@ -27,18 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dgr2.errors import UserError
 from dgr2.model.catalog import Catalog, Item, popularity_buckets
+from dgr2.recipe.formats.errors import DataError
+from dgr2.recipe.formats.layouts import files_hash
+from dgr2.recipe.formats.layouts import read as read_folder
 
 DATA_ENV = "DGR2_DATA_DIR"
-REQUIRED = ("Beauty.txt", "items.jsonl")
 WINDOW = 5
 # One shared window is enough evidence: the evidence score ranks best with it (docs/design.md, "Prompt").
 LINK_MIN = 1
-
-
-class DataError(UserError):
-    """The data folder is missing files or holds malformed ones (the message says which)."""
 
 
 @dataclass
@@ -54,13 +50,15 @@ class Example:
 
 
 @dataclass
-class BeautyData:
+class CatalogData:
     catalog: Catalog
-    sequences: dict[str, list[str]]  # user -> item ids (ASINs), oldest first
+    sequences: dict[str, list[str]]  # user -> item ids (the catalog's public ids), oldest first
     item_ids: list[str]  # every catalog item id, the negative pool
     data_hash: str  # sha256 over the input files, recorded in checkpoint manifests
     pairs: Counter  # co-occurrence counts over training parts (see module docstring)
     counts: Counter  # interactions per item over training parts
+    layout: str = "csv"  # the folder's layout (formats.layouts): "csv" or "s3rec"
+    dropped_users: int = 0  # users left out for having fewer than 3 interactions
 
 
 class UserView:
@@ -122,78 +120,26 @@ def data_dir(given: str | os.PathLike | None) -> Path:
     path = given or os.environ.get(DATA_ENV)
     if not path:
         raise DataError(f"no data folder: pass --data-dir or set {DATA_ENV}")
-    path = Path(path)
-    missing = [f for f in REQUIRED if not (path / f).is_file()]
-    if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)} (see shared/data/amazon-beauty/README.md)")
-    return path
+    return Path(path)
 
 
-def _hash(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _read_items(path: Path) -> dict[int, dict]:
-    items = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                row = json.loads(line)
-                items[int(row["item_id"])] = row
-                str(row["asin"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(f"items.jsonl line {n} is malformed: {e}") from None
-    return items
-
-
-def _read_sequences(path: Path) -> dict[str, list[int]]:
-    seqs = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                seqs[parts[0]] = [int(x) for x in parts[1:]]
-            except ValueError:
-                raise DataError(f"Beauty.txt line {n} is malformed: expected integer ids") from None
-            if len(seqs[parts[0]]) < 3:
-                raise DataError(f"Beauty.txt line {n}: user {parts[0]} has fewer than 3 items (leave-one-out needs 3)")
-    return seqs
-
-
-def leaf_category(row: dict) -> str | None:
-    paths = row.get("categories") or []
-    return paths[0][-1] if paths and paths[0] else None
-
-
-def load_beauty(given_dir: str | os.PathLike | None = None) -> BeautyData:
-    path = data_dir(given_dir)
-    rows = _read_items(path / "items.jsonl")
-    raw_seqs = _read_sequences(path / "Beauty.txt")
-    unknown = {i for s in raw_seqs.values() for i in s} - rows.keys()
-    if unknown:
-        raise DataError(f"Beauty.txt uses item ids missing from items.jsonl, e.g. {sorted(unknown)[:3]}")
-    asin = {i: str(r["asin"]) for i, r in rows.items()}
-    sequences = {u: [asin[i] for i in s] for u, s in raw_seqs.items()}
-    items = [Item(id=asin[i], title=r.get("title"), brand=r.get("brand") or None, category=leaf_category(r))
-             for i, r in sorted(rows.items())]
-    catalog, pairs, counts = with_features(items, {u: s[:-2] for u, s in sequences.items()})
-    return BeautyData(catalog, sequences, [asin[i] for i in sorted(rows)], _hash([path / f for f in REQUIRED]),
-                      pairs, counts)
+def load_dataset(given_dir: str | os.PathLike | None = None) -> CatalogData:
+    """The data folder at ``given_dir`` (else ``$DGR2_DATA_DIR``), in any layout of docs/data.md."""
+    raw = read_folder(data_dir(given_dir))
+    catalog, pairs, counts = with_features(raw.items, {u: s[:-2] for u, s in raw.sequences.items()})
+    return CatalogData(catalog, raw.sequences, [it.id for it in raw.items], files_hash(raw.files), pairs, counts,
+                       raw.layout, raw.dropped_users)
 
 
 def load_catalog(given_dir: str | os.PathLike | None = None) -> Catalog:
-    return load_beauty(given_dir).catalog
+    return load_dataset(given_dir).catalog
 
 
 def sample_negatives(rng: random.Random, pool: list[str], exclude: set[str], n: int) -> list[str]:
     """``n`` distinct items drawn uniformly from ``pool`` minus ``exclude`` (rejection sampling)."""
     if len(pool) - len(exclude) < n:
-        raise DataError(f"only {len(pool) - len(exclude)} items available for {n} negatives")
+        raise DataError(f"a user's sequence leaves {len(pool) - len(exclude)} of the {len(pool)} items for {n} "
+                        f"negatives: lower --candidates to at most {len(pool) - len(exclude) + 1}")
     out: list[str] = []
     chosen: set[str] = set()
     while len(out) < n:
@@ -226,6 +172,11 @@ def eval_examples(sequences: dict[str, list[str]], pool: list[str], split: str, 
             raise ValueError(f"sample must be in 1..{len(users)} users, not {sample}")
         chosen = set(random.Random(SAMPLE_SEED).sample(users, sample))
         users = [u for u in users if u in chosen]
+    room = len(pool) - max((len(set(s)) for s in sequences.values()), default=0)  # the longest user's
+    if room < num_candidates - 1:
+        raise DataError(f"{num_candidates} candidates need {num_candidates - 1} negatives outside each user's "
+                        f"sequence, and the longest leaves {room} of the {len(pool)} items: lower --candidates "
+                        f"to at most {room + 1}")
     out = []
     for user in users:
         seq = sequences[user]
@@ -256,9 +207,9 @@ def train_example(sequences: dict[str, list[str]], pool: list[str], user: str, c
 
 
 def load_source(data_dir: str | os.PathLike | None, synthetic: bool):
-    """The data a command runs on: the generated synthetic set (tests, smoke runs) or Amazon Beauty."""
+    """The data a command runs on: the generated synthetic set (tests, smoke runs) or a data folder."""
     if synthetic:
         from dgr2.recipe.synthetic import synthetic_data  # synthetic builds on this module
 
         return synthetic_data()
-    return load_beauty(data_dir)
+    return load_dataset(data_dir)

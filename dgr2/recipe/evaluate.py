@@ -14,12 +14,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
+from dgr2.flags import at_least, fraction, positive_int
 from dgr2.model.config import DECODERS
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import RankRequest, Reranker
+from dgr2.model.tokenizer import MAX_SLOTS
 from dgr2.recipe.data import Example, eval_examples, load_source
 from dgr2.recipe.evals.eval_tally import ResumeError, ResumeFile, Tally
 from dgr2.recipe.evals.score_report import ScoreReport
@@ -93,8 +96,8 @@ def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
 def add_user_arguments(p: argparse.ArgumentParser) -> None:
     """``--limit`` / ``--sample``: which users an eval covers (``dgr2 eval`` and the ablation)."""
     users = p.add_mutually_exclusive_group()
-    users.add_argument("--limit", type=int, default=None, help="evaluate only the first N users")
-    users.add_argument("--sample", type=int, default=None,
+    users.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N users")
+    users.add_argument("--sample", type=positive_int, default=None,
                        help="evaluate N users drawn uniformly at random (fixed seed; unbiased, unlike --limit)")
 
 
@@ -105,16 +108,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
     p.add_argument("--decoder", choices=DECODERS, default=None,
                    help="decoder to use (default: the checkpoint's own)")
-    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default: $DGR2_DATA_DIR)")
+    p.add_argument("--data-dir", default=None, help="data folder, any layout of docs/data.md (default: $DGR2_DATA_DIR)")
     p.add_argument("--synthetic", action="store_true", help="evaluate on the generated synthetic data instead")
     p.add_argument("--split", choices=["valid", "test"], default="test", help="leave-one-out split")
-    p.add_argument("--candidates", type=int, default=100, help="candidates per user: target + K-1 negatives")
+    p.add_argument("--candidates", type=at_least(2), default=100,
+                   help="candidates per user: target + K-1 negatives (at most 100 for a checkpoint)")
     p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
     add_user_arguments(p)
-    p.add_argument("--batch-size", type=int, default=32, help="requests decoded together")
-    p.add_argument("--block-size", type=int, default=None, help="diffusion block size (default: checkpoint's)")
-    p.add_argument("--threshold", type=float, default=None, help="diffusion threshold (default: checkpoint's)")
-    p.add_argument("--answer-threshold", type=float, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=32, help="requests decoded together")
+    p.add_argument("--block-size", type=positive_int, default=None, help="diffusion block size (default: checkpoint's)")
+    p.add_argument("--threshold", type=fraction, default=None, help="diffusion threshold (default: checkpoint's)")
+    p.add_argument("--answer-threshold", type=fraction, default=None,
                    help="diffusion threshold inside the answer (default: checkpoint's, else --threshold; 1 = off)")
     p.add_argument("--unconstrained", action="store_true",
                    help="decode without the answer constraint (no slot exclusions or answer grammar): "
@@ -122,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal-first-rank", action=argparse.BooleanOptionalAction, default=None,
                    help="diffusion: the pass that decides rank 1 reads the block up to <answer> causally "
                         "(the view AR predicts rank 1 from; default on)")
-    p.add_argument("--trace-len", type=int, default=None,
+    p.add_argument("--trace-len", type=positive_int, default=None,
                    help="decode budget's trace length (default: the checkpoint's, the length it was trained with)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -150,6 +154,12 @@ def eval_result(args: argparse.Namespace) -> dict:
     if args.score_report and (args.baseline or args.resume_file):
         raise SystemExit("dgr2 eval: --score-report needs a checkpoint whose users all decode in this run "
                          "(no --baseline, no --resume-file)")
+    if args.checkpoint and args.candidates > MAX_SLOTS:
+        raise SystemExit(f"dgr2 eval: --candidates {args.candidates}: a checkpoint ranks at most {MAX_SLOTS} "
+                         "candidates; lower it (or rank more with --baseline)")
+    for flag, path in (("--resume-file", args.resume_file), ("--score-report", args.score_report)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise SystemExit(f"dgr2 eval: {flag} {path}: its folder does not exist; create it first")
     source = load_source(args.data_dir, args.synthetic)
     try:
         examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,

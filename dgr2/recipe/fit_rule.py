@@ -22,6 +22,7 @@ import json
 
 import numpy as np
 
+from dgr2.flags import at_least, positive_int
 from dgr2.recipe.data import eval_examples, load_source
 from dgr2.recipe.traces import RULE_V3, RULE_V4, EvidenceRule, evidence
 
@@ -75,12 +76,12 @@ def fit_edges(s, target, tie, n_edges: int, sweeps: int = 3) -> tuple[tuple[floa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default: $DGR2_DATA_DIR)")
+    p.add_argument("--data-dir", default=None, help="data folder, any layout of docs/data.md (default: $DGR2_DATA_DIR)")
     p.add_argument("--synthetic", action="store_true", help="fit on the generated synthetic data instead")
-    p.add_argument("--candidates", type=int, default=100, help="candidates per user: target + K-1 negatives")
-    p.add_argument("--fit-users", type=int, default=4000, help="validation users the rule is fitted on")
+    p.add_argument("--candidates", type=at_least(2), default=100, help="candidates per user: target + K-1 negatives")
+    p.add_argument("--fit-users", type=positive_int, default=4000, help="validation users the rule is fitted on")
     p.add_argument("--fit-seed", type=int, default=12345, help="negative-sampling seed of the fitting lists")
-    p.add_argument("--test-users", type=int, default=4000, help="test users the rules are scored on")
+    p.add_argument("--test-users", type=positive_int, default=4000, help="test users the rules are scored on")
     p.add_argument("--test-seeds", default="12345,1", help="negative-sampling seeds of the test lists")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines of text")
 

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help=STORE_HELP)
     p.add_argument("--seed", type=int, default=0, help="weight-init seed")
     p.add_argument("--data-dir", default=None,
-                   help=f"build the vocabulary from the Amazon Beauty catalog here (else ${DATA_ENV}, "
+                   help=f"build the vocabulary from the catalog of this data folder (docs/data.md; else ${DATA_ENV}, "
                         "else a small synthetic catalog)")
 
 

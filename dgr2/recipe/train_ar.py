@@ -16,6 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from dgr2.flags import at_least
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import Reranker
 from dgr2.model.output_head import OutputHead
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
     p.add_argument("--preset", default=DEFAULTS["preset"], help="architecture preset (tiny, small, base)")
     p.add_argument("--rank-weight", type=float, default=5.0, help="loss weight of the first ranked slot")
-    p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+    p.add_argument("--warmup", type=at_least(0), default=30, help="warm-up steps")
     p.add_argument("--init-from", default=None,
                    help="warm start: NAME[:VERSION_OR_ALIAS] or folder of an AR checkpoint on the same data "
                         "(its weights, a fresh optimizer and schedule; --preset is then the checkpoint's)")

@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from dgr2.flags import at_least, fraction, positive_int
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
@@ -41,11 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
     p.add_argument("--from", dest="parent", default="beauty-gr2:ar",
                    help="AR checkpoint to convert: NAME[:VERSION_OR_ALIAS] or a folder")
-    p.add_argument("--block-size", type=int, default=32, help="diffusion block size (stored in the checkpoint)")
-    p.add_argument("--threshold", type=float, default=0.9, help="unmasking threshold (stored in the checkpoint)")
-    p.add_argument("--answer-threshold", type=float, default=None,
+    p.add_argument("--block-size", type=positive_int, default=32,
+                   help="diffusion block size (stored in the checkpoint)")
+    p.add_argument("--threshold", type=fraction, default=0.9, help="unmasking threshold (stored in the checkpoint)")
+    p.add_argument("--answer-threshold", type=fraction, default=None,
                    help="unmasking threshold inside the answer (stored in the checkpoint; default: --threshold)")
-    p.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+    p.add_argument("--warmup", type=at_least(0), default=30, help="warm-up steps")
     p.add_argument("--validity-weight", type=float, default=0.0,
                    help="weight in [0, 1] of the probability put on excluded slots (0: the exclusions stay in the "
                         "training softmax and validity comes from the decoder's constraint; 1: plain cross-entropy, "

@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from dgr2.flags import at_least
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="student to start from (a CFT checkpoint): NAME[:VERSION_OR_ALIAS] or a folder")
     p.add_argument("--teacher", default="beauty-gr2:ar", help="frozen AR teacher: NAME[:VERSION_OR_ALIAS] or a folder")
     p.add_argument("--reverse-kl", action="store_true", help="KL(student || teacher) instead of KL(teacher || student)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
+    p.add_argument("--warmup", type=at_least(0), default=10, help="warm-up steps")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import argparse
 
 import torch
 
+from dgr2.flags import at_least
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
@@ -46,11 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(batch_size=4)
     p.add_argument("--from", dest="parent", default="beauty-gr2:opd",
                    help="policy to start from (and KL reference): NAME[:VERSION_OR_ALIAS] or a folder")
-    p.add_argument("--group", type=int, default=4, help="rollouts per prompt (GRPO group)")
+    p.add_argument("--group", type=at_least(2), default=4, help="rollouts per prompt (GRPO group)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--beta", type=float, default=0.02, help="KL coefficient to the starting policy")
     p.add_argument("--invalid-penalty", type=float, default=0.5, help="reward penalty for an invalid raw answer")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up steps")
+    p.add_argument("--warmup", type=at_least(0), default=5, help="warm-up steps")
 
 
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:

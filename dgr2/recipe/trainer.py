@@ -23,7 +23,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from dgr2.errors import UserError
+from dgr2.flags import at_least, positive_int
 from dgr2.model.config import DEFAULT_TRACE_LEN
+from dgr2.model.tokenizer import MAX_SLOTS
 
 
 @dataclass
@@ -59,7 +62,7 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
     g.add_argument("--device", default="cpu",
                    help="cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK); bf16 autocast on cuda")
-    g.add_argument("--loader-workers", type=int, default=0,
+    g.add_argument("--loader-workers", type=at_least(0), default=0,
                    help="processes that build batches ahead of the step (0: inline; use several on a GPU)")
 
 
@@ -105,7 +108,10 @@ class RunDir:
         self.path = Path(path)
         self.main = main
         if main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file of that name, or no permission: the flag's value is wrong
+                raise UserError(f"--run-dir {self.path}: {e.strerror}; give a folder path") from None
 
     @property
     def state_file(self) -> Path:
@@ -131,11 +137,13 @@ class RunDir:
 
 def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     data = p.add_argument_group("data")
-    data.add_argument("--data-dir", default=None, help="Amazon Beauty folder (default: $DGR2_DATA_DIR)")
+    data.add_argument("--data-dir", default=None,
+                      help="data folder, any layout of docs/data.md (default: $DGR2_DATA_DIR)")
     data.add_argument("--synthetic", action="store_true", help="train on the generated synthetic data (tests)")
-    data.add_argument("--candidates", type=int, default=100, help="candidates per example (target + negatives)")
+    data.add_argument("--candidates", type=at_least(2, MAX_SLOTS), default=100,
+                      help="candidates per example (target + negatives)")
     data.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed of the validation lists")
-    data.add_argument("--trace-len", type=int, default=None,
+    data.add_argument("--trace-len", type=positive_int, default=None,
                       help=f"maximum trace tokens (default: the parent checkpoint's; {DEFAULT_TRACE_LEN}, every "
                            "candidate, for a new model); stored in the checkpoint's config.json")
     run = p.add_argument_group("run")
@@ -143,8 +151,8 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     run.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
     run.add_argument("--name", default=None, help="model name in the store (default beauty-gr2)")
     run.add_argument("--seed", type=int, default=0, help="training seed (example order, init)")
-    run.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    run.add_argument("--batch-size", type=int, default=8, help="global batch (sequences per step)")
+    run.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
+    run.add_argument("--batch-size", type=positive_int, default=8, help="global batch (sequences per step)")
     run.add_argument("--lr", type=float, default=None, help="peak learning rate")
     run.add_argument("--time-budget-min", type=float, default=None,
                      help="stop (and save) once this many minutes of this invocation have passed")
@@ -152,9 +160,9 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
                      help="end the cosine schedule when --time-budget-min runs out, if that comes before "
                           "--steps (a one-shot run to a deadline; leave it off for a run resumed across "
                           "invocations, whose schedule must follow the steps)")
-    run.add_argument("--save-every", type=int, default=50, help="steps between resumable saves")
-    run.add_argument("--eval-every", type=int, default=100, help="steps between validation runs")
-    run.add_argument("--val-users", type=int, default=200, help="validation users per validation run")
+    run.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable saves")
+    run.add_argument("--eval-every", type=positive_int, default=100, help="steps between validation runs")
+    run.add_argument("--val-users", type=positive_int, default=200, help="validation users per validation run")
     run.add_argument("--fresh", action="store_true", help="ignore a saved state in --run-dir and start over")
 
 

@@ -27,6 +27,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{field.description} (env DGR2_{name.upper()}; default: {shown})")
 
 
+def _resolve_models(settings: Settings) -> None:
+    """A store or reference that names nothing is the user's mistake: one line before the server starts
+    (verifying and loading the checkpoints stays the server's start-up, whose log tells its faults)."""
+    from dgr2.errors import UserError
+    from dgr2.model_store import ModelStore
+
+    if not settings.store.is_dir():
+        raise UserError(f"--store {settings.store}: not a folder; give a model store root (dgr2 model list "
+                        "--store DIR shows what one holds)")
+    store = ModelStore(settings.store)
+    for decoder in ("ar", "diffusion"):
+        try:
+            store.resolve(settings.model, settings.ref(decoder))
+        except UserError as e:
+            raise UserError(f"--store {settings.store}: {e} (see dgr2 model list --store {settings.store})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     try:
@@ -36,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in err["loc"])
             print(f"dgr2 serve: error: --{where.replace('_', '-')}: {err['msg']}", file=sys.stderr)
         return 2
+    _resolve_models(settings)
     from dgr2.service.app import create_app
     from dgr2.service.server import EXIT_WARM_UP_FAILED, build_server
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgr2.model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab, build_tokenizer
-from dgr2.recipe.data import DataError, UserView, eval_examples, load_beauty, train_example, train_prefixes
+from dgr2.recipe.data import DataError, UserView, eval_examples, load_dataset, train_example, train_prefixes
 from dgr2.recipe.sft import TrainStream, encode, slot_exclusions
 from dgr2.recipe.traces import RULE_V3, RULE_V4, evidence, render_trace, rule_for, sft_target
 
@@ -140,18 +140,18 @@ def test_link_strength_raises_the_v4_score_only(synth):
 def test_missing_or_malformed_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("DGR2_DATA_DIR", raising=False)
     with pytest.raises(DataError, match="DGR2_DATA_DIR"):
-        load_beauty(None)
-    with pytest.raises(DataError, match="Beauty.txt"):
-        load_beauty(tmp_path)
+        load_dataset(None)
+    with pytest.raises(DataError, match="holds no data set"):
+        load_dataset(tmp_path)
     (tmp_path / "Beauty.txt").write_text("1 1 2 3\n2 x y z\n")
     (tmp_path / "items.jsonl").write_text("\n".join(json.dumps({"item_id": i, "asin": f"A{i}"}) for i in (1, 2, 3)))
     with pytest.raises(DataError, match="line 2"):
-        load_beauty(tmp_path)
+        load_dataset(tmp_path)
 
 
 @pytest.mark.beauty
 def test_beauty_protocol(beauty_dir):
-    data = load_beauty(beauty_dir)
+    data = load_dataset(beauty_dir)
     assert len(data.sequences) == 22363 and len(data.catalog) == 12101
     assert sum(len(s) for s in data.sequences.values()) == 198502
     assert len(train_prefixes(data.sequences)) == 153776 - 22363  # every training item but the first of each user
