@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import random
+from collections import Counter
 
 import pytest
 
@@ -282,5 +283,7 @@ def test_repeat_lift_and_the_attribute_report(folders):
     counts = [b["items"] for b in out["brand_position"]]
     assert counts == sorted(counts, reverse=True) and {b["attribute"] for b in out["brand_position"]} == {
         str(ids[b]) for b in BRANDS}
+    carried = Counter(a for attrs in s3rec_attributes(rows)[0].values() for a in set(attrs))
+    assert out["most_carried"][0] == {"attribute": str(max(carried, key=carried.get)), "items": max(carried.values())}
     with pytest.raises(DataError, match="reads anonymous attribute lists only"):
         report(folders["csv"])

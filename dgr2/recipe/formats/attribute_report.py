@@ -87,5 +87,8 @@ def report(folder: Path) -> dict:
         "categories": len({c for _, c in mapped.values() if c}),
         "brand_position": [{"attribute": b, "items": n, "repeat_lift": lifts.get(b)}
                            for b, n in carried.most_common(TOP)],
+        # an id nearly every item carries matches nearly every candidate: no evidence as a "shared attribute"
+        "most_carried": [{"attribute": str(a), "items": n}
+                         for a, n in Counter(a for attrs in lists.values() for a in set(attrs)).most_common(3)],
         "checked_against_names": _names_check(folder, lists, mapped, lifts),
     }
