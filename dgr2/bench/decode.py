@@ -78,6 +78,11 @@ class Side:
     fuse_commit: bool = True  # diffusion: commit pass fused with the next block's first step
     answer_claims: bool | None = None  # diffusion: DecodeConfig's when None
     block_cache: bool | None = None  # diffusion: DecodeConfig's when None
+    threads: int | None = None  # torch CPU threads while this decoder runs (None: the process's)
+
+    def use_threads(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
 
     def render(self, examples) -> None:
         """The prompts of ``examples`` in this checkpoint's vocabulary."""
@@ -138,6 +143,7 @@ def decode_batches(side: Side, cfg: DecodeConfig, batch: int, n: int, device: st
     """Decode the first ``n`` prompts in batches; yields ``(seconds, outputs)`` per batch."""
     decode = DECODE_FUNCTIONS[side.decoder]
     model, vocab = side.ckpt.model, side.ckpt.vocab
+    side.use_threads()
     for start in range(0, n, batch):
         ids, slots = side.ids[start: start + batch], side.slots[start: start + batch]
         if device.startswith("cuda"):
@@ -190,6 +196,7 @@ def profile_batch(side: Side, cfg: DecodeConfig, batch: int, device: str) -> dic
     """One clocked, untimed decode of the first batch: where a pass's time goes, and tokens per pass
     in the trace and in the answer."""
     model, vocab = side.ckpt.model, side.ckpt.vocab
+    side.use_threads()
     clock = Clock()
     with clocked(model, clock):
         t0 = time.perf_counter()
@@ -298,6 +305,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_prompt_arguments(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op CPU threads (default torch's)")
+    p.add_argument("--ar-threads", type=int, default=None,
+                   help="torch CPU threads while AR decodes (default --torch-threads): each decoder at its fastest")
+    p.add_argument("--diffusion-threads", type=int, default=None,
+                   help="torch CPU threads while block diffusion decodes (default --torch-threads)")
     p.add_argument("--trace-len", type=int, default=None,
                    help="trace length for the natural-stop budget (default: the checkpoint's, else 128)")
     p.add_argument("--quick", action="store_true",
@@ -353,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
     sides["diffusion"].answer_threshold = args.answer_threshold
     sides["diffusion"].fuse_commit = not args.separate_commit
     apply_diffusion_arguments(sides["diffusion"], args)
+    sides["ar"].threads, sides["diffusion"].threads = args.ar_threads, args.diffusion_threads
     groups = plan(args.quick, lengths, batches, blocks, thresholds, dcfg.block_size, dcfg.threshold)
     for g in groups:
         for block, _ in g.diffusion:
@@ -376,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
         trace_len={d: s.trace_len for d, s in sides.items()}, **prompts,
         answer_threshold=args.answer_threshold if args.answer_threshold is not None else dcfg.answer_threshold,
         fuse_commit=not args.separate_commit,
+        threads={d: s.threads or torch.get_num_threads() for d, s in sides.items()},
         decode_settings={d: {k: v for k, v in vars(s.config(None, None, None, 100)).items()
                              if k not in ("max_new_tokens", "ignore_eos", "seed", "temperature")}
                          for d, s in sides.items()},

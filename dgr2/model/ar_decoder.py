@@ -29,6 +29,7 @@ class AnswerConstraint:
         self.slot_cols = batch.slot_cols
         self.slot_ids = batch.head.token(batch.slot_cols)
         self.k = batch.k.clone()
+        self.budget = batch.budget.clone()
         self.phase = torch.zeros(B, dtype=torch.long, device=dev)
         self.uses = torch.zeros(B, batch.kmax, dtype=torch.long, device=dev)  # per slot, in the current section
         self.prev = torch.full((B,), vocab.think, dtype=torch.long, device=dev)
@@ -49,7 +50,9 @@ class AnswerConstraint:
         self.trace_never[:, self.head.col(vocab.eos)] = True
         self.trace_never[:, self.end_answer_col] = True
 
-    def apply(self, logits: torch.Tensor, remaining: int) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor, t: int) -> torch.Tensor:
+        """``t``: the index of the token being decoded; each row's budget decides when ``<answer>`` is forced."""
+        remaining = self.budget - t
         banned = banned_slots(self.uses, self.phase == ANSWER, self.in_request)  # [B, Kmax]
         open_slots = ~banned
         answer_allow = torch.zeros_like(self.never)
@@ -74,23 +77,26 @@ class AnswerConstraint:
         self.prev = nxt
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("k", "phase", "uses", "prev", "never", "trace_never", "in_request"):
+        for name in ("k", "budget", "phase", "uses", "prev", "never", "trace_never", "in_request"):
             setattr(self, name, getattr(self, name)[rows])
 
 
 @torch.inference_mode()
 def decode_ar(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
-              cfg: DecodeConfig | None = None, record_passes: bool = False) -> list[SequenceResult]:
-    """``record_passes``: each result's ``decided_at`` names the pass that decided each position."""
+              cfg: DecodeConfig | None = None, record_passes: bool = False,
+              budgets: list[int] | None = None) -> list[SequenceResult]:
+    """``record_passes``: each result's ``decided_at`` names the pass that decided each position.
+    ``budgets``: each row's own completion budget (default ``cfg.max_new_tokens`` for all)."""
     cfg = cfg or DecodeConfig()
-    batch = Batch(model, vocab, prompts, num_slots, cfg.max_new_tokens, block=1, record_passes=record_passes)
+    batch = Batch(model, vocab, prompts, num_slots, cfg.max_new_tokens, block=1, record_passes=record_passes,
+                  budgets=budgets)
     logits = batch.prefill()  # [B, n_out]: output-vocabulary logits of token 0
     constraint = AnswerConstraint(vocab, batch, logits.shape[-1]) if cfg.constrain_answer else None
     for t in range(cfg.max_new_tokens):
         rows_alive = batch.alive
         scores = batch.scores(logits[:, None])[:, 0]  # the model's own belief, before constraints
         if constraint is not None:
-            logits = constraint.apply(logits, cfg.max_new_tokens - t)
+            logits = constraint.apply(logits, t)
         nxt = batch.head.token(logits.argmax(dim=-1))  # [b] token ids
         batch.out_tokens[rows_alive, t] = nxt
         batch.out_scores[rows_alive, t] = scores

@@ -43,6 +43,9 @@ class DecodeConfig:
     # diffusion: an answer position whose pick an earlier position of the same pass takes picks again among
     # the slots left (the threshold on the renormalised probability) instead of waiting for the next pass
     answer_claims: bool = False
+    # diffusion, with answer_claims: the ranks before this one are decided first and without claims, the
+    # others wait for them (1: every rank claims)
+    claims_from_rank: int = 1
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:
@@ -88,7 +91,7 @@ class Batch:
     """
 
     def __init__(self, model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
-                 max_new: int, block: int, record_passes: bool = False) -> None:
+                 max_new: int, block: int, record_passes: bool = False, budgets: list[int] | None = None) -> None:
         if len(prompts) != len(num_slots) or not prompts:
             raise ValueError("need one num_slots per prompt, and at least one prompt")
         if any(not 1 <= k <= len(vocab.slot_ids) for k in num_slots):
@@ -113,6 +116,10 @@ class Batch:
         self.out_scores = torch.zeros((B, max_new + block, self.kmax), dtype=torch.float32, device=dev)
         self.length = torch.zeros(B, dtype=torch.long, device=dev)  # final continuation length
         self.passes = torch.zeros(B, dtype=torch.long, device=dev)
+        # each row's own completion budget (at most max_new): a row's decode must not depend on its batch-mates
+        if budgets is not None and (len(budgets) != B or max(budgets) > max_new or min(budgets) < 1):
+            raise ValueError("need one budget in [1, max_new_tokens] per prompt")
+        self.budget = torch.tensor(budgets or [max_new] * B, dtype=torch.long, device=dev)
         # only allocated when asked for: decoders test it for None, so an unrecorded decode does no work for it
         self.decided_at = torch.full((B, max_new + block), -1, dtype=torch.long, device=dev) if record_passes else None
         self.prompts = prompts

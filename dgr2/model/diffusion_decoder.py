@@ -41,6 +41,7 @@ from dgr2.model.slot_constraint import (
     one_answer_per_pass,
     slot_state,
     waits_for_first_rank,
+    waits_for_head,
 )
 from dgr2.model.tokenizer import Vocab
 from dgr2.model.transformer import Transformer
@@ -170,9 +171,11 @@ def select(batch: Batch, st: BlockState, logits: torch.Tensor, denoise: torch.Te
         state = slot_state(batch, st.tokens, st.masked, st.offset)
         shifted = apply_bans(batch, shifted, state.ban)
         if cfg.answer_grammar:
-            shifted = shifted.masked_fill(grammar_disallow(batch, state, cfg.max_new_tokens, shifted.shape[-1]),
+            shifted = shifted.masked_fill(grammar_disallow(batch, state, shifted.shape[-1]),
                                           float("-inf"))
             eligible = eligible & ~waits_for_first_rank(state)
+            if cfg.answer_claims and cfg.claims_from_rank > 1:  # the head first, as without claims
+                eligible = eligible & ~waits_for_head(state, st.masked, cfg.claims_from_rank)
     if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
         probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
         cand_cols = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=gen).view(probs.shape[:2])
@@ -183,7 +186,8 @@ def select(batch: Batch, st: BlockState, logits: torch.Tensor, denoise: torch.Te
         if cfg.answer_claims and state is not None:
             # each round settles the earliest answer position whose pick an earlier one took: at most S rounds
             for _ in range(shifted.shape[1]):
-                taken, clash = claimed_earlier(batch, batch.head.token(cand_cols), unmask, state)
+                taken, clash = claimed_earlier(batch, batch.head.token(cand_cols), unmask, state,
+                                               cfg.claims_from_rank)
                 if not bool(clash.any()):
                     break
                 cand_cols, conf, unmask = threshold_select(apply_bans(batch, shifted, state.ban | taken), eligible,
@@ -248,14 +252,15 @@ def finish_rows(batch: Batch, st: BlockState, denoise: torch.Tensor, vocab: Voca
 
 @torch.inference_mode()
 def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]], num_slots: list[int],
-                     cfg: DecodeConfig | None = None, record_passes: bool = False) -> list[SequenceResult]:
+                     cfg: DecodeConfig | None = None, record_passes: bool = False,
+                     budgets: list[int] | None = None) -> list[SequenceResult]:
     """Prefill, then passes of: forward, start fresh blocks where one was committed, select, decide,
     retire finished rows. ``record_passes``: each result's ``decided_at`` names the pass that decided
     each position (the prefill decides none; nor does a commit pass that is not fused)."""
     cfg = cfg or DecodeConfig()
     S = cfg.block_size
     budget = math.ceil(cfg.max_new_tokens / S) * S
-    batch = Batch(model, vocab, prompts, num_slots, budget, block=S, record_passes=record_passes)
+    batch = Batch(model, vocab, prompts, num_slots, budget, block=S, record_passes=record_passes, budgets=budgets)
     st = BlockState.first(vocab, batch.prefill(), S)
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     gen = torch.Generator(device=batch.dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None

@@ -119,7 +119,7 @@ def relevance_scores(gains: np.ndarray, order: Sequence[int]) -> np.ndarray:
 class Reranker:
     def __init__(self, model: Transformer, vocab: Vocab, catalog: Catalog, decoder: str = "ar",
                  decode: DecodeConfig | None = None, max_history: int = MAX_HISTORY) -> None:
-        """Each batch's decode budget is capped at what a full completion for its largest K needs, from
+        """Each request's decode budget is capped at what a full completion for its own K needs, from
         the trace length the model was trained with (``model.config.trace_len``)."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
@@ -131,11 +131,13 @@ class Reranker:
     def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         prompts = [render_prompt(self.vocab, self.catalog, r.history, r.candidates, self.max_history)
                    for r in requests]
-        budget = completion_budget(self.model.config.trace_len, max(p.num_slots for p in prompts))
-        cfg = replace(self.decode, max_new_tokens=min(self.decode.max_new_tokens, budget))
+        # each request's own budget, so that a request decodes alike whatever it is batched with
+        budgets = [min(self.decode.max_new_tokens, completion_budget(self.model.config.trace_len, p.num_slots))
+                   for p in prompts]
+        cfg = replace(self.decode, max_new_tokens=max(budgets))
         outs = DECODE_FUNCTIONS[self.decoder](self.model, self.vocab, [p.ids for p in prompts],
                                               [p.num_slots for p in prompts], cfg,
-                                              record_passes=any(r.record_passes for r in requests))
+                                              record_passes=any(r.record_passes for r in requests), budgets=budgets)
         block = cfg.block_size if self.decoder == "diffusion" else 1
         results = []
         for request, prompt, out in zip(requests, prompts, outs, strict=True):

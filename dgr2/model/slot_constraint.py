@@ -83,7 +83,15 @@ def waits_for_first_rank(state: SlotState) -> torch.Tensor:
     return state.in_answer & (state.pos - state.ans_pos[:, None] >= 2) & state.first_rank_open[:, None]
 
 
-def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out: int) -> torch.Tensor:
+def waits_for_head(state: SlotState, masked: torch.Tensor, head: int) -> torch.Tensor:
+    """``[b, S]``: answer positions of rank ``head`` or later while a rank before it is still masked in the
+    block (earlier blocks are decided; a rank in a later block has no tail rank in this one)."""
+    rank = state.pos - state.ans_pos[:, None]  # 1 = the first slot
+    open_head = (masked & state.in_answer & (rank < head)).any(dim=1)
+    return state.in_answer & (rank >= head) & open_head[:, None]
+
+
+def grammar_disallow(batch: Batch, state: SlotState, n_out: int) -> torch.Tensor:
     """``[b, S, n_out]``: output columns each block position may not take under the answer grammar
     (see the module docstring). Every position keeps at least one allowed column."""
     vocab, head, dev = batch.vocab, batch.head, batch.dev
@@ -91,7 +99,8 @@ def grammar_disallow(batch: Batch, state: SlotState, max_new_tokens: int, n_out:
     pos, ans = state.pos, state.ans_pos[:, None]
     decided = ans < state.undecided
     j = pos - ans  # place inside the answer (1 = first slot)
-    latest = (max_new_tokens - (k + 3)).clamp(min=0)  # last index where <answer> still fits the budget
+    # the last index where <answer> still fits the row's own budget
+    latest = (batch.budget[batch.alive][:, None] - (k + 3)).clamp(min=0)
     columns = torch.arange(n_out, device=dev)
     is_slot = torch.zeros(n_out, dtype=torch.bool, device=dev)
     is_slot[head.slot_cols] = True
@@ -155,14 +164,15 @@ def keep_earliest(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state:
     return unmask & ~loser.any(dim=2)
 
 
-def claimed_earlier(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor,
-                    state: SlotState) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(taken [b, S, Kmax], clash [b, S])``: per answer position, the slots that earlier answer positions
-    unmask in this same pass (a ranking names each candidate once, so those are taken for it), and
-    the unmasked positions whose own pick is among them."""
+def claimed_earlier(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState,
+                    from_rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(taken [b, S, Kmax], clash [b, S])``: per answer position from rank ``from_rank`` on, the slots
+    that earlier answer positions unmask in this same pass (a ranking names each candidate once, so
+    those are taken for it), and the unmasked positions whose own pick is among them."""
     slot = batch.slot_index[cand]  # [b, S]; kmax for tokens that are not slots
     hit = torch.zeros(*cand.shape, batch.kmax + 1, dtype=torch.int32, device=cand.device)
     hit.scatter_(2, slot[..., None], (unmask & state.in_answer)[..., None].int())
-    taken = ((hit.cumsum(dim=1) - hit) > 0) & state.in_answer[:, :, None]
+    claims = state.in_answer & (state.pos - state.ans_pos[:, None] >= from_rank)
+    taken = ((hit.cumsum(dim=1) - hit) > 0) & claims[:, :, None]
     clash = unmask & taken.gather(2, slot[..., None])[..., 0]
     return taken[..., : batch.kmax], clash

@@ -126,6 +126,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal-first-rank", action=argparse.BooleanOptionalAction, default=None,
                    help="diffusion: the pass that decides rank 1 reads the block up to <answer> causally "
                         "(the view AR predicts rank 1 from; default on)")
+    p.add_argument("--answer-claims", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: an answer position whose slot an earlier position takes in the same pass "
+                        "picks among the slots left instead of waiting a pass (default: DecodeConfig's)")
+    p.add_argument("--claims-from-rank", type=positive_int, default=None,
+                   help="diffusion, with --answer-claims: the first rank that claims (default: DecodeConfig's)")
+    p.add_argument("--block-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: denoising passes compute only the positions they read or that changed, "
+                        "reusing the others' cached keys and values (approximate; default: DecodeConfig's)")
     p.add_argument("--trace-len", type=positive_int, default=None,
                    help="decode budget's trace length (default: the checkpoint's, the length it was trained with)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
@@ -137,6 +145,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write FILE (JSON): the served relevance_score of the held-out item at each rank "
                         "and the metrics of re-sorting the candidates by the raw expected gain "
                         "(dgr2/recipe/evals/score_report.py)")
+
+
+def pass_economy(cfg: DecodeConfig) -> dict:
+    """The diffusion decoder's pass-economy switches that differ from their defaults: left out at the
+    defaults, so resume files written before the switches existed still match."""
+    default = DecodeConfig()
+    return {k: getattr(cfg, k) for k in ("answer_claims", "claims_from_rank", "block_cache")
+            if getattr(cfg, k) != getattr(default, k)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,11 +202,12 @@ def eval_result(args: argparse.Namespace) -> dict:
     cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(trace_len, args.candidates),
                                  block_size=args.block_size, threshold=args.threshold,
                                  answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
-                                 causal_first_rank=args.causal_first_rank)
+                                 causal_first_rank=args.causal_first_rank, answer_claims=args.answer_claims,
+                                 claims_from_rank=args.claims_from_rank, block_cache=args.block_cache)
     settings = dict(checkpoint=str(ckpt.path.name), decoder=decoder, split=args.split, candidates=args.candidates,
                     neg_seed=args.neg_seed, block_size=cfg.block_size, threshold=cfg.threshold,
                     answer_threshold=cfg.answer_threshold, constrained=cfg.constrain_answer,
-                    causal_first_rank=cfg.causal_first_rank,
+                    causal_first_rank=cfg.causal_first_rank, **pass_economy(cfg),
                     max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
                     device=args.device, **users)
     # the resume file also pins the weights, so a re-trained checkpoint of the same name is refused

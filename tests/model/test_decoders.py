@@ -377,3 +377,21 @@ def test_same_pass_duplicates_are_counted_per_section():
     room = torch.where(in_answer[:, :, None], 1, 2).expand(1, S, kmax).clone()
     kept = keep_earliest(batch, cand, torch.ones(1, S, dtype=torch.bool), _slot_state(S, kmax, in_answer, room))
     assert kept[0].tolist() == [True, True, False, True, False, True]
+
+
+@pytest.mark.parametrize("decoder", ["ar", "diffusion"])
+def test_a_request_decodes_alike_whatever_its_batch_mates_ask(model64, synth, decoder):
+    """Each request gets the completion budget of its own candidate count: batched with a request of
+    more candidates, a request must not be given a longer trace (the budget decides when <answer> is
+    forced)."""
+    model, vocab = model64
+    model.config = model.config.replace(trace_len=12)
+    ids = synth.catalog.ids()
+    users = list(synth.sequences)[:3]
+    reqs = [RankRequest(synth.sequences[u][:-1], ids[: k]) for u, k in zip(users, (3, 9, 20), strict=True)]
+    rr = Reranker(model, vocab, synth.catalog, decoder, DecodeConfig(max_new_tokens=200, block_size=8))
+    together = rr.rank(reqs)
+    for req, t in zip(reqs, together, strict=True):
+        alone = rr.rank([req])[0]
+        assert (alone.generated_tokens, alone.order) == (t.generated_tokens, t.order)
+        assert alone.reasoning == t.reasoning

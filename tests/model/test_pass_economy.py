@@ -63,6 +63,12 @@ def test_an_answer_position_whose_pick_an_earlier_one_took_sees_it_as_taken():
     # position 3 picked <c1>, which position 1 took; position 5 picked <c2>, which position 2 took;
     # position 4's pick is masked, so it clashes with nothing
     assert clash[0].tolist() == [False, False, False, True, False, True]
+    # from rank 3 on (rank = position - <answer>'s, here 0): ranks 1 and 2 wait as without claims
+    taken, clash = claimed_earlier(batch, cand, unmask, state, from_rank=3)
+    assert not taken[0, :3].any() and taken[0, 3:].any()
+    assert clash[0].tolist() == [False, False, False, True, False, True]
+    taken, clash = claimed_earlier(batch, cand, unmask, state, from_rank=4)
+    assert clash[0].tolist() == [False, False, False, False, False, True]
 
 
 def plant_sure_ranking(monkeypatch, vocab):
@@ -96,6 +102,22 @@ def test_answer_claims_decide_a_sure_ranking_in_fewer_passes_with_the_same_answe
             assert claims.forward_passes < waits.forward_passes
         else:
             assert claims.forward_passes <= waits.forward_passes
+
+
+def test_with_claims_from_rank_the_head_is_decided_before_the_tail(tiny, synth, monkeypatch):
+    """``claims_from_rank=3``: ranks 1 and 2 are decided (one claim at a time, as without claims) before
+    any later rank, which then claim together; the answer is the same ranking."""
+    model, vocab = tiny
+    plant_sure_ranking(monkeypatch, vocab)
+    ps = prompts(vocab, synth, ks=(7, 9))
+    cfg = DecodeConfig(max_new_tokens=40, block_size=8, answer_claims=True, claims_from_rank=3)
+    outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps], cfg, record_passes=True)
+    for p, o in zip(ps, outs, strict=True):
+        answer = parse_answer(vocab, o.tokens, p.num_slots)
+        assert answer.valid and answer.slots == list(range(p.num_slots)), vocab.decode(o.tokens)
+        a = o.tokens.index(vocab.answer)
+        head, tail = o.decided_at[a + 1: a + 3], o.decided_at[a + 3: a + 1 + p.num_slots]
+        assert max(head) < min(tail), (head, tail)
 
 
 @pytest.mark.parametrize("threshold", [0.9, 0.3])
