@@ -42,10 +42,11 @@ class DecodeConfig:
     block_cache: bool = False
     # diffusion: an answer position whose pick an earlier position of the same pass takes picks again among
     # the slots left (the threshold on the renormalised probability) instead of waiting for the next pass
-    answer_claims: bool = False
-    # diffusion, with answer_claims: the ranks before this one are decided first and without claims, the
-    # others wait for them (1: every rank claims)
-    claims_from_rank: int = 1
+    answer_claims: bool = True
+    # diffusion, with answer_claims: the ranks before this one (the head a re-ranker's client shows) are
+    # decided first and without claims, the others wait for them (1: every rank claims); measured in
+    # docs/design.md ("Answer claims")
+    claims_from_rank: int = 11
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.block_size < 1:

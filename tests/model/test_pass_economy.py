@@ -92,7 +92,7 @@ def test_answer_claims_decide_a_sure_ranking_in_fewer_passes_with_the_same_answe
     model, vocab = tiny
     plant_sure_ranking(monkeypatch, vocab)
     ps = prompts(vocab, synth)
-    runs = {claims: decode(model, vocab, ps, max_new_tokens=40, block_size=8, answer_claims=claims)
+    runs = {claims: decode(model, vocab, ps, max_new_tokens=40, block_size=8, answer_claims=claims, claims_from_rank=1)
             for claims in (False, True)}
     for p, waits, claims in zip(ps, runs[False], runs[True], strict=True):
         assert claims.tokens == waits.tokens, (vocab.decode(claims.tokens), vocab.decode(waits.tokens))
@@ -125,7 +125,7 @@ def test_answer_claims_keep_every_answer_a_valid_ranking(tiny, synth, threshold)
     model, vocab = tiny
     ps = prompts(vocab, synth)
     for p, o in zip(ps, decode(model, vocab, ps, max_new_tokens=48, block_size=8, threshold=threshold,
-                               answer_threshold=0.0, answer_claims=True), strict=True):
+                               answer_threshold=0.0, answer_claims=True, claims_from_rank=1), strict=True):
         assert parse_answer(vocab, o.tokens, p.num_slots).valid, vocab.decode(o.tokens)
 
 

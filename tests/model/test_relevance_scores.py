@@ -209,7 +209,7 @@ def test_engine_scores_with_a_cut_answer(tiny, synth, monkeypatch):
     """A decode that stops inside the answer: the unwritten ranks count as uniform, still monotone."""
     model, vocab = tiny
 
-    def cut(model, vocab, prompts, num_slots, cfg):
+    def cut(model, vocab, prompts, num_slots, cfg, **_):
         outs = []
         for K in num_slots:
             toks = vocab.ids(["<r:cat>", "</think>", "<answer>", "<c1>"])
