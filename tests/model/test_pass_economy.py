@@ -6,10 +6,11 @@ import copy
 import pytest
 import torch
 
+from dgr2.model import diffusion_decoder
 from dgr2.model.decoding import Batch, DecodeConfig
 from dgr2.model.diffusion_decoder import decode_diffusion
 from dgr2.model.prompt import parse_answer, render_prompt
-from dgr2.model.slot_constraint import SlotState, claimed_earlier
+from dgr2.model.slot_constraint import SlotState, apply_bans, claimed_earlier
 
 
 def prompts(vocab, synth, ks=(1, 4, 7, 2, 9)):
@@ -118,6 +119,51 @@ def test_with_claims_from_rank_the_head_is_decided_before_the_tail(tiny, synth, 
         a = o.tokens.index(vocab.answer)
         head, tail = o.decided_at[a + 1: a + 3], o.decided_at[a + 3: a + 1 + p.num_slots]
         assert max(head) < min(tail), (head, tail)
+
+
+def claims_by_rounds(batch, shifted, eligible, state, cfg, cand_cols, conf, unmask):
+    """The reference of ``claim_in_order``: re-select everything until no claiming rank picks a slot an
+    earlier unmasked answer position took (each round settles the earliest clash)."""
+    for _ in range(shifted.shape[1]):
+        taken, clash = claimed_earlier(batch, batch.head.token(cand_cols), unmask, state, cfg.claims_from_rank)
+        if not bool(clash.any()):
+            break
+        cand_cols, conf, unmask = diffusion_decoder.threshold_select(
+            apply_bans(batch, shifted, state.ban | taken), eligible, state, cfg)
+    return cand_cols, conf, unmask
+
+
+@pytest.mark.parametrize("answer_threshold,from_rank", [(0.0, 1), (None, 1), (0.0, 3)])
+def test_one_sweep_claims_decode_what_the_rounds_decode(model64, synth, monkeypatch, answer_threshold, from_rank):
+    """Same tokens, same recorded scores, as the reference that re-selects once per settled clash; the
+    logits are planted so that many ranks want the same candidates (long chains of clashes)."""
+    model, vocab = model64
+    logits = Batch.logits
+    g = torch.Generator().manual_seed(0)
+
+    def contested(self, block, causal=None, visible=None):
+        out = logits(self, block, causal, visible)
+        cols = self.head.cols(vocab.slot_ids[:9])
+        out[:, :, cols] += 8.0 + 2.0 * torch.rand(out.shape[0], out.shape[1], 9, generator=g, dtype=out.dtype)
+        return out
+
+    monkeypatch.setattr(Batch, "logits", contested)
+    ps = prompts(vocab, synth)
+    cfg = dict(max_new_tokens=48, block_size=8, threshold=0.5, answer_threshold=answer_threshold,
+               answer_claims=True, claims_from_rank=from_rank)
+    g.manual_seed(0)
+    sweep = decode(model, vocab, ps, **cfg)
+    g.manual_seed(0)
+    waiting = decode(model, vocab, ps, **{**cfg, "answer_claims": False})
+    if from_rank == 1:  # claims were made (from rank 3 the head waits first, which costs passes of its own)
+        assert sum(o.forward_passes for o in sweep) < sum(o.forward_passes for o in waiting)
+    monkeypatch.setattr(diffusion_decoder, "claim_in_order", claims_by_rounds)
+    g.manual_seed(0)
+    rounds = decode(model, vocab, ps, **cfg)
+    for p, a, b in zip(ps, sweep, rounds, strict=True):
+        assert a.tokens == b.tokens, (vocab.decode(a.tokens), vocab.decode(b.tokens))
+        assert abs(a.slot_logprobs - b.slot_logprobs).max() < 1e-9
+        assert parse_answer(vocab, a.tokens, p.num_slots).valid
 
 
 @pytest.mark.parametrize("threshold", [0.9, 0.3])
