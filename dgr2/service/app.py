@@ -22,9 +22,10 @@ from dgr2.service.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    metrics = Metrics(settings.model)
+    metrics = Metrics(settings.model, *(m for m in settings.served_models if m != settings.model))
     rt = Runtime(settings, metrics)
-    metrics.set_split(rt.router.split)
+    for model in rt.served:
+        metrics.set_split(model, rt.router.split)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,7 +1,8 @@
-"""Dynamic batching: one admission queue per decoder and a worker that decodes it in batches.
+"""Dynamic batching: one admission queue per model and decoder, and a worker that decodes it in batches.
 
-Why a queue per decoder: a batch runs one decoder over padded prompts, so AR and diffusion requests
-cannot share one. The worker takes up to ``max_batch_size`` requests, waiting at most ``max_wait``
+Why a queue per model and decoder: a batch runs one checkpoint's decoder over padded prompts, so AR and
+diffusion requests cannot share one, and neither can requests for two models (each has its own
+catalog, vocabulary and weights). The worker takes up to ``max_batch_size`` requests, waiting at most ``max_wait``
 after the oldest arrived, and runs :meth:`Reranker.rank` on the runtime's torch thread, which both
 decoders share (torch releases the GIL, so the event loop keeps admitting; why one thread:
 :mod:`service.torch_thread`). Admission happens before any tokenization, so an overloaded
@@ -52,9 +53,9 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, decoder: str, engine: Callable[[], Engine], metrics: Metrics, executor: Executor, *,
-                 max_batch_size: int, max_wait_s: float, queue_limit: int) -> None:
-        self.decoder, self.engine, self.metrics = decoder, engine, metrics
+    def __init__(self, model: str, decoder: str, engine: Callable[[], Engine], metrics: Metrics,
+                 executor: Executor, *, max_batch_size: int, max_wait_s: float, queue_limit: int) -> None:
+        self.model, self.decoder, self.engine, self.metrics = model, decoder, engine, metrics
         self.max_batch_size, self.max_wait_s, self.queue_limit = max_batch_size, max_wait_s, queue_limit
         self._queue: deque[Job] = deque()
         self._inflight: list[Job] = []  # the batch being decoded
@@ -69,7 +70,7 @@ class Batcher:
         return len(self._queue)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.decoder}")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model}-{self.decoder}")
 
     def submit(self, request: RankRequest, deadline: float | None = None) -> Job:
         """Admit a request or refuse it at once (503 draining, 429 queue full)."""
@@ -182,16 +183,16 @@ class Batcher:
                 raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         except Exception:
             # one bad batch must not take the worker down; only its own requests fail
-            log.exception("%s decode of a batch of %d failed", self.decoder, len(jobs))
+            log.exception("%s %s decode of a batch of %d failed", self.model, self.decoder, len(jobs))
             for job in jobs:
                 self._fail(job, DecodeFailed())
             return
         self._batch_s = 0.8 * self._batch_s + 0.2 * decode_s
-        self.metrics.observe_batch(self.decoder, len(jobs), decode_s)
+        self.metrics.observe_batch(self.model, self.decoder, len(jobs), decode_s)
         for job, result in zip(jobs, results, strict=True):
             queue_s = start - job.enqueued
-            self.metrics.observe_decode(self.decoder, queue_s, result.generated_tokens, result.forward_passes,
-                                        result.report)
+            self.metrics.observe_decode(self.model, self.decoder, queue_s, result.generated_tokens,
+                                        result.forward_passes, result.report)
             if not job.future.done():
                 job.future.set_result(Decoded(result, engine, queue_s, decode_s))
 
@@ -200,4 +201,4 @@ class Batcher:
             job.future.set_exception(error)
 
     def _gauge(self) -> None:
-        self.metrics.queue_depth.labels(self.metrics.model, self.decoder).set(len(self._queue))
+        self.metrics.queue_depth.labels(self.model, self.decoder).set(len(self._queue))

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
         if isinstance(default, dict):
             default = ",".join(f"{k}={v:g}" for k, v in default.items())
+        if isinstance(default, list):
+            default = ",".join(default) or None
         shown = "unset" if default is None else default
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=name.upper(),
                             help=f"{field.description} (env DGR2_{name.upper()}; default: {shown})")
@@ -37,11 +39,13 @@ def _resolve_models(settings: Settings) -> None:
         raise UserError(f"--store {settings.store}: not a folder; give a model store root (dgr2 model list "
                         "--store DIR shows what one holds)")
     store = ModelStore(settings.store)
-    for decoder in ("ar", "diffusion"):
-        try:
-            store.resolve(settings.model, settings.ref(decoder))
-        except UserError as e:
-            raise UserError(f"--store {settings.store}: {e} (see dgr2 model list --store {settings.store})") from None
+    for model in settings.served_models:
+        for decoder in ("ar", "diffusion"):
+            try:
+                store.resolve(model, settings.ref(decoder))
+            except UserError as e:
+                raise UserError(f"--store {settings.store}: {e} "
+                                f"(see dgr2 model list --store {settings.store})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as e:
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"])
-            print(f"dgr2 serve: error: --{where.replace('_', '-')}: {err['msg']}", file=sys.stderr)
+            if where:
+                print(f"dgr2 serve: error: --{where.replace('_', '-')}: {err['msg']}", file=sys.stderr)
+            else:  # a rule between settings names them itself
+                print(f"dgr2 serve: error: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     _resolve_models(settings)
     from dgr2.service.app import create_app

@@ -55,6 +55,14 @@ class InvalidInput(ServiceError):
     status, code = 422, "invalid_value"
 
 
+class ModelNotFound(ServiceError):
+    status, code = 404, "model_not_found"
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(f"model {name!r} is not served here; available models: {', '.join(available)} "
+                         "(GET /v1/models describes them)", param="model")
+
+
 class TooLarge(ServiceError):
     status, code = 413, "too_large"
 
@@ -108,7 +116,8 @@ def error_response(request: Request, status: int, message: str, *, code: str, pa
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entry declaring the error shape for the given statuses."""
-    words = {401: "Missing or wrong bearer token", 404: "Not found", 413: "Too many candidates or body too large",
+    words = {401: "Missing or wrong bearer token", 404: "Unknown model (the message lists the served ones)",
+             413: "Too many candidates or body too large",
              422: "Invalid input", 429: "Admission queue full (see Retry-After)",
              500: "Decode or reload failed (no internals)", 503: "Not ready or draining",
              504: "Deadline passed before ranking"}

@@ -1,7 +1,11 @@
 """Prometheus metrics: one :class:`Metrics` per app, on its own ``CollectorRegistry``.
 
 Every series carries ``model`` (the model name) and, where a decoder is involved, ``decoder``
-(``none`` when the request failed before one was chosen). Conventions:
+(``none`` when the request failed before one was chosen). A process serving several models labels
+each series with the model that did the work; a request refused before its model was known (a body
+refused whole, an unknown model name) counts under the default model, so each model's ratios of
+refusals to requests stay over that model's own traffic and no client-chosen name becomes a label.
+Conventions:
 
 - ``dgr2_requests_total{status}`` and ``dgr2_request_duration_seconds`` count re-rank requests: one
   per ``/v1/rerank`` call and one per item of a ``/v1/rerank/batch`` call (a batch refused as a whole
@@ -35,8 +39,9 @@ REJECTION_REASONS = {413: "too_large", 422: "invalid", 429: "queue_full", 504: "
 
 
 class Metrics:
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, *models: str) -> None:
+        """``models``: every model served, the default first."""
+        self.model = models[0]  # the default model: requests refused before their model is known
         self.registry = r = CollectorRegistry(auto_describe=True)
         mdd = ["model", "decoder"]
         self.requests = Counter("dgr2_requests", "Re-rank requests by outcome", [*mdd, "status"], registry=r)
@@ -65,42 +70,49 @@ class Metrics:
                               mdd, registry=r)
         # Series that should be 0 rather than absent: with both decoders constrained, faults are rare,
         # and a rate over a never-created series is "no data", not the 0 an SRE expects on the panel.
-        for decoder in DECODERS:
-            for kind in INVALID_KINDS:
-                self.invalid_decodes.labels(self.model, decoder, kind)
-            self.repairs.labels(self.model, decoder)
+        for model in models:
+            for decoder in DECODERS:
+                for kind in INVALID_KINDS:
+                    self.invalid_decodes.labels(model, decoder, kind)
+                self.repairs.labels(model, decoder)
+        self._versions: dict[str, dict[str, str]] = {}
 
     # ----------------------------------------------------------------- recording helpers
-    def observe_request(self, decoder: str | None, status: int, seconds: float, reason: str | None = None) -> None:
-        d = decoder or "none"
-        self.requests.labels(self.model, d, str(status)).inc()
-        self.request_seconds.labels(self.model, d).observe(seconds)
+    def observe_request(self, model: str | None, decoder: str | None, status: int, seconds: float,
+                        reason: str | None = None) -> None:
+        m, d = model or self.model, decoder or "none"
+        self.requests.labels(m, d, str(status)).inc()
+        self.request_seconds.labels(m, d).observe(seconds)
         reason = reason or REJECTION_REASONS.get(status)
         if reason:
-            self.rejections.labels(self.model, d, reason).inc()
+            self.rejections.labels(m, d, reason).inc()
 
-    def observe_batch(self, decoder: str, size: int, seconds: float) -> None:
-        self.batch_size.labels(self.model, decoder).observe(size)
-        self.decode_seconds.labels(self.model, decoder).observe(seconds)
+    def observe_batch(self, model: str, decoder: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model, decoder).observe(size)
+        self.decode_seconds.labels(model, decoder).observe(seconds)
 
-    def observe_decode(self, decoder: str, queue_s: float, generated: int, passes: int, report: GuardReport) -> None:
-        self.queue_seconds.labels(self.model, decoder).observe(queue_s)
-        self.generated_tokens.labels(self.model, decoder).inc(generated)
-        self.forward_passes.labels(self.model, decoder).inc(passes)
+    def observe_decode(self, model: str, decoder: str, queue_s: float, generated: int, passes: int,
+                       report: GuardReport) -> None:
+        self.queue_seconds.labels(model, decoder).observe(queue_s)
+        self.generated_tokens.labels(model, decoder).inc(generated)
+        self.forward_passes.labels(model, decoder).inc(passes)
         for kind, bad in report.faults().items():
             if bad:
-                self.invalid_decodes.labels(self.model, decoder, kind).inc()
+                self.invalid_decodes.labels(model, decoder, kind).inc()
         if report.repaired:
-            self.repairs.labels(self.model, decoder).inc()
+            self.repairs.labels(model, decoder).inc()
 
-    def set_versions(self, versions: dict[str, str]) -> None:
+    def set_versions(self, model: str, versions: dict[str, str]) -> None:
+        """What ``model`` serves now; its previous versions' series go, the other models' stay."""
+        self._versions[model] = dict(versions)
         self.model_info.clear()
-        for decoder, version in versions.items():
-            self.model_info.labels(self.model, decoder, version).set(1)
+        for m, served in self._versions.items():
+            for decoder, version in served.items():
+                self.model_info.labels(m, decoder, version).set(1)
 
-    def set_split(self, split: dict[str, float]) -> None:
+    def set_split(self, model: str, split: dict[str, float]) -> None:
         for decoder in DECODERS:
-            self.ab_split.labels(self.model, decoder).set(split.get(decoder, 0.0))
+            self.ab_split.labels(model, decoder).set(split.get(decoder, 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -108,7 +120,7 @@ class Metrics:
 
 class RequestMetricsMiddleware:
     """Counts ``/v1/rerank`` calls (and whole-batch refusals) by status, including 413/422 answered
-    before any handler ran. Handlers leave the decoder and error code in ``request.state``."""
+    before any handler ran. Handlers leave the model, decoder and error code in ``request.state``."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -133,4 +145,5 @@ class RequestMetricsMiddleware:
                 state = scope.get("state") or {}
                 code = state.get("error_code")
                 reason = code if code in ("not_ready", "draining") else None
-                self.metrics.observe_request(state.get("decoder"), status, time.perf_counter() - start, reason)
+                self.metrics.observe_request(state.get("model"), state.get("decoder"), status,
+                                             time.perf_counter() - start, reason)

@@ -53,6 +53,7 @@ class Engine:
         d = self.reranker.decode
         return {"decoder": self.decoder, "ref": self.ref, "version": self.version, "stage": self.stage,
                 "parameters": sum(p.numel() for p in self.reranker.model.parameters()),
+                "catalog_items": len(self.reranker.catalog.items),
                 "block_size": d.block_size, "threshold": d.threshold, "answer_threshold": d.answer_threshold,
                 "max_new_tokens": d.max_new_tokens}
 

@@ -18,7 +18,7 @@ from dgr2.service.batcher import Decoded
 from dgr2.service.errors import DeadlineExceeded, DecodeFailed, ServiceError
 from dgr2.service.limits import check_candidates
 from dgr2.service.reasoning import reasoning_steps
-from dgr2.service.runtime import Runtime
+from dgr2.service.runtime import Runtime, ServedModel
 from dgr2.service.schemas import (
     Passes,
     RankedItem,
@@ -41,12 +41,14 @@ def to_rank_request(req: RerankRequest) -> RankRequest:
                        record_passes=req.return_passes)
 
 
-async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) -> RerankResponse:
-    """Raises a :class:`ServiceError` for every refusal: 413, 429, 503, 504, 500 (decode failed)."""
+async def rerank(rt: Runtime, served: ServedModel, req: RerankRequest, decoder: str,
+                 started: float) -> RerankResponse:
+    """Rank with ``served``'s checkpoint of ``decoder``, in a batch of that model's requests only.
+    Raises a :class:`ServiceError` for every refusal: 413, 429, 503, 504, 500 (decode failed)."""
     rt.check_serving()
     check_candidates(req, rt.settings.max_candidates)
     deadline = started + req.deadline_ms / 1000 if req.deadline_ms else None
-    batcher = rt.batchers[decoder]
+    batcher = served.batchers[decoder]
     job = batcher.submit(to_rank_request(req), deadline)
     try:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -55,10 +57,11 @@ async def rerank(rt: Runtime, req: RerankRequest, decoder: str, started: float) 
         batcher.withdraw(job)  # still queued: free its slot now (a batch already decoding drops the result)
         raise DeadlineExceeded() from None
     # refuses a bad decode first
-    response = build_response(req, decoder, decoded, rt.settings.model, started, rt.settings.max_history)
+    response = build_response(req, decoder, decoded, served.name, started, rt.settings.max_history)
     shadow = rt.router.shadow_of(decoder)
     if shadow is not None:  # the comparison needs only the shadow's order, never its passes
-        rt.spawn(_shadow(rt, shadow, decoder, replace(job.request, record_passes=False), decoded.result.order))
+        rt.spawn(_shadow(rt, served, shadow, decoder, replace(job.request, record_passes=False),
+                         decoded.result.order))
     return response
 
 
@@ -99,9 +102,11 @@ def decode_passes(r: RankResult) -> Passes:
     return Passes(block_size=r.passes.block_size, positions=positions, tokens=r.passes.tokens)
 
 
-async def _shadow(rt: Runtime, other: str, served_by: str, request: RankRequest, served: list[int]) -> None:
-    """Rank the same request with the other decoder, off the critical path, and record agreement."""
-    batcher = rt.batchers[other]
+async def _shadow(rt: Runtime, model: ServedModel, other: str, served_by: str, request: RankRequest,
+                  served: list[int]) -> None:
+    """Rank the same request with the same model's other decoder, off the critical path, and record
+    agreement."""
+    batcher = model.batchers[other]
     if batcher.depth * 2 >= batcher.queue_limit:  # shadow traffic never crowds out real traffic
         return
     try:
@@ -111,5 +116,5 @@ async def _shadow(rt: Runtime, other: str, served_by: str, request: RankRequest,
     if sorted(shadow) != list(range(len(served))):  # only two rankings of the same candidates compare
         return
     m = rt.metrics
-    m.shadow_agreement.labels(m.model, served_by, "tau").observe(kendall_tau(served, shadow))
-    m.shadow_agreement.labels(m.model, served_by, "top10").observe(top_overlap(served, shadow, 10))
+    m.shadow_agreement.labels(model.name, served_by, "tau").observe(kendall_tau(served, shadow))
+    m.shadow_agreement.labels(model.name, served_by, "top10").observe(top_overlap(served, shadow, 10))

@@ -1,9 +1,12 @@
 """The service's moving parts and their life cycle: models, batchers, A/B router, readiness, drain.
 
-One :class:`Runtime` lives in ``app.state.runtime``; handlers fetch everything from it. Start-up
-loads and verifies the checkpoints before the server accepts connections (a bad checkpoint fails
+One :class:`Runtime` lives in ``app.state.runtime``; handlers fetch everything from it. It serves
+one or several models (``Settings.served_models``), each a :class:`ServedModel` with its own
+checkpoints and batchers; the A/B router and the torch thread are shared. Start-up loads and
+verifies every model's checkpoints before the server accepts connections (a bad checkpoint fails
 the start), then warms them in the background: ``/healthz`` answers at once, ``/readyz`` only once
-every decoder has decoded once. Draining refuses new work (503) but decodes everything admitted.
+every decoder of every model has decoded once. Draining refuses new work (503) but decodes
+everything admitted.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,7 +24,7 @@ from dgr2.model.config import DECODERS
 from dgr2.model_store import CheckpointError, ModelStore
 from dgr2.service.ab import ABRouter
 from dgr2.service.batcher import Batcher
-from dgr2.service.errors import InvalidInput, ServiceError, Unavailable, public_message
+from dgr2.service.errors import InvalidInput, ModelNotFound, ServiceError, Unavailable, public_message
 from dgr2.service.metrics import Metrics
 from dgr2.service.models import ModelHolder, ModelSet, load_model_set, warm_up
 from dgr2.service.settings import Settings
@@ -41,14 +45,26 @@ def _public_reason(e: Exception) -> str:
     return f"{type(e).__name__} (details in the server log)"
 
 
+@dataclass
+class ServedModel:
+    """One model the process serves: its current checkpoints and one batcher per decoder. Two models
+    share no queue, so a batch only ever holds requests for one model."""
+
+    name: str
+    holder: ModelHolder = field(default_factory=ModelHolder)
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+
+
 class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.store = ModelStore(settings.store)
-        self.models = ModelHolder()
+        self.served = {name: ServedModel(name) for name in settings.served_models}
+        self.default_model = settings.model
+        # one split for every model: a user lands on the same decoder whichever catalog they browse
         self.router = ABRouter(settings.ab_split, settings.ab_salt, settings.shadow_rate)
-        self.batchers: dict[str, Batcher] = {}
         self.ready = False
+        self._warm_models: set[str] = set()  # the models whose serving set has decoded once
         self.draining = False
         self.warm_error: str | None = None
         # called when the service cannot start (the server exits non-zero); None when embedded without one
@@ -59,6 +75,30 @@ class Runtime:
         self._threads_before: int | None = None
         self.torch_executor = torch_thread()
 
+    # ----------------------------------------------------------------- the models served
+    def model(self, name: str | None) -> ServedModel:
+        """The model a request names (None: the default); 404 for a name this process does not serve."""
+        served = self.served.get(self.default_model if name is None else name)
+        if served is None:
+            raise ModelNotFound(str(name), list(self.served))
+        return served
+
+    @property
+    def models(self) -> ModelHolder:
+        """The default model's checkpoints."""
+        return self.served[self.default_model].holder
+
+    @property
+    def batchers(self) -> dict[str, Batcher]:
+        """The default model's batchers, by decoder."""
+        return self.served[self.default_model].batchers
+
+    def all_batchers(self) -> Iterator[tuple[str, Batcher]]:
+        """Every batcher of every model, named ``model/decoder``."""
+        for served in self.served.values():
+            for decoder, batcher in served.batchers.items():
+                yield f"{served.name}/{decoder}", batcher
+
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
         s = self.settings
@@ -66,27 +106,40 @@ class Runtime:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(s.torch_threads)
         loop = asyncio.get_running_loop()
-        models = await loop.run_in_executor(self.torch_executor, self._load, {d: s.ref(d) for d in DECODERS})
-        self._install(models)
+        for served in self.served.values():  # one model at a time: a bad checkpoint fails the start
+            models = await loop.run_in_executor(self.torch_executor, self._load, served.name,
+                                                {d: s.ref(d) for d in DECODERS})
+            self._install(served, models)
         self._reload_lock = asyncio.Lock()
-        for d in DECODERS:
-            self.batchers[d] = Batcher(d, lambda d=d: self.models.engine(d), self.metrics, self.torch_executor,
-                                       max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000,
-                                       queue_limit=s.queue_limit)
-            self.batchers[d].start()
-        self.spawn(self._warm(models))
+        for served in self.served.values():
+            for d in DECODERS:
+                served.batchers[d] = Batcher(served.name, d, lambda h=served.holder, d=d: h.engine(d), self.metrics,
+                                             self.torch_executor, max_batch_size=s.max_batch_size,
+                                             max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit)
+                served.batchers[d].start()
+        self.spawn(self._warm([served.holder.current for served in self.served.values()]))
 
-    async def _warm(self, models: ModelSet) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self.torch_executor, warm_up, models)
-        except Exception as e:
-            log.exception("warm-up failed: the service cannot serve these models")
-            self.warm_error = f"warm-up failed: {_public_reason(e)}"
-            if self.on_fatal is not None:  # a server that would only ever answer 503 is worse than none
-                self.on_fatal(f"warm-up of {models.versions()} failed: {type(e).__name__}: {e}")
-            return
-        self.ready = True
-        log.info("ready: %s", models.versions())
+    async def _warm(self, sets: list[ModelSet | None]) -> None:
+        for models in sets:
+            assert models is not None, "warm-up before load"
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.torch_executor, warm_up, models)
+            except Exception as e:
+                log.exception("warm-up of %s failed: the service cannot serve it", models.name)
+                self.warm_error = f"warm-up of {models.name} failed: {_public_reason(e)}"
+                if self.on_fatal is not None:  # a server that would only ever answer 503 is worse than none
+                    self.on_fatal(f"warm-up of {models.name} {models.versions()} failed: {type(e).__name__}: {e}")
+                    return
+                continue  # embedded without a server: a reload of that model can still make the service ready
+            self._warmed_up(models)
+
+    def _warmed_up(self, models: ModelSet) -> None:
+        """Ready once every model served has a warmed set (a reload's set is warmed before its swap)."""
+        self._warm_models.add(models.name)
+        if not self.ready and self._warm_models >= set(self.served):
+            self.ready, self.warm_error = True, None
+            log.info("ready: %s", {m.name: m.holder.current.versions() for m in self.served.values()
+                                   if m.holder.current is not None})
 
     def check_serving(self) -> None:
         """Raise 503 unless requests can be admitted now."""
@@ -109,14 +162,14 @@ class Runtime:
         self._fail_pending("the service is shutting down at once (a second signal); retry on another replica")
 
     def _fail_pending(self, message: str) -> None:
-        for b in self.batchers.values():
+        for _, b in self.all_batchers():
             b.fail_pending(Unavailable(message, code="draining"))
 
     async def _drain(self) -> None:
         self.draining = True
-        log.info("draining: %s", {d: b.depth for d, b in self.batchers.items()})
+        log.info("draining: %s", {key: b.depth for key, b in self.all_batchers()})
         timeout = self.settings.drain_timeout_s
-        done = await asyncio.gather(*(b.drain(timeout) for b in self.batchers.values()))
+        done = await asyncio.gather(*(b.drain(timeout) for _, b in self.all_batchers()))
         if not all(done):
             log.warning("drain timed out after %.0f s; queued requests get 503", timeout)
             self._fail_pending(f"the service is shutting down and its drain ran out ({timeout:g} s); "
@@ -127,7 +180,7 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.drain()
-        for b in self.batchers.values():
+        for _, b in self.all_batchers():
             await b.stop()
         for t in list(self._tasks):
             t.cancel()
@@ -143,46 +196,51 @@ class Runtime:
         return task
 
     # ----------------------------------------------------------------- models
-    def _load(self, refs: dict[str, str]) -> ModelSet:
+    def _load(self, name: str, refs: dict[str, str]) -> ModelSet:
         s = self.settings
-        return load_model_set(self.store, s.model, refs, device=s.device, max_new_tokens=s.max_new_tokens,
+        return load_model_set(self.store, name, refs, device=s.device, max_new_tokens=s.max_new_tokens,
                               max_history=s.max_history)
 
-    def _load_and_warm(self, refs: dict[str, str]) -> ModelSet:
-        models = self._load(refs)
+    def _load_and_warm(self, name: str, refs: dict[str, str]) -> ModelSet:
+        models = self._load(name, refs)
         warm_up(models)
         return models
 
-    def _install(self, models: ModelSet) -> None:
-        self.models.swap(models)
-        self.metrics.set_versions(models.versions())
+    def _install(self, served: ServedModel, models: ModelSet) -> None:
+        served.holder.swap(models)
+        self.metrics.set_versions(served.name, models.versions())
 
-    async def reload(self, refs: dict[str, str | None]) -> tuple[dict[str, str], dict[str, str], float]:
-        """Load, verify and warm new checkpoints off to the side, then swap; on failure keep the old.
+    async def reload(self, model: str | None,
+                     refs: dict[str, str | None]) -> tuple[str, dict[str, str], dict[str, str], float]:
+        """Load, verify and warm new checkpoints of one model off to the side, then swap; on failure keep
+        the old. The other models are not touched.
 
-        Returns (previous versions, current versions, seconds taken). A ref in ``refs`` that is malformed,
-        unknown or outside the store is the caller's error (422); a checkpoint that fails to load (500).
+        Returns (the model, previous versions, current versions, seconds taken). A model this process
+        does not serve is 404; a ref in ``refs`` that is malformed, unknown or outside the store is the
+        caller's error (422); a checkpoint that fails to load (500).
         """
         assert self._reload_lock is not None, "reload before start"
-        async with self._reload_lock:  # two reloads at once would race on which set wins
+        served = self.model(model)
+        async with self._reload_lock:  # one reload at a time: two would race, and hold two spare sets in memory
             if self.draining:
                 raise Unavailable("the service is draining for shutdown", code="draining")
-            old = self.models.current
+            old = served.holder.current
             previous = old.versions() if old else {}
             for d in DECODERS:  # a ref the request names must exist in the store: else the client erred (422)
                 if refs.get(d):
                     try:
-                        self.store.resolve(self.settings.model, refs[d])
+                        self.store.resolve(served.name, refs[d])
                     except CheckpointError as e:
                         raise InvalidInput(public_message(str(e)), param=f"{d}_ref") from None
             wanted = {d: refs.get(d) or (old.engines[d].ref if old else self.settings.ref(d)) for d in DECODERS}
             start = time.perf_counter()
             try:
-                new = await in_side_thread(self._load_and_warm, wanted)  # serving goes on meanwhile
+                new = await in_side_thread(self._load_and_warm, served.name, wanted)  # serving goes on meanwhile
             except Exception as e:
-                log.exception("reload of %s failed, still serving %s", wanted, previous)
-                raise ReloadFailed(f"reload failed; still serving {previous}: {_public_reason(e)}") from None
-            self._install(new)
-            self.ready, self.warm_error = True, None  # the new set is warmed: also recovers a failed start-up
-            log.info("reloaded: %s -> %s", previous, new.versions())
-            return previous, new.versions(), time.perf_counter() - start
+                log.exception("reload of %s %s failed, still serving %s", served.name, wanted, previous)
+                raise ReloadFailed(f"reload of {served.name} failed; still serving {previous}: "
+                                   f"{_public_reason(e)}") from None
+            self._install(served, new)
+            self._warmed_up(new)  # also recovers a start-up whose warm-up of this model failed
+            log.info("reloaded %s: %s -> %s", served.name, previous, new.versions())
+            return served.name, previous, new.versions(), time.perf_counter() - start

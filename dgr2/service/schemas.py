@@ -36,7 +36,11 @@ def item_id(ref: ItemRef) -> str:
     return ref if isinstance(ref, str) else ref.id
 
 
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class RerankRequest(_Strict):
+    model: ModelName | None = Field(None, description="a model GET /v1/models lists (default: the default model)")
     user_id: str | None = Field(None, min_length=1, max_length=256, description="sticky A/B assignment")
     history: list[ItemRef] = Field(default_factory=list, description="oldest first; only the most recent "
                                                                       "max_history are used")
@@ -140,8 +144,9 @@ class RerankResponse(_Strict):
 
 
 class ExampleRequest(_Strict):
-    """A re-rank request drawn from the served model's catalog (``POST /v1/rerank`` accepts it as is)."""
+    """A re-rank request drawn from a served model's catalog (``POST /v1/rerank`` accepts it as is)."""
 
+    model: str = Field(description="the model whose catalog it was drawn from")
     history: list[str]
     candidates: list[str]
 
@@ -152,11 +157,12 @@ MAX_LOOKUP = 256
 class ItemsRequest(_Strict):
     ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         min_length=1, max_length=MAX_LOOKUP, description=f"1..{MAX_LOOKUP} item ids")
+    model: ModelName | None = Field(None, description="whose catalog (default: the default model)")
 
 
 class ItemInfo(_Strict):
     id: str
-    known: bool = Field(description="the served model's catalog has the item")
+    known: bool = Field(description="the model's catalog has the item")
     title: str | None = None
     brand: str | None = None
     category: str | None = Field(None, description="leaf category")
@@ -195,26 +201,39 @@ class DecoderInfo(_Strict):
     version: str
     stage: str | None
     parameters: int
+    catalog_items: int = Field(description="items in the checkpoint's catalog")
     block_size: int
     threshold: float
     answer_threshold: float | None = Field(None, description="threshold inside the answer (null: threshold)")
     max_new_tokens: int
 
 
-class ModelsResponse(_Strict):
+class ModelInfo(_Strict):
     model: str
+    default: bool = Field(description="requests that name no model get this one")
+    versions: list[str] | None = Field(description="every version of the model in the store (what a reload can "
+                                                   "name); null: the store could not be read (see the server log)")
+    aliases: dict[str, str] | None = Field(description="alias -> version in the store; null: as for versions")
+    decoders: list[DecoderInfo] = Field(description="what each decoder serves now")
+
+
+class ModelsResponse(_Strict):
+    model: str = Field(description="the default model; ab_split, shadow_rate and decoders below describe it")
     ready: bool
-    ab_split: dict[str, float]
+    ab_split: dict[str, float] = Field(description="decoder -> share of traffic, the same for every model")
     shadow_rate: float
     decoders: list[DecoderInfo]
+    models: list[ModelInfo] = Field(description="every model served, in the configured order")
 
 
 class Status(_Strict):
     status: str
-    versions: dict[str, str] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict, description="the default model's decoder -> version")
+    models: dict[str, dict[str, str]] | None = Field(None, description="every model's decoder -> version")
 
 
 class ReloadRequest(_Strict):
+    model: ModelName | None = Field(None, description="the model to reload (default: the default model)")
     ar_ref: str | None = Field(None, description="version or alias for AR (default: the configured one)")
     diffusion_ref: str | None = Field(None, description="version or alias for diffusion (default: configured)")
 

@@ -9,12 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dgr2.model.config import DECODERS
 from dgr2.model.tokenizer import MAX_HISTORY, MAX_SLOTS
 from dgr2.model_store import DEFAULT_MODEL, DEFAULT_ROOT
+
+
+def parse_models(text: str | list) -> list[str]:
+    """``"beauty-gr2,toys-gr2"`` -> ``["beauty-gr2", "toys-gr2"]``; each name once."""
+    names = [str(n).strip() for n in (text if isinstance(text, list) else str(text).split(","))]
+    names = [n for n in names if n]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"names {', '.join(repeated)} more than once")
+    return names
 
 
 def parse_split(text: str | dict) -> dict[str, float]:
@@ -52,7 +62,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 inside a container)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     store: Path = Field(DEFAULT_ROOT, description="model store root")
-    model: str = Field(DEFAULT_MODEL, description="model name in the store")
+    model: str = Field(DEFAULT_MODEL, description="the default model: the one a request without a model field "
+                                             "gets (with --models unset, the only one served)")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="every model name in the store this process serves, comma-separated, "
+                                          "e.g. beauty-gr2,toys-gr2 (--model unset: the first is the default; "
+                                          "unset: --model alone)")
     ar_ref: str = Field("ar", description="version or alias served by the AR decoder")
     diffusion_ref: str = Field("diffusion", description="version or alias served by the block-diffusion decoder")
     ab_split: Annotated[dict[str, float], NoDecode] = Field(
@@ -80,6 +95,29 @@ class Settings(BaseSettings):
                                                              "admitted requests")
     log_level: str = Field("info", description="uvicorn log level")
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: object) -> list[str]:
+        return parse_models(v)  # type: ignore[arg-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_is_first_listed(cls, data: object) -> object:
+        """``--models`` without ``--model``: the first model listed is the default."""
+        if isinstance(data, dict) and data.get("models") and not data.get("model"):
+            try:
+                return {**data, "model": parse_models(data["models"])[0]}
+            except (ValueError, IndexError):
+                return data  # the field's own validator reports it
+        return data
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> Settings:
+        if self.models and self.model not in self.models:
+            raise ValueError(f"--model {self.model} (DGR2_MODEL, the default model) is not among --models "
+                             f"{','.join(self.models)} (DGR2_MODELS): list it there, or leave it unset")
+        return self
+
     @field_validator("ab_split", mode="before")
     @classmethod
     def _split(cls, v: object) -> dict[str, float]:
@@ -89,6 +127,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_disables(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value() else None
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models this process serves, the default first when ``models`` is unset."""
+        return list(self.models) or [self.model]
 
     def ref(self, decoder: str) -> str:
         return self.ar_ref if decoder == "ar" else self.diffusion_ref

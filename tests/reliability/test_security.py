@@ -158,7 +158,7 @@ def test_a_failed_warm_up_stops_the_server_and_shows_no_internals(shared_store, 
     with h.running(h.settings_for(shared_store), ready=False) as srv:
         h.wait_for(lambda: not srv.thread.is_alive(), 60, "the server to stop after the failed warm-up")
         # what a client could have read meanwhile is the public reason; the server log has the rest
-        assert srv.rt.warm_error == "warm-up failed: RuntimeError (details in the server log)"
+        assert srv.rt.warm_error == f"warm-up of {h.MODEL} failed: RuntimeError (details in the server log)"
         planted = "RuntimeError: CUDA out of memory in /opt/secret/kernels/attention.py:42"
         assert srv.server.fatal_error.endswith(planted)
         with pytest.raises(httpx.ConnectError):

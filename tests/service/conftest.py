@@ -24,12 +24,15 @@ import pytest
 
 from dgr2.model_store import ModelStore
 from dgr2.model_store.init import init_pair
+from dgr2.recipe.synthetic import synthetic_data
 from dgr2.service.app import create_app
 from dgr2.service.runtime import Runtime
 from dgr2.service.server import DrainingServer, build_server
 from dgr2.service.settings import Settings
 
 MODEL = "test-gr2"
+# a second model on a catalog of its own: items S0000..S0079, where MODEL's catalog has S0000..S0059
+OTHER_MODEL = "test-toys-gr2"
 CANDIDATES = [f"S{i:04d}" for i in range(12)]
 HISTORY = ["S0051", "S0027", "S0032", "S0021"]
 
@@ -59,6 +62,23 @@ def make_store(root: Path, catalog, seeds: tuple[int, ...] = (0,)) -> ModelStore
 def shared_store(tmp_path_factory, catalog) -> ModelStore:
     """Read-only store for most tests; tests that move aliases or tamper make their own."""
     return make_store(tmp_path_factory.mktemp("store"), catalog)
+
+
+@pytest.fixture(scope="session")
+def other_catalog():
+    return synthetic_data(n_items=80, seed=1).catalog
+
+
+def make_two_model_store(root: Path, catalog, other_catalog) -> ModelStore:
+    """MODEL (versions init-tiny-s0-*) and OTHER_MODEL (versions toys-tiny-s1-*), each aliased ar / diffusion."""
+    store = make_store(root, catalog)
+    init_pair(store, OTHER_MODEL, other_catalog, "tiny", seed=1, version_prefix="toys")
+    return store
+
+
+@pytest.fixture(scope="session")
+def two_models_store(tmp_path_factory, catalog, other_catalog) -> ModelStore:
+    return make_two_model_store(tmp_path_factory.mktemp("two-models"), catalog, other_catalog)
 
 
 def settings_for(store: ModelStore, **overrides) -> Settings:
@@ -286,8 +306,9 @@ def rerank_body(**kw) -> dict:
 class Harness:
     """The helpers above, handed to tests as the ``h`` fixture (conftest modules are not importable)."""
 
-    MODEL, CANDIDATES, HISTORY = MODEL, CANDIDATES, HISTORY
+    MODEL, OTHER_MODEL, CANDIDATES, HISTORY = MODEL, OTHER_MODEL, CANDIDATES, HISTORY
     make_store = staticmethod(make_store)
+    make_two_model_store = staticmethod(make_two_model_store)
     settings_for = staticmethod(settings_for)
     running = staticmethod(running)
     wait_for = staticmethod(wait_for)

@@ -269,3 +269,39 @@ def test_a_server_that_went_away_is_a_message(shared_store, browser, h):
     error = by_css(browser, "#request-error")[0]
     wait(browser, lambda d: error.is_displayed(), "the draw's error", 30)
     assert text(error).startswith("Could not draw an example request. Could not reach the service")
+
+
+# ----------------------------------------------------------------------------- several models
+def test_the_page_picks_the_model_from_v1_models(tiny, two_models_store, browser, h):
+    from selenium.webdriver.support.ui import Select
+
+    browser.get_log("browser")  # read (and so drop) what earlier tests left in the console log
+    open_page(browser, tiny.url)
+    wait(browser, lambda d: by_css(d, "#model option"), "the model picker's options", 30)
+    assert not by_css(browser, "#model-picker")[0].is_displayed()  # one model: nothing to pick
+
+    def drawn(driver) -> dict:
+        return json.loads(by_css(driver, "#request-json")[0].get_property("value"))
+
+    settings = h.settings_for(two_models_store, models=[h.MODEL, h.OTHER_MODEL], max_candidates=20)
+    with h.running(settings) as srv:
+        open_page(browser, srv.url)
+        wait(browser, lambda d: by_css(d, "#model option"), "the model picker's options", 30)
+        picker = by_css(browser, "#model")[0]
+        assert [text(o) for o in by_css(browser, "#model option")] == [h.MODEL, h.OTHER_MODEL]
+        assert picker.get_property("value") == h.MODEL and by_css(browser, "#model-picker")[0].is_displayed()
+        assert drawn(browser)["model"] == h.MODEL  # the first draw: the default model's catalog
+
+        Select(picker).select_by_value(h.OTHER_MODEL)
+        wait(browser, lambda d: drawn(d)["model"] == h.OTHER_MODEL, "an example from the other catalog", 30)
+        assert text(by_css(browser, "#models")[0]).startswith(f"Model {h.OTHER_MODEL} (one of 2 served). AR: toys-")
+        assert compare(browser) == {"ar": "done", "diffusion": "done"}
+        for d in DECODERS:
+            assert text(by_css(browser, f"#panel-{d} h2 .version")[0]) == f" toys-tiny-s1-{d}"
+
+        request = drawn(browser)
+        del request["model"]  # a pasted request without the field: the picked model ranks it
+        paste(browser, json.dumps(request))
+        assert compare(browser) == {"ar": "done", "diffusion": "done"}
+        assert text(by_css(browser, "#panel-ar h2 .version")[0]) == " toys-tiny-s1-ar"
+        assert no_console_errors(browser) == []

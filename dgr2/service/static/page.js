@@ -21,6 +21,7 @@ const HINTS = {
 const $ = (id) => document.getElementById(id);
 const replays = {}; // decoder -> {show(pass), passes, timer}
 let busy = false;
+let served = []; // GET /v1/models' "models": every model the service serves
 
 function el(tag, opts = {}, children = []) {
   const node = document.createElement(tag);
@@ -101,10 +102,16 @@ function parseRequest() {
   return { request: obj };
 }
 
+// the model picked in the selector; null until GET /v1/models answered (the service's default applies)
+function pickedModel() {
+  return $("model").value || null;
+}
+
 async function drawExample() {
   hideRequestError();
   setStatus("Drawing an example request…");
-  const answer = await call("GET", "/v1/example-request");
+  const model = pickedModel();
+  const answer = await call("GET", model ? `/v1/example-request?model=${encodeURIComponent(model)}` : "/v1/example-request");
   if (!answer.ok) {
     setStatus("");
     showRequestError(`Could not draw an example request. ${answer.message}`);
@@ -123,11 +130,32 @@ async function loadModels() {
     return;
   }
   const m = answer.data;
+  served = Array.isArray(m.models) && m.models.length ? m.models : [{ model: m.model, default: true, decoders: m.decoders }];
+  const picker = $("model");
+  picker.replaceChildren(...served.map((s) => {
+    const option = el("option", { text: s.model });
+    option.value = s.model;
+    option.selected = Boolean(s.default);
+    return option;
+  }));
+  $("model-picker").hidden = served.length < 2;
+  describeModel(m.ready);
+}
+
+function describeModel(ready) {
+  const m = served.find((s) => s.model === pickedModel()) || served[0];
   const parts = (m.decoders || []).map((d) => {
     const settings = d.decoder === "diffusion" ? `, block ${d.block_size}, threshold ${d.threshold}` : "";
     return `${TITLES[d.decoder] || d.decoder}: ${d.version}${settings}`;
   });
-  $("models").textContent = `Model ${m.model}. ${parts.join("; ")}.${m.ready ? "" : " Not ready yet."}`;
+  const of = served.length > 1 ? ` (one of ${served.length} served)` : "";
+  $("models").className = "muted";
+  $("models").textContent = `Model ${m.model}${of}. ${parts.join("; ")}.${ready === false ? " Not ready yet." : ""}`;
+}
+
+function pickModel() {
+  describeModel();
+  drawExample();
 }
 
 // ------------------------------------------------------------------ item names
@@ -135,7 +163,7 @@ function itemId(ref) {
   return ref && typeof ref === "object" ? ref.id : ref;
 }
 
-async function lookUpItems(request, answers) {
+async function lookUpItems(request, answers, model) {
   const info = new Map();
   for (const ref of [...(Array.isArray(request.history) ? request.history : []), ...request.candidates]) {
     if (ref && typeof ref === "object" && typeof ref.id === "string") {
@@ -154,7 +182,9 @@ async function lookUpItems(request, answers) {
   const ids = [...wanted].filter((id) => !info.has(id) && typeof id === "string" && id.length > 0 && id.length <= 256);
   let note = "";
   for (let i = 0; i < ids.length; i += MAX_LOOKUP) {
-    const answer = await call("POST", "/v1/items", { ids: ids.slice(i, i + MAX_LOOKUP) });
+    const body = { ids: ids.slice(i, i + MAX_LOOKUP) };
+    if (model) body.model = model;
+    const answer = await call("POST", "/v1/items", body);
     if (!answer.ok) {
       note = `Item names are missing: ${answer.message}`;
       break;
@@ -432,11 +462,13 @@ async function compare() {
   setStatus("Ranking with both decoders…");
   DECODERS.forEach(showPending);
   try {
-    const request = parsed.request;
+    // the request's own "model" wins; without one, the model picked above
+    const model = typeof parsed.request.model === "string" ? parsed.request.model : pickedModel();
+    const request = model ? { ...parsed.request, model } : parsed.request;
     const results = await Promise.all(DECODERS.map((decoder) => call("POST", "/v1/rerank",
       { ...request, decoder, return_reasoning: true, return_passes: true })));
     const answers = Object.fromEntries(DECODERS.map((d, i) => [d, results[i]]));
-    const names = await lookUpItems(request, results);
+    const names = await lookUpItems(request, results, model);
     DECODERS.forEach((d) => renderPanel(d, answers, request, names));
     const done = DECODERS.filter((d) => answers[d].ok);
     $("replay-both-controls").hidden = done.length !== DECODERS.length;
@@ -466,6 +498,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("draw").addEventListener("click", drawExample);
   $("compare").addEventListener("click", compare);
   $("play-both").addEventListener("click", playBoth);
+  $("model").addEventListener("change", pickModel);
   loadModels();
   drawExample();
 });
