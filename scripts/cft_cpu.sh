@@ -31,7 +31,7 @@ run)
         cp "$SAVED/log.jsonl" "$RUN/"
     fi
     nice "$DGR2" train cft --from "$INIT" --store candidates --run-dir "$RUN" --batch-size 16 \
-        --steps "${STEPS:-600}" --warmup 10 --validity-weight 1 --eval-every "${EVAL_EVERY:-60}" \
+        --steps "${STEPS:-600}" --warmup 10 --validity-weight 1 --answer-threshold 0 --eval-every "${EVAL_EVERY:-60}" \
         --val-users "${VAL_USERS:-100}" --save-every "${SAVE_EVERY:-10}" \
         2>&1 | tr '\r' '\n' | grep --line-buffered -v "it/s\]$\|s/it\]$" >> "$RUN/train.log"
     ;;
