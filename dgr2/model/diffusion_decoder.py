@@ -39,7 +39,6 @@ from dgr2.model.slot_constraint import (
     keep_earliest,
     one_answer_per_pass,
     slot_state,
-    waits_for_first_rank,
     waits_for_head,
 )
 from dgr2.model.tokenizer import Vocab
@@ -59,29 +58,32 @@ class BlockState:
     # block positions the next pass reads causally: up to a decided <answer> while rank 1 is open
     # (causal_first_rank), else 0; committing rows read all S
     rank1_causal: torch.Tensor  # [b]
-    # [b, S]: positions whose keys and values in the cache do not reflect their current token (decided
-    # since, or never computed): a pass under block_cache recomputes them
-    stale: torch.Tensor
+    # [b, S], kept under block_cache only (None otherwise): positions whose keys and values in the cache
+    # do not reflect their current token (decided since, or never computed), which a pass recomputes
+    stale: torch.Tensor | None = None
 
     @classmethod
-    def first(cls, vocab: Vocab, prev_logits: torch.Tensor, S: int) -> BlockState:
+    def first(cls, vocab: Vocab, prev_logits: torch.Tensor, S: int, block_cache: bool = False) -> BlockState:
         B, dev = prev_logits.shape[0], prev_logits.device
         zeros = torch.zeros(B, dtype=torch.long, device=dev)
         return cls(torch.full((B, S), vocab.mask, dtype=torch.long, device=dev),
                    torch.ones(B, S, dtype=torch.bool, device=dev), torch.zeros(B, dtype=torch.bool, device=dev),
-                   zeros, prev_logits, zeros.clone(), torch.ones(B, S, dtype=torch.bool, device=dev))
+                   zeros, prev_logits, zeros.clone(),
+                   torch.ones(B, S, dtype=torch.bool, device=dev) if block_cache else None)
 
     def keep(self, rows: torch.Tensor) -> None:
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name)[rows])
+            value = getattr(self, f.name)
+            if value is not None:
+                setattr(self, f.name, value[rows])
 
 
-def forward(batch: Batch, st: BlockState, vocab: Vocab, fuse_commit: bool,
-            block_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def forward(batch: Batch, st: BlockState, vocab: Vocab, fuse_commit: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One pass over every row's block: committing rows read their full block causally (writing its KV
     entries), the others denoise theirs. With ``fuse_commit`` and at least half the rows committing,
     the pass is two blocks wide and the committing rows' fresh masks ride along (their next block's
-    first denoising step). With ``block_cache`` denoising rows compute only :func:`needed_positions`.
+    first denoising step). Under the block cache (``st.stale`` kept) denoising rows compute only
+    :func:`needed_positions`.
     Returns the block logits ``[b, S, n_out]`` each row denoises with, the committing rows'
     last-position logits (which predict the next block's position 0), and whether the pass was fused."""
     S = st.tokens.shape[1]
@@ -96,13 +98,12 @@ def forward(batch: Batch, st: BlockState, vocab: Vocab, fuse_commit: bool,
         visible = S + st.committing.int() * S
     else:
         visible = None
-    if block_cache:
-        out = sparse_logits(batch, st, block_in, causal, visible)
-    else:
+    if st.stale is None:  # no block cache: every pass computes every position, so nothing goes stale
         out = batch.logits(block_in, causal=causal, visible=visible)
-        st.stale = torch.zeros_like(st.stale)
-    # a committed row's next block was computed in a fused pass, else not at all yet
-    st.stale = st.stale | (st.committing[:, None] & (not fused))
+    else:
+        out = sparse_logits(batch, st, block_in, causal, visible)
+        # a committed row's next block was computed in a fused pass, else not at all yet
+        st.stale = st.stale | (st.committing[:, None] & (not fused))
     if fused:
         return torch.where(st.committing[:, None, None], out[:, S:], out[:, :S]), out[:, S - 1], True
     return out, out[:, -1], False
@@ -172,8 +173,8 @@ def select(batch: Batch, st: BlockState, logits: torch.Tensor, denoise: torch.Te
         if cfg.answer_grammar:
             shifted = shifted.masked_fill(grammar_disallow(batch, state, shifted.shape[-1]),
                                           float("-inf"))
-            eligible = eligible & ~waits_for_first_rank(state)
-            if cfg.answer_claims and cfg.claims_from_rank > 1:  # the head first, as without claims
+            eligible = eligible & ~waits_for_head(state, st.masked, 2)  # rank 1 goes first
+            if cfg.answer_claims and cfg.claims_from_rank > 2:  # then the rest of the head, before the tail claims
                 eligible = eligible & ~waits_for_head(state, st.masked, cfg.claims_from_rank)
     if cfg.temperature > 0:  # RL rollouts: sample each position, the threshold rule on the sample's probability
         probs = torch.softmax(shifted.float() / cfg.temperature, dim=-1)
@@ -198,9 +199,9 @@ def claim_in_order(batch: Batch, shifted: torch.Tensor, eligible: torch.Tensor, 
     claiming rank (an eligible answer position from ``claims_from_rank`` on) takes its most probable
     slot among those the earlier unmasked answer positions left, and unmasks if that renormalised
     probability passes the threshold rule; the other positions keep the plain rule's picks. The same
-    result as re-selecting until no claiming rank picks a taken slot (:func:`claimed_earlier`, which
-    the tests use as the reference), with one step per position instead of one full re-selection per
-    settled clash. Returns ``(cand_cols, conf, unmask)``."""
+    result as re-selecting until no claiming rank picks a taken slot (the reference in
+    tests/model/test_pass_economy.py), with one step per position instead of one full re-selection
+    per settled clash. Returns ``(cand_cols, conf, unmask)``."""
     rank = state.pos - state.ans_pos[:, None]
     k = batch.k[batch.alive][:, None]
     claims = eligible & state.in_answer & (rank >= cfg.claims_from_rank) & (rank <= k)  # the slot positions
@@ -249,7 +250,8 @@ def decide(batch: Batch, st: BlockState, cand: torch.Tensor, unmask: torch.Tenso
     """Write the unmasked positions into the block and the batch's output (tokens and the guard's scores)."""
     st.tokens = torch.where(unmask, cand, st.tokens)
     st.masked = st.masked & ~unmask
-    st.stale = st.stale | unmask
+    if st.stale is not None:
+        st.stale = st.stale | unmask
     rows, cols = unmask.nonzero(as_tuple=True)
     pos = st.offset[rows] + cols
     orig = batch.alive[rows]
@@ -297,11 +299,11 @@ def decode_diffusion(model: Transformer, vocab: Vocab, prompts: list[list[int]],
     S = cfg.block_size
     budget = math.ceil(cfg.max_new_tokens / S) * S
     batch = Batch(model, vocab, prompts, num_slots, budget, block=S, record_passes=record_passes, budgets=budgets)
-    st = BlockState.first(vocab, batch.prefill(), S)
+    st = BlockState.first(vocab, batch.prefill(), S, cfg.block_cache)
     steps_log: list[tuple[torch.Tensor, torch.Tensor]] = []  # per pass: (rows denoised, tokens each decided)
     gen = torch.Generator(device=batch.dev).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     while True:
-        logits, commit_last, fused = forward(batch, st, vocab, cfg.fuse_commit, cfg.block_cache)
+        logits, commit_last, fused = forward(batch, st, vocab, cfg.fuse_commit)
         denoise = torch.ones_like(st.committing) if fused else ~st.committing
         start_fresh_blocks(batch, st, commit_last)
         cand, unmask, belief = select(batch, st, logits, denoise, cfg, gen)

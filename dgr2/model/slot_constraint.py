@@ -15,7 +15,7 @@ after every decided position of the block (else a trace token decided earlier wo
 answer), the position after a decided ``</think>`` and the last position from which a full answer
 still fits the budget may only be ``<answer>``, and no later position may be. In a pass that picks ``<answer>``, the
 positions after it wait one pass, so that they are decided under the layout it fixes; and the
-answer's first rank is decided before the others (:func:`waits_for_first_rank`).
+answer's first rank is decided before the others (:func:`waits_for_head`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class SlotState(NamedTuple):
     think_end: torch.Tensor  # [b]: continuation index of the first decided </think> (L if none)
     past_decided: torch.Tensor  # [b, S]: block positions after every decided one (where <answer> may go)
     undecided: int  # L: the value of ans_pos / think_end when nothing is decided
-    first_rank_open: torch.Tensor | None = None  # [b]: <answer> decided, its first slot not yet
 
 
 def slot_state(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset: torch.Tensor) -> SlotState:
@@ -68,24 +67,18 @@ def slot_state(batch: Batch, tokens: torch.Tensor, masked: torch.Tensor, offset:
     arange_s = torch.arange(S, device=dev)
     last_decided = torch.where(masked, -1, arange_s[None, :]).max(dim=1).values  # [b]; -1: none yet
     past_decided = arange_s[None, :] > last_decided[:, None]
-    first_rank = decided.gather(1, (ans_pos + 1).clamp(max=L - 1)[:, None])[:, 0]
-    first_rank_open = (ans_pos < L - 1) & (first_rank == vocab.pad)
     return SlotState(banned_slots(section_uses, in_answer, in_request[:, None, :]),
-                     slot_room(section_uses, in_answer), in_answer, pos, ans_pos, think_end, past_decided, L,
-                     first_rank_open)
-
-
-def waits_for_first_rank(state: SlotState) -> torch.Tensor:
-    """``[b, S]``: answer positions past the first rank, while the first rank is undecided. They wait
-    so that rank 1, the model's guess at the held-out item (a spread-out distribution), is decided
-    before any surer later rank can claim its candidate; the tail ranks follow the trace's strengths
-    and lose nothing by waiting. It costs at most one pass per answer."""
-    return state.in_answer & (state.pos - state.ans_pos[:, None] >= 2) & state.first_rank_open[:, None]
+                     slot_room(section_uses, in_answer), in_answer, pos, ans_pos, think_end, past_decided, L)
 
 
 def waits_for_head(state: SlotState, masked: torch.Tensor, head: int) -> torch.Tensor:
     """``[b, S]``: answer positions of rank ``head`` or later while a rank before it is still masked in the
-    block (earlier blocks are decided; a rank in a later block has no tail rank in this one)."""
+    block (earlier blocks are decided; a rank in a later block has no tail rank in this one).
+
+    With ``head = 2`` this is "rank 1 goes first": rank 1, the model's guess at the held-out item (a
+    spread-out distribution), is decided before any surer later rank can claim its candidate; the
+    tail ranks follow the trace's strengths and lose nothing by waiting (at most one pass per answer).
+    Answer claims raise ``head`` so that the whole head is decided before the tail claims."""
     rank = state.pos - state.ans_pos[:, None]  # 1 = the first slot
     open_head = (masked & state.in_answer & (rank < head)).any(dim=1)
     return state.in_answer & (rank >= head) & open_head[:, None]
@@ -162,17 +155,3 @@ def keep_earliest(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state:
     earlier = torch.where(in_answer, (hit_i * in_answer).cumsum(dim=1), (hit_i * ~in_answer).cumsum(dim=1)) - hit_i
     loser = hit & (earlier >= state.room)
     return unmask & ~loser.any(dim=2)
-
-
-def claimed_earlier(batch: Batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState,
-                    from_rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(taken [b, S, Kmax], clash [b, S])``: per answer position from rank ``from_rank`` on, the slots
-    that earlier answer positions unmask in this same pass (a ranking names each candidate once, so
-    those are taken for it), and the unmasked positions whose own pick is among them."""
-    slot = batch.slot_index[cand]  # [b, S]; kmax for tokens that are not slots
-    hit = torch.zeros(*cand.shape, batch.kmax + 1, dtype=torch.int32, device=cand.device)
-    hit.scatter_(2, slot[..., None], (unmask & state.in_answer)[..., None].int())
-    claims = state.in_answer & (state.pos - state.ans_pos[:, None] >= from_rank)
-    taken = ((hit.cumsum(dim=1) - hit) > 0) & claims[:, :, None]
-    clash = unmask & taken.gather(2, slot[..., None])[..., 0]
-    return taken[..., : batch.kmax], clash

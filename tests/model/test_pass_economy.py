@@ -1,33 +1,34 @@
 """The diffusion decoder's two ways to spend less per token: ``answer_claims`` (fewer passes in the
 answer) and ``block_cache`` (fewer positions computed per pass)."""
 
-import copy
-
 import pytest
 import torch
+from decode_support import batch_prompts, plant_answer_at_block_position_3
 
 from dgr2.model import diffusion_decoder
 from dgr2.model.decoding import Batch, DecodeConfig
 from dgr2.model.diffusion_decoder import decode_diffusion
-from dgr2.model.prompt import parse_answer, render_prompt
-from dgr2.model.slot_constraint import SlotState, apply_bans, claimed_earlier
+from dgr2.model.prompt import parse_answer
+from dgr2.model.slot_constraint import SlotState, apply_bans
 
 
-def prompts(vocab, synth, ks=(1, 4, 7, 2, 9)):
-    ids = synth.catalog.ids()
-    users = list(synth.sequences)[: len(ks)]
-    return [render_prompt(vocab, synth.catalog, synth.sequences[u][:-1], ids[3 * i: 3 * i + k])
-            for i, (u, k) in enumerate(zip(users, ks, strict=True))]
+def claimed_earlier(batch, cand: torch.Tensor, unmask: torch.Tensor, state: SlotState,
+                    from_rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference rule of answer claims, ``(taken [b, S, Kmax], clash [b, S])``: per answer position
+    from rank ``from_rank`` on, the slots that earlier answer positions unmask in this same pass (a
+    ranking names each candidate once, so those are taken for it), and the unmasked positions whose own
+    pick is among them."""
+    slot = batch.slot_index[cand]  # [b, S]; kmax for tokens that are not slots
+    hit = torch.zeros(*cand.shape, batch.kmax + 1, dtype=torch.int32, device=cand.device)
+    hit.scatter_(2, slot[..., None], (unmask & state.in_answer)[..., None].int())
+    claims = state.in_answer & (state.pos - state.ans_pos[:, None] >= from_rank)
+    taken = ((hit.cumsum(dim=1) - hit) > 0) & claims[:, :, None]
+    clash = unmask & taken.gather(2, slot[..., None])[..., 0]
+    return taken[..., : batch.kmax], clash
 
 
 def decode(model, vocab, ps, **cfg):
     return decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps], DecodeConfig(**cfg))
-
-
-@pytest.fixture()
-def model64(tiny):
-    model, vocab = tiny
-    return copy.deepcopy(model).double(), vocab
 
 
 def record_rows(monkeypatch):
@@ -75,24 +76,18 @@ def test_an_answer_position_whose_pick_an_earlier_one_took_sees_it_as_taken():
 def plant_sure_ranking(monkeypatch, vocab):
     """The first pass puts ``<answer>`` at block position 3; every rank then prefers ``<c1>``, then
     ``<c2>``, ... by wide margins, so once ``<c1>`` is taken, ``<c2>`` is a sure pick, and so on."""
-    logits, calls = Batch.logits, []
 
-    def patched(self, block, causal=None, visible=None):
-        out = logits(self, block, causal, visible)
-        calls.append(1)
-        if len(calls) == 1:
-            out[:, 2, self.head.col(vocab.answer)] += 1e4
+    def slots_in_order(batch, block, out):
         for i, slot in enumerate(vocab.slot_ids[:9]):
-            out[:, :, self.head.col(slot)] += 1e4 - 20.0 * i
-        return out
+            out[:, :, batch.head.col(slot)] += 1e4 - 20.0 * i
 
-    monkeypatch.setattr(Batch, "logits", patched)
+    plant_answer_at_block_position_3(monkeypatch, vocab, then=slots_in_order)
 
 
 def test_answer_claims_decide_a_sure_ranking_in_fewer_passes_with_the_same_answer(tiny, synth, monkeypatch):
     model, vocab = tiny
     plant_sure_ranking(monkeypatch, vocab)
-    ps = prompts(vocab, synth)
+    ps = batch_prompts(vocab, synth)
     runs = {claims: decode(model, vocab, ps, max_new_tokens=40, block_size=8, answer_claims=claims, claims_from_rank=1)
             for claims in (False, True)}
     for p, waits, claims in zip(ps, runs[False], runs[True], strict=True):
@@ -110,7 +105,7 @@ def test_with_claims_from_rank_the_head_is_decided_before_the_tail(tiny, synth, 
     any later rank, which then claim together; the answer is the same ranking."""
     model, vocab = tiny
     plant_sure_ranking(monkeypatch, vocab)
-    ps = prompts(vocab, synth, ks=(7, 9))
+    ps = batch_prompts(vocab, synth, ks=(7, 9))
     cfg = DecodeConfig(max_new_tokens=40, block_size=8, answer_claims=True, claims_from_rank=3)
     outs = decode_diffusion(model, vocab, [p.ids for p in ps], [p.num_slots for p in ps], cfg, record_passes=True)
     for p, o in zip(ps, outs, strict=True):
@@ -148,7 +143,7 @@ def test_one_sweep_claims_decode_what_the_rounds_decode(model64, synth, monkeypa
         return out
 
     monkeypatch.setattr(Batch, "logits", contested)
-    ps = prompts(vocab, synth)
+    ps = batch_prompts(vocab, synth)
     cfg = dict(max_new_tokens=48, block_size=8, threshold=0.5, answer_threshold=answer_threshold,
                answer_claims=True, claims_from_rank=from_rank)
     g.manual_seed(0)
@@ -169,7 +164,7 @@ def test_one_sweep_claims_decode_what_the_rounds_decode(model64, synth, monkeypa
 @pytest.mark.parametrize("threshold", [0.9, 0.3])
 def test_answer_claims_keep_every_answer_a_valid_ranking(tiny, synth, threshold):
     model, vocab = tiny
-    ps = prompts(vocab, synth)
+    ps = batch_prompts(vocab, synth)
     for p, o in zip(ps, decode(model, vocab, ps, max_new_tokens=48, block_size=8, threshold=threshold,
                                answer_threshold=0.0, answer_claims=True, claims_from_rank=1), strict=True):
         assert parse_answer(vocab, o.tokens, p.num_slots).valid, vocab.decode(o.tokens)
@@ -182,7 +177,7 @@ def test_block_cache_computes_fewer_positions_and_whole_blocks_when_they_commit(
     fewer positions once a block is under way; the answers stay valid rankings."""
     model, vocab = model64
     calls = record_rows(monkeypatch)
-    ps = prompts(vocab, synth, ks=(9,))
+    ps = batch_prompts(vocab, synth, ks=(9,))
     out = decode(model, vocab, ps, max_new_tokens=48, block_size=8, threshold=0.6, block_cache=True)[0]
     assert parse_answer(vocab, out.tokens, 9).valid
     assert calls[0] == (8, 8)  # the first block's first pass: nothing cached yet
@@ -199,7 +194,7 @@ def test_block_cache_decodes_a_row_alike_whatever_batch_it_is_in(model64, synth)
     """Rows of one batch need different positions; padding one row's list must not change what another
     row computes (float64, so only summation order could differ)."""
     model, vocab = model64
-    ps = prompts(vocab, synth)
+    ps = batch_prompts(vocab, synth)
     cfg = dict(max_new_tokens=40, block_size=8, threshold=0.3, block_cache=True)
     together = decode(model, vocab, ps, **cfg)
     for p, t in zip(ps, together, strict=True):
