@@ -37,3 +37,16 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
     return value
+
+
+def add_pass_economy_arguments(p: argparse.ArgumentParser) -> None:
+    """The block-diffusion decoder's pass-economy switches (``DecodeConfig.answer_claims``,
+    ``claims_from_rank``, ``block_cache``), for every command that decodes (``dgr2 eval``, the benchmarks)."""
+    p.add_argument("--answer-claims", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: an answer position whose slot an earlier position takes in the same pass "
+                        "picks among the slots left instead of waiting a pass (default: DecodeConfig's)")
+    p.add_argument("--claims-from-rank", type=positive_int, default=None,
+                   help="diffusion, with --answer-claims: the first rank that claims (default: DecodeConfig's)")
+    p.add_argument("--block-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusion: denoising passes compute only the positions they read or that changed, "
+                        "reusing the others' cached keys and values (approximate; default: DecodeConfig's)")

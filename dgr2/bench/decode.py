@@ -46,6 +46,7 @@ from dgr2.bench.common import (
     write_json,
 )
 from dgr2.bench.pass_time import Clock, clocked, section_rates, split
+from dgr2.flags import add_pass_economy_arguments
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import DECODE_FUNCTIONS, Reranker
 from dgr2.model.prompt import render_prompt
@@ -77,6 +78,7 @@ class Side:
     answer_threshold: float | None = None  # override of the checkpoint's (diffusion)
     fuse_commit: bool = True  # diffusion: commit pass fused with the next block's first step
     answer_claims: bool | None = None  # diffusion: DecodeConfig's when None
+    claims_from_rank: int | None = None  # diffusion: DecodeConfig's when None
     block_cache: bool | None = None  # diffusion: DecodeConfig's when None
     threads: int | None = None  # torch CPU threads while this decoder runs (None: the process's)
 
@@ -92,7 +94,8 @@ class Side:
 
     def config(self, length: int | None, block: int | None, threshold: float | None, kmax: int) -> DecodeConfig:
         common = dict(block_size=block, threshold=threshold, answer_threshold=self.answer_threshold,
-                      fuse_commit=self.fuse_commit, answer_claims=self.answer_claims, block_cache=self.block_cache)
+                      fuse_commit=self.fuse_commit, answer_claims=self.answer_claims,
+                      claims_from_rank=self.claims_from_rank, block_cache=self.block_cache)
         if length is None:  # natural stop within the completion budget of the trained trace length
             return DecodeConfig.for_model(self.ckpt.config, max_new_tokens=completion_budget(self.trace_len, kmax),
                                           **common)
@@ -280,18 +283,10 @@ def load_side(decoder: str, ref: str, store_root: str | None, model: str, device
     return Side(decoder, ckpt, ckpt.config.trace_len)
 
 
-def add_diffusion_arguments(p: argparse.ArgumentParser) -> None:
-    """The diffusion decoder's pass-economy switches (``DecodeConfig.answer_claims`` / ``block_cache``)."""
-    p.add_argument("--answer-claims", action=argparse.BooleanOptionalAction, default=None,
-                   help="diffusion: answer positions whose slot an earlier one takes in the same pass pick "
-                        "again among the slots left (default: DecodeConfig's)")
-    p.add_argument("--block-cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="diffusion: denoising passes compute only the positions they read or that changed "
-                        "(default: DecodeConfig's)")
-
-
 def apply_diffusion_arguments(side: Side, args: argparse.Namespace) -> None:
-    side.answer_claims, side.block_cache = args.answer_claims, args.block_cache
+    """The pass-economy flags (:func:`dgr2.flags.add_pass_economy_arguments`) onto the diffusion side."""
+    side.answer_claims, side.claims_from_rank = args.answer_claims, args.claims_from_rank
+    side.block_cache = args.block_cache
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -327,7 +322,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion threshold inside the answer (default: the checkpoint's; 1 = off)")
     p.add_argument("--separate-commit", action="store_true",
                    help="diffusion: commit each block in its own causal pass (the unfused reference)")
-    add_diffusion_arguments(p)
+    add_pass_economy_arguments(p)
     p.add_argument("--requests", type=int, default=None,
                    help=f"requests per timed run, rounded up to whole batches (default {FULL['requests']})")
     p.add_argument("--repeats", type=int, default=None, help=f"timed repeats per run (default {FULL['repeats']})")

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from dgr2.bench.common import add_prompt_arguments, command_line, load_examples, machine_info, pick_device
-from dgr2.bench.decode import add_diffusion_arguments, apply_diffusion_arguments, load_side
+from dgr2.bench.decode import apply_diffusion_arguments, load_side
 from dgr2.bench.pass_time import Clock, clocked, section_rates
+from dgr2.flags import add_pass_economy_arguments
 from dgr2.model.engine import DECODE_FUNCTIONS
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=4, help="prompts decoded per decoder (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default=None)
-    add_diffusion_arguments(p)
+    add_pass_economy_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = p.parse_args(argv)
     if args.users < 1 or args.batch_size < 1:

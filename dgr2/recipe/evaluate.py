@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dgr2.flags import at_least, fraction, positive_int
+from dgr2.flags import add_pass_economy_arguments, at_least, fraction, positive_int
 from dgr2.model.config import DECODERS
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import RankRequest, Reranker
@@ -126,14 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal-first-rank", action=argparse.BooleanOptionalAction, default=None,
                    help="diffusion: the pass that decides rank 1 reads the block up to <answer> causally "
                         "(the view AR predicts rank 1 from; default on)")
-    p.add_argument("--answer-claims", action=argparse.BooleanOptionalAction, default=None,
-                   help="diffusion: an answer position whose slot an earlier position takes in the same pass "
-                        "picks among the slots left instead of waiting a pass (default: DecodeConfig's)")
-    p.add_argument("--claims-from-rank", type=positive_int, default=None,
-                   help="diffusion, with --answer-claims: the first rank that claims (default: DecodeConfig's)")
-    p.add_argument("--block-cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="diffusion: denoising passes compute only the positions they read or that changed, "
-                        "reusing the others' cached keys and values (approximate; default: DecodeConfig's)")
+    add_pass_economy_arguments(p)
     p.add_argument("--trace-len", type=positive_int, default=None,
                    help="decode budget's trace length (default: the checkpoint's, the length it was trained with)")
     p.add_argument("--device", default="cpu", help="torch device the model runs on: cpu or cuda[:N]")
