@@ -6,27 +6,14 @@ from collections import Counter
 
 import pytest
 import torch
+from decode_support import batch_prompts, plant_answer_at_block_position_3
 
 from dgr2.model.ar_decoder import decode_ar
 from dgr2.model.decoding import Batch, DecodeConfig
 from dgr2.model.diffusion_decoder import decode_diffusion
 from dgr2.model.engine import RankRequest, Reranker
-from dgr2.model.prompt import parse_answer, render_prompt
+from dgr2.model.prompt import parse_answer
 from dgr2.model.tokenizer import TRACE_SLOT_USES
-
-
-def batch_prompts(vocab, synth, n=5):
-    ids = synth.catalog.ids()
-    users = list(synth.sequences)[:n]
-    # different history lengths and K per row (K = 1 included)
-    return [render_prompt(vocab, synth.catalog, synth.sequences[u][:-1], ids[3 * i: 3 * i + [1, 4, 7, 2, 9][i % 5]])
-            for i, u in enumerate(users)]
-
-
-@pytest.fixture()
-def model64(tiny):
-    model, vocab = tiny
-    return copy.deepcopy(model).double(), vocab
 
 
 @pytest.mark.parametrize("decoder", ["ar", "diffusion"])
@@ -244,25 +231,6 @@ def test_diffusion_answer_never_starts_before_a_decided_trace_token(tiny, synth,
         toks = list(o.tokens)
         assert toks[3:8] == [trace_tok] * 5 and toks.index(vocab.answer) >= 8, vocab.decode(toks)
         assert parse_answer(vocab, toks, p.num_slots).valid, vocab.decode(toks)
-
-
-def plant_answer_at_block_position_3(monkeypatch, vocab, then=None):
-    """Patches ``Batch.logits``: the first pass puts ``<answer>`` at block position 3 (the output at 2
-    predicts it); ``then(batch, block, out)`` edits every pass's output. Returns the list of calls
-    (clear it to plant again in a new decode)."""
-    logits, calls = Batch.logits, []
-
-    def patched(self, block, causal=None, visible=None):
-        out = logits(self, block, causal, visible)
-        calls.append(1)
-        if len(calls) == 1:
-            out[:, 2, self.head.col(vocab.answer)] += 1e4
-        if then is not None:
-            then(self, block, out)
-        return out
-
-    monkeypatch.setattr(Batch, "logits", patched)
-    return calls
 
 
 @pytest.mark.parametrize("answer_threshold", [None, 0.0])
