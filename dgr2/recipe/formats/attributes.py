@@ -11,7 +11,7 @@ ever stands first: an id seen at a later position in any item's list is a catego
 
 On Beauty, where the names are known, the first rule finds 7,454 of the 7,458 items whose list
 starts with a brand and wrongly takes 38 more, whose brand is the empty or literal "Unknown" one
-(a placeholder S3-Rec kept as if it were a brand); the second gives the leaf category for 12,012
+(a stand-in for "no brand" that S3-Rec kept as if it were one); the second gives the leaf category for 12,012
 of 12,101 items (docs/data.md, "Anonymous attributes").
 """
 
