@@ -34,6 +34,8 @@ GROUPS = {
                                                          "(stochastic weight averaging) into a store in shipping form"),
         "graft": ("dgr2.model_store.commands:GRAFT", "BASE + SCALE x (TUNED - TUNED_PARENT): carry a fine-tuning "
                                                      "(e.g. a conversion) to a relative of its parent"),
+        "transfer": ("dgr2.recipe.model_transfer", "move a trained checkpoint onto another catalog (a data folder's "
+                                                   "vocabulary and catalog): zero-shot, or a start to train from"),
         "verify": ("dgr2.model_store.commands:VERIFY", "verify a checkpoint's hashes and that it loads"),
     }),
     "data": ("read, check and convert data folders (docs/data.md)", {

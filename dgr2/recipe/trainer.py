@@ -129,6 +129,19 @@ class RunDir:
             return None
         return torch.load(self.state_file, map_location="cpu", weights_only=False)
 
+    def rewind_log(self, step: int) -> None:
+        """Drop the records of steps after ``step``: a run resumed from a state saved at ``step`` logs
+        them again, and a log with two records of a step would plot and summarise both."""
+        log = self.path / "log.jsonl"
+        if not self.main or not log.is_file():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) < len(lines):
+            tmp = log.with_suffix(".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, log)
+
     def log(self, record: dict) -> None:
         if self.main:
             with open(self.path / "log.jsonl", "a") as f:
@@ -224,6 +237,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+        run_dir.rewind_log(start)
         if d.main:
             print(f"resuming {args.run_dir} at step {start}", flush=True)
     hidden = DDP(HiddenStates(model), device_ids=[device] if device.type == "cuda" else None) \

@@ -82,3 +82,20 @@ def test_a_time_budget_stops_the_run_and_can_end_the_schedule(tmp_path, monkeypa
         assert lrs[-1] < 0.1 * 0.2
     else:  # the schedule follows the 1,000 steps: barely moved
         assert lrs[-1] > 0.1 * 0.99
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """A run stopped after its last save logged steps past it; resumed, it drops them and logs them anew."""
+    model = Tiny()
+    stage = Stage("probe", model, lambda step, hidden: hidden().sum(), lambda: {"ndcg@10": 0.0, "valid_raw": 1.0},
+                  lambda metrics, n: tmp_path / "published")
+    args = argparse.Namespace(run_dir=str(tmp_path / "run"), fresh=False, time_budget_min=None,
+                              schedule_to_budget=False, eval_every=1000, save_every=4)
+    run_stage(stage, args, Dist(), steps=6, lr=0.1, warmup=0)  # saved at steps 4 and 6
+    state_file = tmp_path / "run" / "state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["step"] = 4  # as if stopped after logging steps 5 and 6 but before the save at 6
+    torch.save(state, state_file)
+    run_stage(stage, args, Dist(), steps=8, lr=0.1, warmup=0)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]

@@ -1,0 +1,43 @@
+# Sourced by the CPU run scripts: a training run's resumable state kept in the repository, so that a run
+# spans machines (docs/recipe.md, "Resuming a run"). RUN is the live, git-ignored run folder; SAVED the
+# committed copy: state.pt in 25 MB parts (the repository takes no file over 30 MB) and log.jsonl.
+
+steps_in() { [[ -f $1/log.jsonl ]] && tail -n 1 "$1/log.jsonl" | sed -n 's/.*"step": \([0-9]*\).*/\1/p' || echo 0; }
+
+# before a run: take the repository's state when it is ahead of the live folder's (a new machine)
+join_saved() {
+    local run=$1 saved=$2
+    mkdir -p "$run"
+    if compgen -G "$saved/state.pt.part-*" > /dev/null && (( $(steps_in "$saved") > $(steps_in "$run") )); then
+        echo "continuing from the repository's state at step $(steps_in "$saved")"
+        cat "$saved"/state.pt.part-* > "$run/state.pt.tmp" && mv "$run/state.pt.tmp" "$run/state.pt"
+        cp "$saved/log.jsonl" "$run/"
+    fi
+}
+
+# the live state into the repository, to commit
+snapshot() {
+    local run=$1 saved=$2 step
+    mkdir -p "$saved"
+    rm -f "$saved"/state.pt.part-*
+    split -b 25M -d "$run/state.pt" "$saved/state.pt.part-"
+    # the log up to the saved step only (a run resumed from this state logs the later steps again),
+    # one record per step: the latest, where a resumed run logged a step twice
+    step=$(.venv/bin/python -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" \
+        "$run/state.pt")
+    .venv/bin/python -c "
+import json, sys
+last = {json.loads(line)['step']: line for line in open(sys.argv[1])}
+print(''.join(last[s] for s in sorted(last) if s <= int(sys.argv[2])), end='')" "$run/log.jsonl" "$step" > "$saved/log.jsonl"
+    echo "saved step $(steps_in "$saved") in $saved: commit it (git add $saved)"
+}
+
+# steps done here and in the repository, and the validation points so far
+run_status() {
+    local run=$1 saved=$2
+    echo "run: step $(steps_in "$run"); repository: step $(steps_in "$saved")"
+    grep -h val_ndcg "$run/log.jsonl" 2>/dev/null | sed 's/.*"step": \([0-9]*\).*"val_ndcg@10": \([0-9.]*\), "val_valid_raw": \([0-9.]*\), "val_tokens_per_forward": \([0-9.a-z]*\).*/step \1: ndcg@10 \2 valid_raw \3 tokens\/forward \4/'
+}
+
+# a training command's output into RUN/train.log without the progress bar's redraws
+log_to() { tr '\r' '\n' | grep --line-buffered -v "it/s\]$\|s/it\]$" >> "$1/train.log"; }
