@@ -17,6 +17,7 @@ import argparse
 import torch
 
 from dgr2.flags import at_least, fraction, positive_int
+from dgr2.model.config import ModelConfig
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
@@ -35,6 +36,14 @@ from dgr2.recipe.trainer import (
 )
 
 DEFAULTS = {"steps": 1200, "lr": 1e-3}
+NEW_DECODE = {"block_size": 32, "threshold": 0.9, "answer_threshold": None}  # an AR parent has none of its own
+
+
+def decode_settings(parent: ModelConfig, args: argparse.Namespace) -> dict:
+    """The decode settings the conversion stores: each flag given, else a diffusion parent's (a graft, or
+    a conversion trained on), else ``NEW_DECODE``."""
+    inherited = {k: getattr(parent, k) for k in NEW_DECODE} if parent.decoder == "diffusion" else NEW_DECODE
+    return {k: v if (v := getattr(args, k)) is not None else inherited[k] for k in NEW_DECODE}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,11 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_arguments(p)
     p.add_argument("--from", dest="parent", default="beauty-gr2:ar",
                    help="AR checkpoint to convert: NAME[:VERSION_OR_ALIAS] or a folder")
-    p.add_argument("--block-size", type=positive_int, default=32,
-                   help="diffusion block size (stored in the checkpoint)")
-    p.add_argument("--threshold", type=fraction, default=0.9, help="unmasking threshold (stored in the checkpoint)")
+    p.add_argument("--block-size", type=positive_int, default=None,
+                   help=f"diffusion block size (stored in the checkpoint; default: a diffusion parent's, else "
+                        f"{NEW_DECODE['block_size']})")
+    p.add_argument("--threshold", type=fraction, default=None,
+                   help=f"unmasking threshold (stored in the checkpoint; default: a diffusion parent's, else "
+                        f"{NEW_DECODE['threshold']})")
     p.add_argument("--answer-threshold", type=fraction, default=None,
-                   help="unmasking threshold inside the answer (stored in the checkpoint; default: --threshold)")
+                   help="unmasking threshold inside the answer (stored in the checkpoint; default: a diffusion "
+                        "parent's, else --threshold)")
     p.add_argument("--warmup", type=at_least(0), default=30, help="warm-up steps")
     p.add_argument("--validity-weight", type=float, default=0.0,
                    help="weight in [0, 1] of the probability put on excluded slots (0: the exclusions stay in the "
@@ -63,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     model, vocab = parent.model, parent.vocab
-    model.config = model.config.replace(block_size=args.block_size, threshold=args.threshold,
-                                        answer_threshold=args.answer_threshold)
+    model.config = model.config.replace(**decode_settings(parent.config, args))
     trace_len = args.trace_len or parent.config.trace_len
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     source = load_source(args.data_dir, args.synthetic)
