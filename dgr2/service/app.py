@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics(settings.model, *(m for m in settings.served_models if m != settings.model))
     rt = Runtime(settings, metrics)
     for model in rt.served:
-        metrics.set_split(model, rt.router.split)
+        metrics.set_split(model, rt.routers[model].split)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

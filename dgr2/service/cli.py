@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
         if isinstance(default, dict):
-            default = ",".join(f"{k}={v:g}" for k, v in default.items())
+            default = ",".join(f"{k}={v:g}" for k, v in default.items()) or None
         if isinstance(default, list):
             default = ",".join(default) or None
         shown = "unset" if default is None else default

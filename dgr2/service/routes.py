@@ -67,7 +67,7 @@ async def rerank_one(body: RerankRequest, request: Request, x_decoder: XDecoder 
     rt = runtime(request)
     served = rt.model(body.model)
     request.state.model = served.name
-    decoder = rt.router.choose(body.user_id, body.decoder or x_decoder)
+    decoder = rt.routers[served.name].choose(body.user_id, body.decoder or x_decoder)
     request.state.decoder = decoder
     resp = await rerank(rt, served, body, decoder, started)
     return JSONResponse(resp.model_dump(mode="json", exclude_none=True),
@@ -87,7 +87,7 @@ async def rerank_many(body: RerankBatchRequest, request: Request, x_decoder: XDe
         try:
             chosen = rt.model(req.model)
             model = chosen.name
-            decoder = rt.router.choose(req.user_id, req.decoder or x_decoder)
+            decoder = rt.routers[model].choose(req.user_id, req.decoder or x_decoder)
             resp = await rerank(rt, chosen, req, decoder, started)
         except ServiceError as e:
             rt.metrics.observe_request(model, decoder, e.status, time.monotonic() - started,
@@ -115,8 +115,8 @@ async def models(request: Request) -> ModelsResponse:
     listed = [model_info(rt, served) for served in rt.served.values()]
     default = next(m for m in listed if m.default)
     return ModelsResponse(
-        model=default.model, ready=rt.ready and not rt.draining, ab_split=rt.router.split,
-        shadow_rate=rt.router.shadow_rate, decoders=default.decoders, models=listed)
+        model=default.model, ready=rt.ready and not rt.draining, ab_split=default.ab_split,
+        shadow_rate=rt.settings.shadow_rate, decoders=default.decoders, models=listed)
 
 
 def model_info(rt: Runtime, served: ServedModel) -> ModelInfo:
@@ -128,7 +128,8 @@ def model_info(rt: Runtime, served: ServedModel) -> ModelInfo:
         log.warning("cannot list %s in the model store: %s", served.name, e)
         versions = aliases = None
     return ModelInfo(model=served.name, default=served.name == rt.default_model, versions=versions,
-                     aliases=aliases, decoders=[DecoderInfo(**e.info()) for e in engines])
+                     aliases=aliases, decoders=[DecoderInfo(**e.info()) for e in engines],
+                     ab_split=rt.routers[served.name].split)
 
 
 EXAMPLE_HISTORY = 20  # history items in an example request unless asked otherwise

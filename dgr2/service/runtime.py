@@ -61,8 +61,9 @@ class Runtime:
         self.store = ModelStore(settings.store)
         self.served = {name: ServedModel(name) for name in settings.served_models}
         self.default_model = settings.model
-        # one split for every model: a user lands on the same decoder whichever catalog they browse
-        self.router = ABRouter(settings.ab_split, settings.ab_salt, settings.shadow_rate)
+        # one salt for every model: where two models share a split, a user lands on the same decoder in both
+        self.routers = {name: ABRouter(settings.split_of(name), settings.ab_salt, settings.shadow_rate)
+                        for name in self.served}
         self.ready = False
         self._warm_models: set[str] = set()  # the models whose serving set has decoded once
         self.draining = False

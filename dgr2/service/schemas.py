@@ -215,12 +215,14 @@ class ModelInfo(_Strict):
                                                    "name); null: the store could not be read (see the server log)")
     aliases: dict[str, str] | None = Field(description="alias -> version in the store; null: as for versions")
     decoders: list[DecoderInfo] = Field(description="what each decoder serves now")
+    ab_split: dict[str, float] = Field(description="decoder -> share of this model's routed traffic")
 
 
 class ModelsResponse(_Strict):
     model: str = Field(description="the default model; ab_split, shadow_rate and decoders below describe it")
     ready: bool
-    ab_split: dict[str, float] = Field(description="decoder -> share of traffic, the same for every model")
+    ab_split: dict[str, float] = Field(description="decoder -> share of the default model's routed traffic "
+                                                   "(each model's own: models[].ab_split)")
     shadow_rate: float
     decoders: list[DecoderInfo]
     models: list[ModelInfo] = Field(description="every model served, in the configured order")

@@ -54,6 +54,21 @@ def parse_split(text: str | dict) -> dict[str, float]:
     return split
 
 
+def parse_model_splits(text: str | dict) -> dict[str, dict[str, float]]:
+    """``"toys-gr2: ar=100; beauty-gr2: diffusion=90,ar=10"`` -> one split per model named."""
+    if isinstance(text, dict):
+        return {str(m): parse_split(v) for m, v in text.items()}
+    splits: dict[str, dict[str, float]] = {}
+    for part in filter(None, (p.strip() for p in str(text).split(";"))):
+        model, sep, split = part.partition(":")
+        if not sep or not model.strip():
+            raise ValueError(f"per-model A/B split entry {part!r} is not MODEL:DECODER=WEIGHT,...")
+        if model.strip() in splits:
+            raise ValueError(f"per-model A/B split names {model.strip()} more than once")
+        splits[model.strip()] = parse_split(split)
+    return splits
+
+
 class Settings(BaseSettings):
     """Every knob of the service; each ``description`` doubles as the ``dgr2 serve --help`` text."""
 
@@ -72,7 +87,12 @@ class Settings(BaseSettings):
     diffusion_ref: str = Field("diffusion", description="version or alias served by the block-diffusion decoder")
     ab_split: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=lambda: {"diffusion": 90.0, "ar": 10.0},
-        description="traffic split between decoders, e.g. diffusion=90,ar=10")
+        description="traffic split between decoders, e.g. diffusion=90,ar=10 (every model's, unless "
+                    "--ab-splits gives it its own)")
+    ab_splits: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default_factory=dict,
+        description="a model's own split, for models served with a different one, e.g. \"toys-gr2: ar=100\" "
+                    "(several: separated by ;)")
     ab_salt: str = Field("dgr2", description="salt of the sticky user -> decoder hash; change it to reshuffle users")
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0,
                                description="fraction of requests the other decoder also ranks, off the "
@@ -122,6 +142,23 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, v: object) -> dict[str, float]:
         return parse_split(v)  # type: ignore[arg-type]
+
+    @field_validator("ab_splits", mode="before")
+    @classmethod
+    def _splits(cls, v: object) -> dict[str, dict[str, float]]:
+        return parse_model_splits(v)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _splits_name_served_models(self) -> Settings:
+        stray = [m for m in self.ab_splits if m not in self.served_models]
+        if stray:
+            raise ValueError(f"--ab-splits (DGR2_AB_SPLITS) names {', '.join(stray)}, not served; served: "
+                             f"{', '.join(self.served_models)}")
+        return self
+
+    def split_of(self, model: str) -> dict[str, float]:
+        """The A/B split of ``model``: its own, else the common one."""
+        return self.ab_splits.get(model, self.ab_split)
 
     @field_validator("admin_token", mode="after")
     @classmethod

@@ -35,7 +35,8 @@ def two_models(store, h, **overrides):
 
 @pytest.fixture(scope="module")
 def server(two_models_store, h):
-    with h.running(two_models(two_models_store, h, admin_token=TOKEN)) as srv:
+    # the common split is 50/50 (conftest); the second model routes every request to AR
+    with h.running(two_models(two_models_store, h, admin_token=TOKEN, ab_splits=f"{h.OTHER_MODEL}: ar=100")) as srv:
         yield srv
 
 
@@ -88,9 +89,31 @@ def test_models_lists_every_model(client, h):
         assert {d["catalog_items"] for d in m["decoders"]} == {60 if m["model"] == h.MODEL else 80}
     # the fields single-model clients read describe the default model
     assert listed["model"] == h.MODEL and listed["decoders"] == listed["models"][0]["decoders"]
-    assert listed["ready"] and set(listed["ab_split"]) == {"ar", "diffusion"}
+    assert listed["ready"] and listed["ab_split"] == {"ar": 0.5, "diffusion": 0.5}
+    assert [m["ab_split"] for m in listed["models"]] == [{"ar": 0.5, "diffusion": 0.5}, {"ar": 1.0}]
     ready = client.get("/readyz").json()
     assert ready["versions"] == VERSIONS[h.MODEL] and ready["models"] == VERSIONS
+
+
+def test_each_model_routes_by_its_own_split(client, h):
+    """Requests that name no decoder: the second model's own split sends every user to AR, while the same
+    users on the default model split between both decoders by the common split."""
+    got = {}
+    for model in (h.MODEL, h.OTHER_MODEL):
+        for batch in (False, True):
+            decoders = []
+            for u in range(16):
+                body = {"user_id": f"user-{u}", "candidates": ["S0001", "S0002"], "model": model}
+                if batch:
+                    r = client.post("/v1/rerank/batch", json={"requests": [body]})
+                    decoders.append(r.json()["responses"][0]["response"]["decoder"])
+                else:
+                    r = client.post("/v1/rerank", json=body)
+                    decoders.append(r.headers["x-decoder"])
+                assert r.status_code == 200, r.text
+            got[model, batch] = decoders
+    assert set(got[h.OTHER_MODEL, False]) == set(got[h.OTHER_MODEL, True]) == {"ar"}
+    assert got[h.MODEL, False] == got[h.MODEL, True] and set(got[h.MODEL, False]) == {"ar", "diffusion"}
 
 
 def test_an_unknown_model_is_a_404_that_lists_the_served_ones(client, server, h):
@@ -137,7 +160,7 @@ def test_metrics_carry_each_model(client, server, h):
         assert h.metric(m, "dgr2_requests_total", model=model, decoder="ar", status="200") >= 1
         assert h.metric(m, "dgr2_batch_size_count", model=model, decoder="ar") >= 1
         assert h.metric(m, "dgr2_model_info", model=model, decoder="ar", version=VERSIONS[model]["ar"]) == 1
-        assert h.metric(m, "dgr2_ab_split", model=model, decoder="ar") == 0.5
+        assert h.metric(m, "dgr2_ab_split", model=model, decoder="ar") == (0.5 if model == h.MODEL else 1.0)
         assert f'dgr2_repairs_total{{decoder="diffusion",model="{model}"}}' in m  # exists from the start, per model
 
 
@@ -254,6 +277,21 @@ def test_settings_name_the_default_and_refuse_one_outside_the_list(two_models_st
     assert Settings(models=f"{h.OTHER_MODEL},{h.MODEL}").model == h.OTHER_MODEL  # the first listed
     assert Settings(models=f"{h.OTHER_MODEL},{h.MODEL}", model=h.MODEL).served_models == [h.OTHER_MODEL, h.MODEL]
     assert Settings().served_models == [Settings().model]  # one model, as before
+
+
+def test_per_model_splits_parse_and_name_served_models_only(two_models_store, h, capsys):
+    from dgr2.service.settings import Settings
+
+    s = Settings(models=f"{h.MODEL},{h.OTHER_MODEL}", ab_split="diffusion=90,ar=10",
+                 ab_splits=f" {h.OTHER_MODEL}: ar=1 ; ")
+    assert s.split_of(h.OTHER_MODEL) == {"ar": 1.0} and s.split_of(h.MODEL) == {"diffusion": 90.0, "ar": 10.0}
+    assert _serve(two_models_store, h, "--models", h.MODEL, "--ab-splits", f"{h.OTHER_MODEL}: ar=100") == 2
+    assert f"--ab-splits (DGR2_AB_SPLITS) names {h.OTHER_MODEL}, not served; served: {h.MODEL}" in \
+        capsys.readouterr().err
+    assert _serve(two_models_store, h, "--ab-splits", "ar=100") == 2
+    assert "'ar=100' is not MODEL:DECODER=WEIGHT" in capsys.readouterr().err
+    assert _serve(two_models_store, h, "--ab-splits", f"{h.MODEL}: beam=1") == 2
+    assert "unknown decoder 'beam'" in capsys.readouterr().err
 
 
 def test_a_second_model_that_fails_to_load_fails_the_start(tmp_path, catalog, other_catalog, h):
