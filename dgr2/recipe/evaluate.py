@@ -93,6 +93,14 @@ def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
     return ranks
 
 
+def record_baseline(resume: ResumeFile, examples: Sequence[Example], ranks: list[int]) -> None:
+    """Append the users ``resume`` lacks, as one record (a baseline's ranking is always a valid one)."""
+    done = set(resume.load().users)  # a file of another eval: ResumeError, one line from the command
+    new = [(ex.user, r) for ex, r in zip(examples, ranks, strict=True) if ex.user not in done]
+    if new:
+        resume.append(Tally(users=[u for u, _ in new], ranks=[r for _, r in new], valid=len(new)))
+
+
 def add_user_arguments(p: argparse.ArgumentParser) -> None:
     """``--limit`` / ``--sample``: which users an eval covers (``dgr2 eval`` and the ablation)."""
     users = p.add_mutually_exclusive_group()
@@ -177,9 +185,13 @@ def eval_result(args: argparse.Namespace) -> dict:
         raise SystemExit(f"dgr2 eval: {e}") from None
     users = {"limit": args.limit, "sample": args.sample}
     if args.baseline:
-        return {"n": len(examples), **summarize(baseline_ranks(args.baseline, source, examples)),
-                "baseline": args.baseline, "split": args.split, "candidates": args.candidates,
-                "neg_seed": args.neg_seed, **users}
+        ranks = baseline_ranks(args.baseline, source, examples)
+        settings = {"baseline": args.baseline, "split": args.split, "candidates": args.candidates,
+                    "neg_seed": args.neg_seed, **users}
+        if args.resume_file:  # per-user ranks, so that `dgr2 compare` can pair a model with the baseline
+            record_baseline(ResumeFile(args.resume_file, {**settings, "data_hash": getattr(source, "data_hash", None)}),
+                            examples, ranks)
+        return {"n": len(examples), **summarize(ranks), **settings}
     from dgr2.recipe.trainer import training_device
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store), device=training_device(args))

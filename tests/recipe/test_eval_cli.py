@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,40 @@ def test_eval_unconstrained_decodes_without_the_answer_constraint(tmp_path, synt
     assert valid[False] == 1.0 and valid[True] < 0.5
     with pytest.raises(SystemExit, match="answer constraint"):
         cli(common + ["--unconstrained", "--answer-threshold", "0"])
+
+
+def test_a_baseline_writes_per_user_ranks_that_compare_pairs_with_a_model(tmp_path, synth, capsys):
+    """``--resume-file`` with ``--baseline``: each user's rank once (a second run adds nothing), and
+    ``dgr2 compare`` pairs the baseline with a checkpoint decoded on the same candidate lists."""
+    init_pair(ModelStore(tmp_path), "beauty-gr2", synth.catalog)
+    lists = ["--synthetic", "--split", "test", "--candidates", "6", "--sample", "8"]
+    rule = str(tmp_path / "rule.jsonl")
+    for _ in range(2):
+        assert cli(["eval", "--baseline", "evidence", *lists, "--resume-file", rule, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    lines = [json.loads(line) for line in Path(rule).read_text().splitlines()]
+    assert lines[0]["settings"]["baseline"] == "evidence" and "data_hash" in lines[0]["settings"]  # None: synthetic
+    assert len(lines) == 2 and len(lines[1]["users"]) == 8 and lines[1]["valid"] == 8
+    examples = eval_examples(synth.sequences, synth.item_ids, "test", 6, 12345, sample=8)
+    assert dict(zip(lines[1]["users"], lines[1]["ranks"], strict=True)) == dict(
+        zip([ex.user for ex in examples], baseline_ranks("evidence", synth, examples), strict=True))
+    model = str(tmp_path / "ar.jsonl")
+    assert cli(["eval", "--checkpoint", "beauty-gr2:ar", "--store", str(tmp_path), *lists, "--trace-len", "8",
+                "--resume-file", model, "--json"]) == 0
+    capsys.readouterr()
+    assert cli(["compare", rule, model, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 8 and out["a"]["checkpoint"] == "baseline:evidence"
+    assert out["ndcg@10"]["a"] == pytest.approx(printed["ndcg@10"], abs=1e-6)
+    other = str(tmp_path / "other.jsonl")
+    assert cli(["eval", "--baseline", "pop", *lists, "--resume-file", rule, "--json"]) == 2  # another eval's file
+    assert "baseline 'evidence' there, 'pop' now" in capsys.readouterr().err
+    head, record = Path(rule).read_text().splitlines()
+    for path, data_hash in ((rule, "one"), (other, "another")):  # two baselines on two data folders
+        with open(path, "w") as f:
+            f.write(json.dumps({"settings": {**json.loads(head)["settings"], "data_hash": data_hash}}) + "\n"
+                    + record + "\n")
+    assert cli(["compare", rule, model]) == 0  # a checkpoint's file holds no data hash: its weights pin it
+    capsys.readouterr()
+    assert cli(["compare", rule, other]) == 2
+    assert "different data: data_hash" in capsys.readouterr().err

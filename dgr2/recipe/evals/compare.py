@@ -46,14 +46,22 @@ def paired(ranks_a: dict[str, int], ranks_b: dict[str, int]) -> dict:
     return out
 
 
+def _ranker(head: dict) -> str | None:
+    """What ranked: a checkpoint, or a baseline (``baseline:evidence``)."""
+    return head.get("checkpoint") or (f"baseline:{head['baseline']}" if head.get("baseline") else None)
+
+
 def compare_files(path_a: str, path_b: str) -> dict:
     (head_a, tally_a), (head_b, tally_b) = read_resume_file(path_a), read_resume_file(path_b)
     for key in SAME_LISTS:
         if head_a.get(key) != head_b.get(key):
             raise ResumeError(f"the evals ranked different candidate lists: {key} {head_a.get(key)!r} in {path_a}, "
                               f"{head_b.get(key)!r} in {path_b}")
-    return {"a": {"file": path_a, "checkpoint": head_a.get("checkpoint"), "users": len(tally_a.users)},
-            "b": {"file": path_b, "checkpoint": head_b.get("checkpoint"), "users": len(tally_b.users)},
+    hashes = head_a.get("data_hash"), head_b.get("data_hash")  # a baseline's file names its data
+    if None not in hashes and hashes[0] != hashes[1]:
+        raise ResumeError(f"the evals read different data: data_hash {hashes[0]} in {path_a}, {hashes[1]} in {path_b}")
+    return {"a": {"file": path_a, "checkpoint": _ranker(head_a), "users": len(tally_a.users)},
+            "b": {"file": path_b, "checkpoint": _ranker(head_b), "users": len(tally_b.users)},
             **{key: head_a.get(key) for key in SAME_LISTS},
             **paired(dict(zip(tally_a.users, tally_a.ranks, strict=True)),
                      dict(zip(tally_b.users, tally_b.ranks, strict=True)))}
