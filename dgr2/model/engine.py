@@ -64,6 +64,9 @@ class RankResult:
     # (:func:`expected_gains`); for evaluation and diagnostics, never sent to clients
     expected_gain: list[float] = field(default_factory=list)
     passes: DecodePasses | None = None  # only for a request with record_passes
+    # the answer's slots as decoded, before the guard (duplicates kept, out-of-set dropped): what the
+    # model wrote on its own, for evaluation; equal to ``order`` when the answer was valid
+    decoded_slots: list[int] = field(default_factory=list)
 
 
 def expected_gains(parse: AnswerParse, position_logprobs: np.ndarray | None) -> np.ndarray:
@@ -152,6 +155,7 @@ class Reranker:
                 unknown_items=prompt.unknown_items, expected_gain=[float(g) for g in gains],
                 passes=DecodePasses(block, out.decided_at, [self.vocab.token(t) for t in out.tokens])
                 if request.record_passes and out.decided_at is not None else None,
+                decoded_slots=list(parse.slots),
             ))
         return results
 

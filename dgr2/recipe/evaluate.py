@@ -60,7 +60,11 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
             batch.passes += res.forward_passes
             batch.generated += res.generated_tokens
             reference = trace_entries(evidence(reranker.catalog, ex.history, ex.candidates, rule), trace_len)
-            batch.fidelity.add(res.reasoning.split(), reference, res.order)
+            trace = res.reasoning.split()
+            batch.fidelity.add(trace, reference, res.order)
+            batch.trace_tokens.append(len(trace))
+            raw = res.decoded_slots
+            batch.raw_ranks.append(raw.index(ex.target_slot) if ex.target_slot in raw else -1)
             if scores is not None:
                 scores.add(res, ex.target_slot)
         if resume:

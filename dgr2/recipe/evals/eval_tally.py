@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dgr2.errors import UserError
 from dgr2.model.guard import INVALID_KINDS
-from dgr2.recipe.metrics import summarize
+from dgr2.recipe.metrics import ndcg_at, summarize
 from dgr2.recipe.trace_fidelity import TraceFidelity
 
 
@@ -34,6 +34,9 @@ class Tally:
     generated: int = 0
     decode_s: float = 0.0
     fidelity: TraceFidelity = field(default_factory=TraceFidelity)
+    # per user, aligned with ``ranks`` (empty in files written before they were counted):
+    raw_ranks: list[int] = field(default_factory=list)  # target's first place in the answer as decoded, -1: absent
+    trace_tokens: list[int] = field(default_factory=list)  # length of the decoded trace
 
     def merge(self, other: Tally) -> None:
         self.users += other.users
@@ -45,6 +48,8 @@ class Tally:
         self.generated += other.generated
         self.decode_s += other.decode_s
         self.fidelity.merge(other.fidelity)
+        self.raw_ranks += other.raw_ranks
+        self.trace_tokens += other.trace_tokens
 
     def record(self) -> dict:
         return asdict(self)
@@ -65,7 +70,21 @@ class Tally:
             "generated_tokens_mean": round(self.generated / n, 2),
             "decode_seconds": round(self.decode_s, 3),
             "trace": self.fidelity.summary(),  # what the model gets right of the rule it was taught
+            **self._per_user_summary(n),
         }
+
+    def _per_user_summary(self, n: int) -> dict:
+        """NDCG@10 of the answers as decoded (an absent target scores 0) and the trace lengths; left out
+        when part of the users were counted before these were."""
+        out: dict = {}
+        if len(self.raw_ranks) == n:
+            out["ndcg@10_before_repair"] = round(sum(ndcg_at(r, 10) for r in self.raw_ranks if r >= 0) / n, 6)
+        if len(self.trace_tokens) == n:
+            lengths = sorted(self.trace_tokens)
+            out["trace_tokens"] = {"mean": round(sum(lengths) / n, 2), "min": lengths[0],
+                                   **{f"p{q}": lengths[min(n - 1, n * q // 100)] for q in (5, 50, 95)},
+                                   "max": lengths[-1]}
+        return out
 
 
 class ResumeFile:
