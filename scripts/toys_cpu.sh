@@ -9,7 +9,7 @@
 #   bash scripts/toys_cpu.sh snapshot ar|cft   the run's resumable state into candidates/runs/, to commit
 #   bash scripts/toys_cpu.sh status ar|cft
 #
-# Budgets (steps of 16 sequences; AR_STEPS, CFT_STEPS): AR 400 (~3.5 s a step alone), CFT 300 (~12 s).
+# Budgets (steps of 16 sequences; AR_STEPS, CFT_STEPS): AR 250 (~4 s a step alone), CFT 300 (~12 s).
 # Models go to the `candidates` store under the name toys-gr2. TOYS_DIR: the S3-Rec Toys folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +41,8 @@ transfer)
 ar)
     join_saved "$(run_of ar)" "$(saved_of ar)"
     nice "$DGR2" train ar --init-from "$NAME:transfer-ar-v4avg3" --store "$STORE" --name "$NAME" --data-dir "$DATA" \
-        --run-dir "$(run_of ar)" --steps "${AR_STEPS:-400}" --batch-size 16 --lr 3e-4 --warmup 10 \
-        --eval-every 100 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of ar)"
+        --run-dir "$(run_of ar)" --steps "${AR_STEPS:-250}" --batch-size 16 --lr 3e-4 --warmup 10 \
+        --eval-every 125 --val-users 100 --save-every 10 2>        --eval-every 100 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of ar)"1 | log_to "$(run_of ar)"
     ;;
 graft)
     nice "$DGR2" model graft "$NAME:ar" "$BEAUTY_CFT" "$BEAUTY_AR" --from-store "$STORE" --store "$STORE" \
