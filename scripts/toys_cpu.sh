@@ -42,7 +42,7 @@ ar)
     join_saved "$(run_of ar)" "$(saved_of ar)"
     nice "$DGR2" train ar --init-from "$NAME:transfer-ar-v4avg3" --store "$STORE" --name "$NAME" --data-dir "$DATA" \
         --run-dir "$(run_of ar)" --steps "${AR_STEPS:-250}" --batch-size 16 --lr 3e-4 --warmup 10 \
-        --eval-every 125 --val-users 100 --save-every 10 2>        --eval-every 100 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of ar)"1 | log_to "$(run_of ar)"
+        --eval-every 125 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of ar)"
     ;;
 graft)
     nice "$DGR2" model graft "$NAME:ar" "$BEAUTY_CFT" "$BEAUTY_AR" --from-store "$STORE" --store "$STORE" \
