@@ -1,45 +1,37 @@
 #!/usr/bin/env bash
-# The Beauty diffusion model on a 2-core CPU, from the candidate AR model ar-small-v4avg3, as runs that span
-# machines (docs/recipe.md, "Resuming a run"):
+# On-policy distillation (OPD) of the served Beauty diffusion model from the served AR model on a 2-core CPU,
+# as a run that spans machines (docs/recipe.md, "Resuming a run"):
 #
-#   bash scripts/beauty_cpu.sh cft        CFT from the graft (ar-small-v4avg3 + the shipped conversion's difference)
-#   bash scripts/beauty_cpu.sh opd        on-policy distillation of that conversion from ar-small-v4avg3
-#   bash scripts/beauty_cpu.sh snapshot cft|opd   the run's resumable state into candidates/runs/, to commit
-#   bash scripts/beauty_cpu.sh status cft|opd     steps done and the validation curve so far
+#   bash scripts/beauty_cpu.sh opd            start, or continue from the newest saved state (niced; runs/opd-v4avg3/train.log)
+#   bash scripts/beauty_cpu.sh snapshot opd   the run's resumable state into candidates/runs/opd-v4avg3/, to commit
+#   bash scripts/beauty_cpu.sh status opd     steps done and the validation curve so far
 #
-# Each run is niced, logs to runs/<name>/train.log and continues from the newest saved state, the live one or
-# the repository's. Settings (environment): DGR2_DATA_DIR, CFT_STEPS (600), OPD_STEPS (200), OPD_BATCH (8),
-# VAL_USERS (100).
+# The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
+# command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
+# OPD_STEPS (200), OPD_BATCH (8), VAL_USERS (100). The result goes to the candidates store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/run_state.sh
 : "${DGR2_DATA_DIR:=../shared/data/amazon-beauty}"
 export DGR2_DATA_DIR PYTHONUNBUFFERED=1
-STORE=candidates AR=beauty-gr2:ar-small-v4avg3 GRAFT=beauty-gr2:graft-v4avg3 CFT=beauty-gr2:cft-graft-v4avg3
+# the served pair, by folder (the store aliases move when a new pair ships)
+AR=dgr2/model_store/beauty-gr2/ar-small-v4avg3 CFT=dgr2/model_store/beauty-gr2/cft-graft-v4avg3
 DGR2=${DGR2:-.venv/bin/dgr2}
-
-run_of() { echo "runs/$1-v4avg3"; }
-saved_of() { echo "candidates/runs/$1-v4avg3"; }
+RUN=runs/opd-v4avg3 SAVED=candidates/runs/opd-v4avg3
 
 case ${1:-} in
-cft)
-    join_saved "$(run_of cft)" "$(saved_of cft)"
-    nice "$DGR2" train cft --from "$GRAFT" --store "$STORE" --run-dir "$(run_of cft)" --batch-size 16 \
-        --steps "${CFT_STEPS:-600}" --warmup 10 --validity-weight 1 --answer-threshold 0 --eval-every 60 \
-        --val-users "${VAL_USERS:-100}" --save-every 10 2>&1 | log_to "$(run_of cft)"
-    ;;
 opd)
-    join_saved "$(run_of opd)" "$(saved_of opd)"
-    nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store "$STORE" --run-dir "$(run_of opd)" --reverse-kl \
+    join_saved "$RUN" "$SAVED"
+    nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store candidates --run-dir "$RUN" --reverse-kl \
         --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-200}" --warmup 10 --eval-every 50 \
-        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd)"
+        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$RUN"
     ;;
 snapshot|status)
-    [[ ${2:-} == cft || ${2:-} == opd ]] || { echo "usage: $0 $1 cft|opd" >&2; exit 2; }
-    if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"; else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
+    [[ ${2:-} == opd ]] || { echo "usage: $0 $1 opd" >&2; exit 2; }
+    if [[ $1 == snapshot ]]; then snapshot "$RUN" "$SAVED"; else run_status "$RUN" "$SAVED"; fi
     ;;
 *)
-    echo "usage: $0 cft|opd|snapshot cft|opd|status cft|opd" >&2
+    echo "usage: $0 opd|snapshot opd|status opd" >&2
     exit 2
     ;;
 esac

@@ -3,7 +3,7 @@
 #   - the Triton kernel tests compiled on CUDA (in the background, beside the training);
 #   - the AR re-ranker on Beauty (`dgr2 train ar --device cuda`, batch 64, bf16 autocast, loader workers),
 #     from scratch or warm-started from AR_INIT (an AR checkpoint folder or store reference; a v3 one,
-#     like the shipped ar-small-gpu5, grows the <coN> tokens and trains on prompt v4); the learning rate
+#     like ar-small-gpu5 of the history, grows the <coN> tokens and trains on prompt v4); the learning rate
 #     decays over AR_STEPS or AR_MIN, whichever ends first (--schedule-to-budget), likewise for CFT;
 #   - CFT from that AR model when its validation NDCG@10 beats chance clearly (> 0.08);
 #   - then, until EVAL_DEADLINE_S seconds after the start, the test-split evals of the new pair on all

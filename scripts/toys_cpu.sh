@@ -17,7 +17,8 @@ source scripts/lib/run_state.sh
 TOYS_DIR=${TOYS_DIR:-../shared/data/amazon-toys}
 DATA=${DATA:-data/toys-no-brand-1}
 STORE=candidates NAME=toys-gr2
-BEAUTY_AR=beauty-gr2:ar-small-v4avg3 BEAUTY_CFT=beauty-gr2:cft-graft-v4avg3
+# the served Beauty pair, by folder (the store aliases move when a new pair ships)
+BEAUTY_AR=dgr2/model_store/beauty-gr2/ar-small-v4avg3 BEAUTY_CFT=dgr2/model_store/beauty-gr2/cft-graft-v4avg3
 DGR2=${DGR2:-.venv/bin/dgr2}
 export PYTHONUNBUFFERED=1
 
@@ -35,7 +36,7 @@ for r in map(json.loads, open(sys.argv[1])):
         > "$DATA.tmp/items.edited" && mv "$DATA.tmp/items.edited" "$DATA.tmp/items.jsonl" && mv "$DATA.tmp" "$DATA"
     ;;
 transfer)
-    nice "$DGR2" model transfer "$BEAUTY_AR" --from-store "$STORE" --data-dir "$DATA" --store "$STORE" --name "$NAME" \
+    nice "$DGR2" model transfer "$BEAUTY_AR" --data-dir "$DATA" --store "$STORE" --name "$NAME" \
         --version transfer-ar-v4avg3
     ;;
 ar)
@@ -45,8 +46,9 @@ ar)
         --eval-every 125 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of ar)"
     ;;
 graft)
-    nice "$DGR2" model graft "$NAME:ar" "$BEAUTY_CFT" "$BEAUTY_AR" --from-store "$STORE" --store "$STORE" \
-        --name "$NAME" --version graft-ar
+    # the AR run publishes ar-small-s0 (preset of its start, seed 0)
+    nice "$DGR2" model graft "$STORE/$NAME/ar-small-s0" "$BEAUTY_CFT" "$BEAUTY_AR" --store "$STORE" --name "$NAME" \
+        --version graft-ar
     ;;
 cft)
     join_saved "$(run_of cft)" "$(saved_of cft)"

@@ -1,6 +1,7 @@
 """Training curves from run logs: ``python -m dgr2.recipe.evals.plots runs/ar runs/cft --out docs/training-curves.png``.
 
-One column per run: loss per step, and validation NDCG@10 and raw validity where measured.
+One column per run: loss per step, and validation NDCG@10, raw validity and the trace entries written
+exactly where measured.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def plot(run_dirs: list[str], out: str) -> None:
         ax = axes[1][col]
         ax.plot([r["step"] for r in val], [r["val_ndcg@10"] for r in val], "o-", label="val NDCG@10")
         ax.plot([r["step"] for r in val], [r["val_valid_raw"] for r in val], "s--", label="val raw validity")
+        traced = [r for r in val if (r.get("val_trace") or {}).get("entries_exact") is not None]
+        if traced:  # how much of the rule's trace the model writes exactly: what a conversion relearns first
+            ax.plot([r["step"] for r in traced], [r["val_trace"]["entries_exact"] for r in traced], "^:",
+                    label="val trace entries exact")
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("step")
         ax.legend(loc="center right")
