@@ -1,6 +1,7 @@
 # Sourced by the CPU run scripts: a training run's resumable state kept in the repository, so that a run
 # spans machines (docs/recipe.md, "Resuming a run"). RUN is the live, git-ignored run folder; SAVED the
-# committed copy: state.pt in 25 MB parts (the repository takes no file over 30 MB) and log.jsonl.
+# committed copy: state.pt in 25 MB parts (the repository takes no file over 30 MB) and log.jsonl. PYTHON: the
+# interpreter with torch (default .venv/bin/python).
 
 steps_in() { [[ -f $1/log.jsonl ]] && tail -n 1 "$1/log.jsonl" | sed -n 's/.*"step": \([0-9]*\).*/\1/p' || echo 0; }
 
@@ -23,9 +24,9 @@ snapshot() {
     split -b 25M -d "$run/state.pt" "$saved/state.pt.part-"
     # the log up to the saved step only (a run resumed from this state logs the later steps again),
     # one record per step: the latest, where a resumed run logged a step twice
-    step=$(.venv/bin/python -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" \
+    step=$("${PYTHON:-.venv/bin/python}" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" \
         "$run/state.pt")
-    .venv/bin/python -c "
+    "${PYTHON:-.venv/bin/python}" -c "
 import json, sys
 last = {json.loads(line)['step']: line for line in open(sys.argv[1])}
 print(''.join(last[s] for s in sorted(last) if s <= int(sys.argv[2])), end='')" "$run/log.jsonl" "$step" > "$saved/log.jsonl"
@@ -36,7 +37,7 @@ print(''.join(last[s] for s in sorted(last) if s <= int(sys.argv[2])), end='')" 
 run_status() {
     local run=$1 saved=$2
     echo "run: step $(steps_in "$run"); repository: step $(steps_in "$saved")"
-    grep -h val_ndcg "$run/log.jsonl" 2>/dev/null | sed 's/.*"step": \([0-9]*\).*"val_ndcg@10": \([0-9.]*\), "val_valid_raw": \([0-9.]*\), "val_tokens_per_forward": \([0-9.a-z]*\).*/step \1: ndcg@10 \2 valid_raw \3 tokens\/forward \4/'
+    { grep -h val_ndcg "$run/log.jsonl" 2>/dev/null || true; } | sed 's/.*"step": \([0-9]*\).*"val_ndcg@10": \([0-9.]*\), "val_valid_raw": \([0-9.]*\), "val_tokens_per_forward": \([0-9.a-z]*\).*/step \1: ndcg@10 \2 valid_raw \3 tokens\/forward \4/'
 }
 
 # a training command's output into RUN/train.log without the progress bar's redraws
