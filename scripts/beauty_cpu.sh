@@ -8,7 +8,8 @@
 #
 # The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
-# OPD_STEPS (200), OPD_BATCH (8), VAL_USERS (100). The result goes to the candidates store.
+# OPD_STEPS (200), OPD_BATCH (8), OPD_LR (3e-5: at 3e-4 the student collapsed within 50 steps), VAL_USERS (100).
+# The result goes to the candidates store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/run_state.sh
@@ -23,7 +24,7 @@ case ${1:-} in
 opd)
     join_saved "$RUN" "$SAVED"
     nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store candidates --run-dir "$RUN" --reverse-kl \
-        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-200}" --warmup 10 --eval-every 50 \
+        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-200}" --lr "${OPD_LR:-3e-5}" --warmup 10 --eval-every 50 \
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$RUN"
     ;;
 snapshot|status)

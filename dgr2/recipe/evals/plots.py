@@ -25,7 +25,8 @@ def plot(run_dirs: list[str], out: str) -> None:
         steps = [r["step"] for r in log]
         ax = axes[0][col]
         ax.plot(steps, [r["loss"] for r in log], lw=0.6)
-        ax.set_title(f"{stage}: training loss")
+        name = Path(run).name
+        ax.set_title(f"{stage}: training loss" if name.lower() == stage.lower() else f"{stage} ({name}): training loss")
         ax.set_xlabel("step")
         val = [r for r in log if "val_ndcg@10" in r]
         ax = axes[1][col]
