@@ -60,6 +60,15 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+def response_json(resp: RerankResponse) -> dict:
+    """A response as sent: optional parts left out when absent, but inside the reasoning steps every
+    field is there, null included (a strength the model did not write is ``null``, as documented)."""
+    out = resp.model_dump(mode="json", exclude_none=True)
+    if resp.reasoning_steps is not None:
+        out["reasoning_steps"] = [step.model_dump(mode="json") for step in resp.reasoning_steps]
+    return out
+
+
 @router.post("/v1/rerank", response_model=RerankResponse, responses=RERANK_ERRORS, tags=["rerank"],
              summary="Rank candidates for a user's history")
 async def rerank_one(body: RerankRequest, request: Request, x_decoder: XDecoder = None) -> Response:
@@ -70,8 +79,7 @@ async def rerank_one(body: RerankRequest, request: Request, x_decoder: XDecoder 
     decoder = rt.routers[served.name].choose(body.user_id, body.decoder or x_decoder)
     request.state.decoder = decoder
     resp = await rerank(rt, served, body, decoder, started)
-    return JSONResponse(resp.model_dump(mode="json", exclude_none=True),
-                        headers={"x-decoder": decoder, "x-model-version": resp.model_version})
+    return JSONResponse(response_json(resp), headers={"x-decoder": decoder, "x-model-version": resp.model_version})
 
 
 @router.post("/v1/rerank/batch", response_model=RerankBatchResponse, responses=RERANK_ERRORS, tags=["rerank"],
@@ -100,7 +108,7 @@ async def rerank_many(body: RerankBatchRequest, request: Request, x_decoder: XDe
 
     items = await asyncio.gather(*(one(i, r) for i, r in enumerate(body.requests)))
     served = [i.response for i in items if i.response is not None]
-    content = {"responses": [{"status": i.status, "response": i.response.model_dump(mode="json", exclude_none=True)}
+    content = {"responses": [{"status": i.status, "response": response_json(i.response)}
                              if i.response else {"status": i.status, "error": i.error.model_dump(mode="json")}
                              for i in items]}
     headers = {"x-decoder": ",".join(sorted({r.decoder for r in served})),

@@ -157,3 +157,20 @@ def test_the_page_writes_no_markup_and_loads_nothing_from_elsewhere():
         text = static.joinpath(name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name  # no CDN, works offline
         assert "/admin" not in text, name
+
+
+def test_reasoning_steps_are_sent_with_their_nulls():
+    """A strength the model did not write, a slot the request lacks: the documented null, not a missing key,
+    while the response's optional parts stay out when absent."""
+    from dgr2.service.routes import response_json
+    from dgr2.service.schemas import RerankResponse
+
+    req = RerankRequest(history=["H1"], candidates=["A", "B"])
+    steps = reasoning_steps("<c1> <r:brand> <h1> <c1> <c9> <r:co> <h4> <v3> <c9>", req, max_history=50)
+    assert [(s.item_id, s.strength) for s in steps] == [("A", None), (None, 3)]
+    resp = RerankResponse.model_construct(id="x", model="m", model_version="v", decoder="ar", results=[],
+                                          reasoning="...", reasoning_steps=steps, passes=None)
+    sent = response_json(resp)
+    assert "passes" not in sent
+    assert sent["reasoning_steps"][0]["strength"] is None and sent["reasoning_steps"][1]["item_id"] is None
+    assert sent["reasoning_steps"][1]["evidence"][0]["history_item_id"] is None
