@@ -230,11 +230,10 @@ def claim_in_order(batch: Batch, shifted: torch.Tensor, eligible: torch.Tensor, 
         unmask[:, j] = torch.where(c, passes, unmask[:, j])
         slot = torch.where(c, best, slot_of[:, j])
         taken[rows, slot] |= unmask[:, j] & state.in_answer[:, j]
-    # the threshold rule's progress guarantee: a row with eligible positions but none unmasked takes its surest
-    stuck = eligible.any(dim=1) & ~unmask.any(dim=1)
-    surest = conf.masked_fill(~eligible, -1.0).argmax(dim=1)
-    unmask[rows, surest] |= stuck
-    return cand_cols, conf, unmask
+    # the threshold rule's progress guarantee, for the rows the sweep left with nothing to unmask: the rule
+    # over their eligible positions with no threshold passable takes each one's surest
+    stuck = eligible & ~unmask.any(dim=1, keepdim=True)
+    return cand_cols, conf, unmask | threshold_rule(conf, stuck, math.inf)
 
 
 def threshold_select(shifted: torch.Tensor, eligible: torch.Tensor, state, cfg: DecodeConfig):
