@@ -36,7 +36,8 @@ from dgr2.recipe.trainer import (
 )
 
 DEFAULTS = {"steps": 1200, "lr": 1e-3}
-NEW_DECODE = {"block_size": 32, "threshold": 0.9, "answer_threshold": None}  # an AR parent has none of its own
+# what a conversion of an AR parent (which has no decode settings of its own) stores: the config's defaults
+NEW_DECODE = {k: getattr(ModelConfig(), k) for k in ("block_size", "threshold", "answer_threshold")}
 
 
 def decode_settings(parent: ModelConfig, args: argparse.Namespace) -> dict:
