@@ -11,16 +11,11 @@ before. The result is a start for a short training on the new data, and a zero-s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import torch
 
-from dgr2.model.catalog import Catalog
 from dgr2.model.tokenizer import Vocab
 from dgr2.model.transformer import Transformer
-from dgr2.model_store.checkpoint import Checkpoint, CheckpointError, Provenance, load_checkpoint, save_checkpoint
-from dgr2.model_store.registry import ModelStore
+from dgr2.model_store.checkpoint import Checkpoint, CheckpointError
 
 CATALOG_FAMILIES = ("<item:", "<brand:", "<cat:")  # tokens whose meaning is one catalog's
 
@@ -60,18 +55,3 @@ def transferred_model(src: Checkpoint, vocab: Vocab) -> Transformer:
     if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is the tied embedding
         raise CheckpointError(f"{src.path.name}: weights do not fit its own config ({missing or unexpected})")
     return model
-
-
-def transfer_checkpoint(src_path: str | Path, vocab: Vocab, catalog: Catalog, store: ModelStore, name: str,
-                        version: str, aliases: Sequence[str] = (), data_hash: str | None = None,
-                        dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write ``src_path``'s model moved onto ``vocab`` as ``name/version`` of ``store``, with ``catalog``."""
-    src = load_checkpoint(src_path)
-    model = transferred_model(src, vocab)
-    prov = Provenance(stage=src.manifest.get("stage", "unknown"), parent=f"transfer of {src.path.name}",
-                      data_hash=data_hash, metrics={"transfer": {"source": src.path.name,
-                                                                 "source_data_hash": src.manifest.get("data_hash")}})
-    path = save_checkpoint(store.version_dir(name, version), model, vocab, catalog, prov, dtype=dtype)
-    for alias in aliases:
-        store.set_alias(name, alias, version)
-    return path

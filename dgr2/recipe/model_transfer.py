@@ -1,6 +1,7 @@
 """``dgr2 model transfer``: a trained checkpoint moved onto another data folder's catalog (its
 vocabulary and catalog built from that folder), to evaluate zero-shot or to train from there.
-The weights' side is ``dgr2.model_store.transfer``; the catalog comes from the data, hence here."""
+The weights' side is ``dgr2.model_store.transfer``; the catalog comes from the data, hence here, and
+the result is stored like a trained model (``recipe.publish``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 
 import torch
 
-from dgr2.model_store import open_store, resolve_checkpoint
+from dgr2.model_store import resolve_checkpoint
 from dgr2.model_store.commands import STORE_HELP
 
 
@@ -27,15 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dgr2.model.tokenizer import Vocab, build_tokenizer
-    from dgr2.model_store.checkpoint import load_checkpoint
-    from dgr2.model_store.transfer import transfer_checkpoint
+    from dgr2.model_store import Provenance, load_checkpoint
+    from dgr2.model_store.transfer import transferred_model
     from dgr2.recipe.data import load_dataset
+    from dgr2.recipe.publish import publish
 
-    src = resolve_checkpoint(args.checkpoint, args.from_store)
+    src = load_checkpoint(resolve_checkpoint(args.checkpoint, args.from_store))
     data = load_dataset(args.data_dir)
-    vocab = Vocab(build_tokenizer(data.catalog, load_checkpoint(src).vocab.co_strength))
-    path = transfer_checkpoint(src, vocab, data.catalog, open_store(args.store), args.name, args.version,
-                               args.alias, data.data_hash, getattr(torch, args.dtype))
-    print(json.dumps({"path": str(path), "source": str(src), "vocab_size": len(vocab), "aliases": args.alias},
+    vocab = Vocab(build_tokenizer(data.catalog, src.vocab.co_strength))
+    source = {"source": src.path.name, "source_data_hash": src.manifest.get("data_hash")}
+    prov = Provenance(stage=src.manifest.get("stage", "unknown"), parent=f"transfer of {src.path.name}",
+                      data_hash=data.data_hash, metrics={"transfer": source})
+    path = publish(args.store, args.name, args.version, args.alias, transferred_model(src, vocab), vocab,
+                   data.catalog, prov, decoder=src.config.decoder, dtype=getattr(torch, args.dtype))
+    print(json.dumps({"path": str(path), "source": str(src.path), "vocab_size": len(vocab), "aliases": args.alias},
                      indent=2))
     return 0
