@@ -24,8 +24,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics(settings.model, *(m for m in settings.served_models if m != settings.model))
     rt = Runtime(settings, metrics)
-    for model in rt.served:
-        metrics.set_split(model, rt.routers[model].split)
+    for served in rt.served.values():
+        metrics.set_split(served.name, served.router.split)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -58,7 +58,7 @@ async def rerank(rt: Runtime, served: ServedModel, req: RerankRequest, decoder: 
         raise DeadlineExceeded() from None
     # refuses a bad decode first
     response = build_response(req, decoder, decoded, served.name, started, rt.settings.max_history)
-    shadow = rt.routers[served.name].shadow_of(decoder)
+    shadow = served.router.shadow_of(decoder)
     if shadow is not None:  # the comparison needs only the shadow's order, never its passes
         rt.spawn(_shadow(rt, served, shadow, decoder, replace(job.request, record_passes=False),
                          decoded.result.order))

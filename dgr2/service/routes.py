@@ -76,7 +76,7 @@ async def rerank_one(body: RerankRequest, request: Request, x_decoder: XDecoder 
     rt = runtime(request)
     served = rt.model(body.model)
     request.state.model = served.name
-    decoder = rt.routers[served.name].choose(body.user_id, body.decoder or x_decoder)
+    decoder = served.router.choose(body.user_id, body.decoder or x_decoder)
     request.state.decoder = decoder
     resp = await rerank(rt, served, body, decoder, started)
     return JSONResponse(response_json(resp), headers={"x-decoder": decoder, "x-model-version": resp.model_version})
@@ -95,7 +95,7 @@ async def rerank_many(body: RerankBatchRequest, request: Request, x_decoder: XDe
         try:
             chosen = rt.model(req.model)
             model = chosen.name
-            decoder = rt.routers[model].choose(req.user_id, req.decoder or x_decoder)
+            decoder = chosen.router.choose(req.user_id, req.decoder or x_decoder)
             resp = await rerank(rt, chosen, req, decoder, started)
         except ServiceError as e:
             rt.metrics.observe_request(model, decoder, e.status, time.monotonic() - started,
@@ -137,7 +137,7 @@ def model_info(rt: Runtime, served: ServedModel) -> ModelInfo:
         versions = aliases = None
     return ModelInfo(model=served.name, default=served.name == rt.default_model, versions=versions,
                      aliases=aliases, decoders=[DecoderInfo(**e.info()) for e in engines],
-                     ab_split=rt.routers[served.name].split)
+                     ab_split=served.router.split)
 
 
 EXAMPLE_HISTORY = 20  # history items in an example request unless asked otherwise

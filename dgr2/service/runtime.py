@@ -2,7 +2,7 @@
 
 One :class:`Runtime` lives in ``app.state.runtime``; handlers fetch everything from it. It serves
 one or several models (``Settings.served_models``), each a :class:`ServedModel` with its own
-checkpoints and batchers; the A/B router and the torch thread are shared. Start-up loads and
+A/B router, checkpoints and batchers; the torch thread is shared. Start-up loads and
 verifies every model's checkpoints before the server accepts connections (a bad checkpoint fails
 the start), then warms them in the background: ``/healthz`` answers at once, ``/readyz`` only once
 every decoder of every model has decoded once. Draining refuses new work (503) but decodes
@@ -47,10 +47,11 @@ def _public_reason(e: Exception) -> str:
 
 @dataclass
 class ServedModel:
-    """One model the process serves: its current checkpoints and one batcher per decoder. Two models
-    share no queue, so a batch only ever holds requests for one model."""
+    """One model the process serves: its A/B router, its current checkpoints and one batcher per
+    decoder. Two models share no queue, so a batch only ever holds requests for one model."""
 
     name: str
+    router: ABRouter
     holder: ModelHolder = field(default_factory=ModelHolder)
     batchers: dict[str, Batcher] = field(default_factory=dict)
 
@@ -59,11 +60,11 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         self.store = ModelStore(settings.store)
-        self.served = {name: ServedModel(name) for name in settings.served_models}
-        self.default_model = settings.model
         # one salt for every model: where two models share a split, a user lands on the same decoder in both
-        self.routers = {name: ABRouter(settings.split_of(name), settings.ab_salt, settings.shadow_rate)
-                        for name in self.served}
+        self.served = {name: ServedModel(name, ABRouter(settings.split_of(name), settings.ab_salt,
+                                                        settings.shadow_rate))
+                       for name in settings.served_models}
+        self.default_model = settings.model
         self.ready = False
         self._warm_models: set[str] = set()  # the models whose serving set has decoded once
         self.draining = False

@@ -126,7 +126,7 @@ def test_no_stack_trace_or_path_in_any_response(admin_srv, h, monkeypatch):
         raise KeyError(f"{secret} line 7")
 
     with admin_srv.client() as c:
-        monkeypatch.setattr(admin_srv.rt.routers[h.MODEL], "choose", boom)  # an unexpected exception in a handler
+        monkeypatch.setattr(admin_srv.rt.model(h.MODEL).router, "choose", boom)  # an unexpected exception in a handler
         r = c.post("/v1/rerank", json={"candidates": ["S0001"]})
         assert h.assert_error(r, 500, "internal_error")["message"] == "internal server error"
         r = c.post("/v1/rerank/batch", json={"requests": [{"candidates": ["S0001"]}]})
