@@ -61,12 +61,9 @@ def runtime(request: Request) -> Runtime:
 
 
 def response_json(resp: RerankResponse) -> dict:
-    """A response as sent: optional parts left out when absent, but inside the reasoning steps every
-    field is there, null included (a strength the model did not write is ``null``, as documented)."""
-    out = resp.model_dump(mode="json", exclude_none=True)
-    if resp.reasoning_steps is not None:
-        out["reasoning_steps"] = [step.model_dump(mode="json") for step in resp.reasoning_steps]
-    return out
+    """A response as sent: the optional parts not asked for (reasoning, passes) are left out; inside the
+    parts sent every documented field is there, null included (a strength the model did not write)."""
+    return resp.model_dump(mode="json", exclude={name for name, value in resp if value is None})
 
 
 @router.post("/v1/rerank", response_model=RerankResponse, responses=RERANK_ERRORS, tags=["rerank"],
