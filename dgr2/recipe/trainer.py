@@ -130,14 +130,16 @@ class RunDir:
         return torch.load(self.state_file, map_location="cpu", weights_only=False)
 
     def rewind_log(self, step: int) -> None:
-        """Drop the records of steps after ``step``: a run resumed from a state saved at ``step`` logs
-        them again, and a log with two records of a step would plot and summarise both."""
+        """The log up to ``step``, one record per step (the latest): a run resumed from a state saved at
+        ``step`` logs the later steps again, and a log with two records of a step would plot and
+        summarise both. Also what a saved copy of a run keeps (``scripts/lib/run_state.sh``)."""
         log = self.path / "log.jsonl"
         if not self.main or not log.is_file():
             return
         lines = log.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        if len(kept) < len(lines):
+        latest = {json.loads(line).get("step", 0): line for line in lines}
+        kept = [latest[s] for s in sorted(latest) if s <= step]
+        if kept != lines:
             tmp = log.with_suffix(".tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, log)

@@ -18,18 +18,16 @@ join_saved() {
 
 # the live state into the repository, to commit
 snapshot() {
-    local run=$1 saved=$2 step
+    local run=$1 saved=$2
     mkdir -p "$saved"
     rm -f "$saved"/state.pt.part-*
     split -b 25M -d "$run/state.pt" "$saved/state.pt.part-"
-    # the log up to the saved step only (a run resumed from this state logs the later steps again),
-    # one record per step: the latest, where a resumed run logged a step twice
-    step=$("${PYTHON:-.venv/bin/python}" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" \
-        "$run/state.pt")
+    # the log up to the saved step, one record per step: the trainer's own rule for a resumed run (RunDir.rewind_log)
+    cp "$run/log.jsonl" "$saved/log.jsonl"
     "${PYTHON:-.venv/bin/python}" -c "
-import json, sys
-last = {json.loads(line)['step']: line for line in open(sys.argv[1])}
-print(''.join(last[s] for s in sorted(last) if s <= int(sys.argv[2])), end='')" "$run/log.jsonl" "$step" > "$saved/log.jsonl"
+import sys, torch
+from dgr2.recipe.trainer import RunDir
+RunDir(sys.argv[2]).rewind_log(torch.load(sys.argv[1], weights_only=False)['step'])" "$run/state.pt" "$saved"
     echo "saved step $(steps_in "$saved") in $saved: commit it (git add $saved)"
 }
 
