@@ -20,6 +20,8 @@ COMMANDS = {
     "compare": ("dgr2.recipe.evals.compare", "paired comparison of two evals from their --resume-file records"),
     "fit-rule": ("dgr2.recipe.fit_rule", "fit the evidence rule's weights and levels on validation users, "
                                          "score it on test users"),
+    "probe-validity": ("dgr2.recipe.evals.slot_mass", "teacher-forced: the probability a checkpoint puts on the "
+                                                      "slots the slot rule bans, per answer rank"),
     "summarize": ("dgr2.recipe.evals.seed_summary",
                   "mean ± standard error over negative-sampling seeds of dgr2 eval results"),
 }

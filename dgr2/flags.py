@@ -1,7 +1,7 @@
 """argparse value types that refuse a nonsensical flag value by name (``dgr2`` prints it in one line).
 
 ``type=positive_int`` for counts (users, steps, batch sizes), ``at_least(2)`` where fewer makes no
-ranking (``--candidates``), ``fraction`` for thresholds in [0, 1].
+ranking (``--candidates``), ``fraction`` for thresholds in [0, 1], ``non_negative`` for loss weights.
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """A number >= 0 (loss weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 

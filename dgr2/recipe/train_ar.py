@@ -21,6 +21,7 @@ from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.engine import Reranker
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.data import eval_examples, load_source
+from dgr2.recipe.evals.slot_mass import VIEWS, banned_slot_mass
 from dgr2.recipe.evaluate import evaluate
 from dgr2.recipe.prefetch import Prefetcher
 from dgr2.recipe.sft import TrainStream, collate
@@ -37,6 +38,7 @@ from dgr2.recipe.trainer import (
 )
 
 DEFAULTS = {"steps": 1800, "lr": 2e-3, "preset": "small"}
+PROBE_USERS = 16  # validation users of the banned-slot probe (seconds on a CPU)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,13 +83,25 @@ def global_weight(d: Dist, weights: torch.Tensor) -> torch.Tensor:
     return d.sum(weights.sum().clone()) / d.world
 
 
-def validate_with(model, vocab, source, args, decoder: str) -> dict:
-    """Validation metrics with ``decoder``, at the block size, threshold and trace length in the model's config."""
+def validate_with(model, vocab, source, args, decoder: str, unconstrained: bool = False) -> dict:
+    """Validation metrics with ``decoder``, at the block size, threshold and trace length in the model's config.
+    With ``unconstrained``, also the metrics of a decode without the answer constraint (what the model writes
+    on its own) and, on the first ``PROBE_USERS``, the teacher-forced mass on banned slots
+    (:mod:`recipe.evals.slot_mass`), under the key ``"unconstrained"``."""
     examples = eval_examples(source.sequences, source.item_ids, "valid", args.candidates, args.neg_seed,
                              args.val_users)
-    trace_len = model.config.trace_len
-    cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))
-    return evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
+    budget = completion_budget(model.config.trace_len, args.candidates)
+    cfg = DecodeConfig.for_model(model.config, max_new_tokens=budget)
+    val = evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
+    if unconstrained:
+        # the answer threshold needs the constraint's answer section, so the free decode runs at the threshold
+        free = DecodeConfig(max_new_tokens=budget, block_size=cfg.block_size, threshold=cfg.threshold,
+                            constrain_answer=False)
+        val["unconstrained"] = evaluate(Reranker(model, vocab, source.catalog, decoder, free), examples,
+                                        batch_size=50, progress=False)
+        probe = banned_slot_mass(model, vocab, source, examples[:PROBE_USERS], cfg.block_size)
+        val["unconstrained"]["banned_mass"] = {view: probe[view]["all"]["mass"] for view in VIEWS}
+    return val
 
 
 def warm_start(ref: str, store: str | None, vocab):

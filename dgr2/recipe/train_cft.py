@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from dgr2.flags import at_least, fraction, positive_int
+from dgr2.flags import at_least, fraction, non_negative, positive_int
 from dgr2.model.config import ModelConfig
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
@@ -62,24 +62,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="unmasking threshold inside the answer (stored in the checkpoint; default: a diffusion "
                         "parent's, else --threshold)")
     p.add_argument("--warmup", type=at_least(0), default=30, help="warm-up steps")
-    p.add_argument("--validity-weight", type=float, default=0.0,
-                   help="weight in [0, 1] of the probability put on excluded slots (0: the exclusions stay in the "
-                        "training softmax and validity comes from the decoder's constraint; 1: plain cross-entropy, "
-                        "the model learns to write valid rankings on its own)")
+    p.add_argument("--validity-weight", type=non_negative, default=0.0,
+                   help="weight of -log P(an allowed slot) beside the cross-entropy over allowed slots (0: the "
+                        "exclusions stay in the training softmax and validity comes from the decoder's constraint; "
+                        "1: plain cross-entropy; above 1: validity weighs more than the ranking); with a weight "
+                        "above 0 each validation also decodes unconstrained")
 
 
 def run(args: argparse.Namespace) -> int:
     from dgr2.model_store import Provenance, load_checkpoint, resolve_checkpoint
     from dgr2.recipe.publish import publish
 
-    if not 0.0 <= args.validity_weight <= 1.0:
-        raise SystemExit(f"dgr2 train cft: --validity-weight must lie in [0, 1], not {args.validity_weight}")
     d = setup_distributed()
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     model, vocab = parent.model, parent.vocab
     model.config = model.config.replace(**decode_settings(parent.config, args))
     trace_len = args.trace_len or parent.config.trace_len
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
+    block = model.config.block_size  # training's blocks are the decoder's
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed)
     dev = training_device(args)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     def make_batch(step: int):
         batch = stream.global_batch(step, args.batch_size)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # same noise on every rank
-        b = collate_diffusion(batch, args.block_size, vocab.mask, vocab.pad, gen, vocab)
+        b = collate_diffusion(batch, block, vocab.mask, vocab.pad, gen, vocab)
         shard = slice(d.rank, None, d.world)
         return b.ids[shard], b.positions[shard], b.mask[shard], b.targets[shard], b.weights[shard], b.banned[shard]
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned, args.validity_weight)
 
     def validate() -> dict:
-        return validate_with(model, vocab, source, args, "diffusion")
+        return validate_with(model, vocab, source, args, "diffusion", unconstrained=args.validity_weight > 0)
 
     def publish_cft(metrics: dict, steps: int):
         prov = Provenance(stage="cft", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),

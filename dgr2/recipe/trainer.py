@@ -214,6 +214,9 @@ class Stage:
 
 
 MAX_SKIPPED_IN_A_ROW = 10  # non-finite gradient steps in a row before a stage is declared broken
+# what the log keeps of a validation's unconstrained decode (the curve of learned validity)
+UNCONSTRAINED_KEYS = ("ndcg@10", "ndcg@10_before_repair", "valid_raw", "invalid_raw", "tokens_per_forward",
+                      "banned_mass")
 
 
 class StageNotTraining(RuntimeError):
@@ -289,8 +292,11 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
             model.train()
             record.update({"val_ndcg@10": val["ndcg@10"], "val_valid_raw": val["valid_raw"],
                            "val_tokens_per_forward": val.get("tokens_per_forward"), "val_trace": val.get("trace")})
+            if free := val.get("unconstrained"):
+                record["val_unconstrained"] = {k: free.get(k) for k in UNCONSTRAINED_KEYS}
+            free_note = f" unconstrained valid {free['valid_raw']:.3f}" if free else ""
             bar.write(f"step {step + 1}: loss {loss_value:.4f} val ndcg@10 {val['ndcg@10']:.4f} "
-                      f"valid {val['valid_raw']:.3f}")
+                      f"valid {val['valid_raw']:.3f}{free_note}")
         run_dir.log(record)
         if (step + 1) % args.save_every == 0 or done:
             run_dir.save_state({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1})

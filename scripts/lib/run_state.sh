@@ -35,7 +35,21 @@ RunDir(sys.argv[2]).rewind_log(torch.load(sys.argv[1], weights_only=False)['step
 run_status() {
     local run=$1 saved=$2
     echo "run: step $(steps_in "$run"); repository: step $(steps_in "$saved")"
-    { grep -h val_ndcg "$run/log.jsonl" 2>/dev/null || true; } | sed 's/.*"step": \([0-9]*\).*"val_ndcg@10": \([0-9.]*\), "val_valid_raw": \([0-9.]*\), "val_tokens_per_forward": \([0-9.a-z]*\).*/step \1: ndcg@10 \2 valid_raw \3 tokens\/forward \4/'
+    [[ -f $run/log.jsonl ]] || return 0
+    "${PYTHON:-.venv/bin/python}" - "$run/log.jsonl" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "val_ndcg@10" not in r:
+        continue
+    out = f"step {r['step']}: ndcg@10 {r['val_ndcg@10']} valid_raw {r['val_valid_raw']} " \
+          f"tokens/forward {r.get('val_tokens_per_forward')}"
+    if free := r.get("val_unconstrained"):
+        out += f" | unconstrained: ndcg@10 {free['ndcg@10']} valid_raw {free['valid_raw']}"
+        if "banned_mass" in free:
+            out += f" banned mass {free['banned_mass']}"
+    print(out)
+EOF
 }
 
 # a training command's output into RUN/train.log without the progress bar's redraws

@@ -72,5 +72,9 @@ def test_training_curves_plot_from_run_logs(tmp_path):
             {"stage": "cft", "step": 2, "loss": 1.5, "val_ndcg@10": 0.1, "val_valid_raw": 1.0}]
     (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "figs" / "curves.png"
-    plot([str(run)], str(out))
+    assert plot([str(run)], str(out)) == [["val NDCG@10", "val raw validity"]]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run that trains validity: its unconstrained curve and the probe's mass on banned slots beside
+    rows[1]["val_unconstrained"] = {"valid_raw": 0.0, "banned_mass": {"ar": 0.3, "diffusion": 0.2}}
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert plot([str(run)], str(out))[0][-2:] == ["val raw validity, unconstrained", "mass on banned slots (AR view)"]

@@ -154,3 +154,53 @@ def test_validity_weight_moves_the_loss_from_plackett_luce_to_plain_cross_entrop
         assert torch.allclose(weighted_ce(head, h, targets, weights, total, banned, 1.0), plain, atol=1e-5)
         half = weighted_ce(head, h, targets, weights, total, banned, 0.5)
         assert torch.allclose(half, (luce + plain) / 2, atol=1e-5) and luce < half < plain
+        heavy = weighted_ce(head, h, targets, weights, total, banned, 3.0)  # validity weighs above the ranking
+        assert torch.allclose(heavy, luce + 3 * (plain - luce), atol=1e-5) and heavy > plain
+
+
+def test_cft_continues_a_conversion_in_its_own_blocks(planted, trained_cft, tmp_path):
+    """Without --block-size, a diffusion start trains and stores its own block size."""
+    from dgr2.model_store import ModelStore, load_checkpoint
+
+    data, root, common = planted
+    args = parse(train_cft, [*common, "--from", str(ModelStore(root / "store").resolve("beauty-gr2", "cft")),
+                             "--steps", "2", "--eval-every", "2", "--val-users", "5",
+                             "--store", str(tmp_path / "store"), "--run-dir", str(tmp_path / "run"), "--fresh"])
+    assert train_cft.run(args) == 0
+    assert load_checkpoint(ModelStore(tmp_path / "store").resolve("beauty-gr2", "cft")).config.block_size == BLOCK
+
+
+def test_validity_weight_refuses_negative_values_by_name():
+    with pytest.raises(SystemExit):
+        parse(train_cft, ["--validity-weight", "-1"])
+    with pytest.raises(SystemExit):
+        parse(train_cft, ["--validity-weight", "nan"])
+    assert parse(train_cft, ["--validity-weight", "4"]).validity_weight == 4.0
+
+
+def test_cft_with_a_validity_weight_logs_the_unconstrained_curve(planted, trained_ar, tmp_path):
+    """Each validation of a run that trains validity also decodes without the constraint: the log's curve of
+    learned validity, beside the constrained one (a run without the weight logs no such record)."""
+    import json
+
+    from dgr2.model_store import ModelStore
+
+    data, root, common = planted
+    parent = str(ModelStore(root / "store").resolve("beauty-gr2", "ar"))
+    logs = {}
+    for weight in ("3", "0"):
+        run_dir = tmp_path / f"cft-{weight}"
+        args = parse(train_cft, [*common, "--from", parent, "--steps", "4", "--lr", "1e-3",
+                                 "--block-size", str(BLOCK), "--eval-every", "2", "--val-users", "10",
+                                 "--validity-weight", weight, "--store", str(tmp_path / "store"),
+                                 "--run-dir", str(run_dir), "--fresh"])
+        assert train_cft.run(args) == 0
+        logs[weight] = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    validated = [r for r in logs["3"] if "val_ndcg@10" in r]
+    assert [r["step"] for r in validated] == [2, 4]
+    for r in validated:
+        free = r["val_unconstrained"]
+        assert 0.0 <= free["valid_raw"] <= 1.0 and set(free["invalid_raw"]) >= {"duplicates", "missing"}
+        assert free["ndcg@10_before_repair"] <= free["ndcg@10"] + 1e-9  # the guard's repair never hurts here
+        assert set(free["banned_mass"]) == {"ar", "diffusion"} and 0 <= free["banned_mass"]["ar"] < 1
+    assert all("val_unconstrained" not in r for r in logs["0"])

@@ -1,7 +1,8 @@
 """Training curves from run logs: ``python -m dgr2.recipe.evals.plots runs/ar runs/cft --out docs/training-curves.png``.
 
 One column per run: loss per step, and validation NDCG@10, raw validity and the trace entries written
-exactly where measured.
+exactly where measured; for a run that trains validity, also its unconstrained raw validity and the
+probability it puts on banned slots.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return read_json_lines(Path(run_dir) / "log.jsonl")
 
 
-def plot(run_dirs: list[str], out: str) -> None:
+def plot(run_dirs: list[str], out: str) -> list[list[str]]:
+    """Writes ``out``; returns each column's validation curves by label."""
     fig, axes = pyplot().subplots(2, len(run_dirs), figsize=(5 * len(run_dirs), 6), squeeze=False)
     for col, run in enumerate(run_dirs):
         log = read_log(run)
@@ -36,11 +38,21 @@ def plot(run_dirs: list[str], out: str) -> None:
         if traced:  # how much of the rule's trace the model writes exactly: what a conversion relearns first
             ax.plot([r["step"] for r in traced], [r["val_trace"]["entries_exact"] for r in traced], "^:",
                     label="val trace entries exact")
+        free = [r for r in val if r.get("val_unconstrained")]
+        if free:  # what the model writes without the answer constraint: the curve of learned validity
+            ax.plot([r["step"] for r in free], [r["val_unconstrained"]["valid_raw"] for r in free], "x-",
+                    label="val raw validity, unconstrained")
+            probed = [r for r in free if "banned_mass" in r["val_unconstrained"]]
+            if probed:
+                ax.plot([r["step"] for r in probed], [r["val_unconstrained"]["banned_mass"]["ar"] for r in probed],
+                        "d-.", label="mass on banned slots (AR view)")
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("step")
         ax.legend(loc="center right")
     fig.tight_layout()
+    drawn = [[line.get_label() for line in ax.get_lines()] for ax in axes[1]]
     save(fig, out, dpi=110)
+    return drawn
 
 
 def main() -> None:

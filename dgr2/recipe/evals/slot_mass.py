@@ -1,0 +1,123 @@
+"""``dgr2 probe-validity``: the probability a checkpoint puts on slots the slot rule bans, read teacher-forced.
+
+    dgr2 probe-validity --checkpoint beauty-gr2:diffusion --sample 64
+
+On the SFT sequences (trace and answer) of uniformly sampled validation users, at every answer position:
+the probability mass on the slots the rule bans there (named earlier in the answer, or not in the request)
+and whether the most probable token is one of them, per rank band and per view: ``ar`` (everything before the
+position clean, as the AR decoder sees it) and ``diffusion`` (the block's two complementary noisy copies, as
+the block decoder sees it). An answer is valid only when all of its ~100 ranks are, so raw validity stays
+at 0 until the error per rank is tiny; this measures that error, the curve along which validity is learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from dgr2.flags import positive_int
+from dgr2.recipe.block_diffusion import collate_diffusion
+from dgr2.recipe.sft import encode
+
+BANDS = ((1, 10), (11, 50), (51, None))  # answer ranks; None: to the last
+VIEWS = ("ar", "diffusion")
+
+
+def band_of(rank: int) -> str:
+    for lo, hi in BANDS:
+        if hi is None or rank <= hi:
+            return f"{lo}-{hi}" if hi else f"{lo}+"
+    raise AssertionError("the last band is open")
+
+
+@torch.no_grad()
+def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int = 4, seed: int = 0) -> dict:
+    """``{view: {band: {"positions", "mass", "argmax_banned"}}}`` and ``"all"`` per view (the means over
+    every answer position). The noisy copies' masks are drawn from ``seed`` (the same draws every call)."""
+    from dgr2.model.output_head import OutputHead
+
+    head = OutputHead(model, vocab)
+    sums: dict[tuple[str, str], list[float]] = {}
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, len(examples), batch_size):
+        encoded = [encode(vocab, source, ex, model.config.trace_len) for ex in examples[start: start + batch_size]]
+        b = collate_diffusion(encoded, block, vocab.mask, vocab.pad, gen, vocab)
+        hidden = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
+        for i, enc in enumerate(encoded):
+            rows, ranks, views = answer_outputs(vocab, enc, b.weights[i])
+            if not rows:
+                continue
+            logits = head(hidden[i, rows])
+            slot_cols = head.slot_cols[: enc.num_slots]
+            ban = b.banned[i, rows, : enc.num_slots]
+            mass = (logits.softmax(-1)[:, slot_cols] * ban).sum(-1)
+            top = logits.argmax(-1)
+            top_banned = ((slot_cols[None, :] == top[:, None]) & ban).any(-1)
+            for r, view, m, t in zip(ranks, views, mass.tolist(), top_banned.tolist(), strict=True):
+                for key in ((view, band_of(r)), (view, "all")):
+                    s = sums.setdefault(key, [0, 0.0, 0])
+                    s[0] += 1
+                    s[1] += m
+                    s[2] += t
+    return {view: {band: {"positions": n, "mass": round(m / n, 5), "argmax_banned": round(t / n, 5)}
+                   for (v, band), (n, m, t) in sorted(sums.items()) if v == view} for view in VIEWS}
+
+
+def answer_outputs(vocab, enc, weights: torch.Tensor) -> tuple[list[int], list[int], list[str]]:
+    """The outputs of one row that predict an answer slot with a loss on them: (row index, rank, view).
+    Row layout of :mod:`recipe.block_diffusion`: the clean stream's output at ``P - 1 + j`` and each noisy
+    copy's at ``offset + j - 1`` predict completion token ``j``."""
+    comp = enc.ids[enc.prompt_len:]
+    T, C = len(enc.ids), len(comp)
+    first = comp.index(vocab.answer) + 1 if vocab.answer in comp else C
+    rows, ranks, views = [], [], []
+    for j in range(first, C):
+        if vocab.slot_of(comp[j]) is None:
+            continue
+        for view, idx in (("ar", enc.prompt_len - 1 + j), ("diffusion", T + j - 1), ("diffusion", T + C + j - 1)):
+            if weights[idx] > 0:
+                rows.append(idx)
+                ranks.append(j - first + 1)
+                views.append(view)
+    return rows, ranks, views
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dgr2.recipe.evaluate import add_user_arguments
+
+    p.add_argument("--checkpoint", required=True, help="NAME[:VERSION_OR_ALIAS] in the store, or a folder")
+    p.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $DGR2_DATA_DIR)")
+    p.add_argument("--synthetic", action="store_true", help="the generated synthetic data instead")
+    p.add_argument("--candidates", type=positive_int, default=100, help="candidates per user")
+    p.add_argument("--neg-seed", type=int, default=12345, help="negative-sampling seed")
+    p.add_argument("--block-size", type=positive_int, default=None,
+                   help="block of the diffusion view (default: the checkpoint's)")
+    add_user_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dgr2.model_store import load_checkpoint, resolve_checkpoint
+    from dgr2.recipe.data import eval_examples, load_source
+
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, args.store))
+    source = load_source(args.data_dir, args.synthetic)
+    examples = eval_examples(source.sequences, source.item_ids, "valid", args.candidates, args.neg_seed,
+                             args.limit, args.sample)
+    block = args.block_size or ckpt.config.block_size
+    out = banned_slot_mass(ckpt.model.float().eval(), ckpt.vocab, source, examples, block)
+    out.update(checkpoint=ckpt.path.name, users=len(examples), block_size=block)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{ckpt.path.name}: {len(examples)} validation users, block {block}; per answer position, "
+          "the probability on banned slots and how often the top token is one")
+    print("| view | ranks | positions | mass on banned slots | top token banned |")
+    print("|---|---|---|---|---|")
+    for view in VIEWS:
+        for band, s in out[view].items():
+            print(f"| {view} | {band} | {s['positions']} | {s['mass']:.4f} | {s['argmax_banned']:.4f} |")
+    return 0
