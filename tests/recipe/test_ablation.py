@@ -3,18 +3,33 @@
 from dgr2.recipe.evals.ablation import eval_command, rows, table
 
 
-def rec(label, seed, ndcg, speed):
-    return {"label": label, "neg_seed": seed, "n": 10, "ndcg@10": ndcg, "hr@10": 0.5, "mrr": 0.3, "valid_raw": 1.0,
-            "invalid_raw": {"duplicates": 0.0, "missing": 0.0, "out_of_set": 0.0, "malformed": 0.0},
-            "tokens_per_forward": 1.0, "decode_tokens_per_s": speed}
+def rec(label, seed, ndcg, speed, valid=1.0, **extra):
+    return {"label": label, "neg_seed": seed, "n": 10, "ndcg@10": ndcg, "hr@10": 0.5, "mrr": 0.3, "valid_raw": valid,
+            "invalid_raw": {"duplicates": 1 - valid, "missing": 1 - valid, "out_of_set": 0.0, "malformed": 0.0},
+            "tokens_per_forward": 1.0, "decode_tokens_per_s": speed, **extra}
 
 
 def test_table_rows_means_and_same_seed_ratios():
     rows = [rec("+CFT", 1, 0.2, 300.0), rec("AR", 1, 0.3, 100.0), rec("AR", 2, 0.5, 200.0), rec("+CFT", 2, 0.4, 400.0)]
-    lines = table(rows).splitlines()
-    assert lines[2].startswith("| AR | 10 × 2 | 0.4000 ± 0.1000 |")
-    assert lines[3].startswith("| +CFT | 10 × 2 | 0.3000 ± 0.1000 |")
-    assert lines[3].endswith("| 2.50 ± 0.50 |")  # ratios 3.0 and 2.0, each against its own seed's AR run
+    accuracy, writing = (t.splitlines() for t in table(rows).split("\n\n"))
+    assert accuracy[2].startswith("| AR | 10 × 2 | 0.4000 ± 0.1000 |")
+    assert accuracy[3].startswith("| +CFT | 10 × 2 | 0.3000 ± 0.1000 |")
+    # ratios 3.0 and 2.0, each against its own seed's AR run; no trace lengths in these records
+    assert writing[3].startswith("| +CFT |") and writing[3].endswith("| 2.50 ± 0.50 | n/a |")
+
+
+def test_unconstrained_rows_show_repairs_before_and_after_and_trace_lengths():
+    """The referee's columns: NDCG@10 as decoded beside the guard's, the answers it repaired and their
+    faults, HR@1, and the trace length distribution (a collapsed trace shows as a short p5)."""
+    lengths = {"p5": 300, "p50": 330, "p95": 400}
+    rows = [rec("+CFT, unconstrained", s, 0.30, 100.0, valid=0.3, **{
+        "ndcg@10_before_repair": 0.26, "hr@1": 0.2, "trace_tokens": lengths}) for s in (1, 2)]
+    accuracy, writing = (t.splitlines() for t in table(rows).split("\n\n"))
+    assert accuracy[2] == "| +CFT, unconstrained | 10 × 2 | 0.3000 ± 0.0000 | 0.2600 ± 0.0000 | 0.200 ± 0.000 " \
+                          "| 0.500 ± 0.000 | 0.300 ± 0.000 |"
+    assert writing[2].startswith("| +CFT, unconstrained | 14 of 20 | 0.700 / 0.700 / 0.000 / 0.000 |")
+    assert writing[2].endswith("| 300 / 330 / 400 |")
+    assert all(line.count("|") == 8 for line in accuracy + writing)  # 7 columns each
 
 
 def test_eval_command_is_the_documented_cli():
@@ -36,7 +51,7 @@ def test_answer_threshold_rows_follow_their_base_row():
     extra = [r for r in rows(A) if r[3]]
     assert extra == [("+CFT, answer threshold 0", "cft", "diffusion", ["--answer-threshold", "0.0"])]
     records = [rec("AR", 1, 0.3, 100.0), rec("+CFT, answer threshold 0", 1, 0.3, 250.0), rec("+CFT", 1, 0.3, 120.0)]
-    lines = table(records).splitlines()
+    lines = table(records).split("\n\n")[0].splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| AR", "| +CFT", "| +CFT, answer threshold 0"]
 
 

@@ -10,7 +10,9 @@ that threshold inside the answer (``dgr2 eval --answer-threshold X``; ``--answer
 instead of, not beside, the row at the checkpoint's own threshold); each row named in
 ``--unconstrained-rows`` again without the answer constraint (``dgr2 eval --unconstrained``).
 Within one seed the rows run back to back on the same machine, so each diffusion row's decode
-tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds).
+tokens/s is divided by that seed's AR run (the ratio column: mean ± s.e. over seeds). The printout is
+two tables over the same rows: accuracy and validity (NDCG@10 after the guard's repair and as
+decoded), then the answers repaired and their faults, the speed and the trace length distribution.
 """
 
 from __future__ import annotations
@@ -95,24 +97,35 @@ def read(path: Path) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
+    """Two Markdown tables over the same rows (mean ± s.e. over seeds): accuracy and validity, with NDCG@10
+    after the guard's repair and as decoded; then how each answer was written and at what speed (a diffusion
+    row's tokens/s divided by its own seed's AR run) and the trace length distribution."""
     ar_speed = {r["neg_seed"]: r["decode_tokens_per_s"] for r in records if r["label"] == "AR"}
-    lines = ["| row | n × seeds | NDCG@10 | HR@10 | MRR | raw valid | invalid raw (dup / missing / out-of-set / "
-             "malformed) | tokens / forward | decode tokens/s | ratio to AR |", "|---" * 10 + "|"]
     labels = list(dict.fromkeys([label for label, _, _ in ROWS] + [r["label"] for r in records]))
-    for label in labels:
-        rs = [r for r in records if r["label"] == label]
-        if not rs:
-            continue
-        kinds = "/".join(f"{sum(r['invalid_raw'][k] for r in rs) / len(rs):.3f}"
-                         for k in INVALID_KINDS)
+    groups = [(label, rs) for label in labels if (rs := [r for r in records if r["label"] == label])]
+    accuracy = ["| row | users × seeds | NDCG@10 | NDCG@10 as decoded | HR@1 | HR@10 | raw valid |",
+                "|---" * 7 + "|"]
+    writing = ["| row | answers repaired | invalid as decoded (dup / missing / out-of-set / malformed) | "
+               "tokens / forward | decode tokens/s | ratio to AR | trace tokens p5 / p50 / p95 |", "|---" * 7 + "|"]
+    for label, rs in groups:
+        accuracy.append(f"| {label} | {rs[0]['n']} × {len(rs)} | {fmt([r['ndcg@10'] for r in rs])} | "
+                        f"{fmt(present(rs, 'ndcg@10_before_repair'))} | {fmt(present(rs, 'hr@1'), 3)} | "
+                        f"{fmt([r['hr@10'] for r in rs], 3)} | {fmt([r['valid_raw'] for r in rs], 3)} |")
+        repaired = sum(round(r["n"] * (1 - r["valid_raw"])) for r in rs)
+        kinds = " / ".join(f"{sum(r['invalid_raw'][k] for r in rs) / len(rs):.3f}" for k in INVALID_KINDS)
         ratios = [r["decode_tokens_per_s"] / ar_speed[r["neg_seed"]] for r in rs if r["neg_seed"] in ar_speed]
-        lines.append(f"| {label} | {rs[0]['n']} × {len(rs)} | {fmt([r['ndcg@10'] for r in rs])} | "
-                     f"{fmt([r['hr@10'] for r in rs], 3)} | {fmt([r['mrr'] for r in rs])} | "
-                     f"{fmt([r['valid_raw'] for r in rs], 3)} | {kinds} | "
-                     f"{fmt([r['tokens_per_forward'] for r in rs], 2)} | "
-                     f"{fmt([r['decode_tokens_per_s'] for r in rs], 0)} | "
-                     f"{fmt(ratios, 2)} |")
-    return "\n".join(lines)
+        traced = [r["trace_tokens"] for r in rs if r.get("trace_tokens")]
+        lengths = " / ".join(f"{sum(t[q] for t in traced) / len(traced):.0f}" for q in ("p5", "p50", "p95")) \
+            if traced else "n/a"
+        writing.append(f"| {label} | {repaired} of {sum(r['n'] for r in rs)} | {kinds} | "
+                       f"{fmt([r['tokens_per_forward'] for r in rs], 2)} | "
+                       f"{fmt([r['decode_tokens_per_s'] for r in rs], 0)} | {fmt(ratios, 2)} | {lengths} |")
+    return "\n".join(accuracy) + "\n\n" + "\n".join(writing)
+
+
+def present(records: list[dict], key: str) -> list[float]:
+    """``key`` of the records that have it (files written before a metric existed lack it: ``n/a``)."""
+    return [r[key] for r in records if r.get(key) is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
