@@ -40,6 +40,9 @@ class ModelConfig:
     threshold: float = 0.9  # confidence threshold for parallel unmasking
     answer_threshold: float | None = None  # the threshold after <answer> (None: threshold; see DecodeConfig)
     trace_len: int = DEFAULT_TRACE_LEN  # the trace length it was trained with: caps each decode's budget
+    # the evidence rule its traces were trained on when fitted to its catalog (recipe.traces.EvidenceRule as
+    # a dict); None: the prompt version's own rule
+    evidence_rule: dict[str, Any] | None = None
     decoder: DecoderKind = "ar"
 
     def __post_init__(self) -> None:

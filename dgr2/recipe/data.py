@@ -19,6 +19,7 @@ Two items are linked when they occur within ``WINDOW`` positions of each other i
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import Counter
@@ -30,8 +31,10 @@ from dgr2.model.catalog import Catalog, Item, popularity_buckets
 from dgr2.recipe.formats.errors import DataError
 from dgr2.recipe.formats.layouts import files_hash
 from dgr2.recipe.formats.layouts import read as read_folder
+from dgr2.recipe.traces import EvidenceRule
 
 DATA_ENV = "DGR2_DATA_DIR"
+RULE_FILE = "evidence-rule.json"  # optional in a data folder: the catalog's own evidence rule (dgr2 fit-rule --out)
 WINDOW = 5
 # One shared window is enough evidence: the evidence score ranks best with it (docs/design.md, "Prompt").
 LINK_MIN = 1
@@ -59,6 +62,7 @@ class CatalogData:
     counts: Counter  # interactions per item over training parts
     layout: str = "csv"  # the folder's layout (formats.layouts): "csv" or "s3rec"
     dropped_users: int = 0  # users left out for having fewer than 3 interactions
+    rule: dict | None = None  # the folder's RULE_FILE: an evidence rule fitted to this catalog (dgr2 fit-rule)
 
 
 class UserView:
@@ -125,10 +129,26 @@ def data_dir(given: str | os.PathLike | None) -> Path:
 
 def load_dataset(given_dir: str | os.PathLike | None = None) -> CatalogData:
     """The data folder at ``given_dir`` (else ``$DGR2_DATA_DIR``), in any layout of docs/data.md."""
-    raw = read_folder(data_dir(given_dir))
+    folder = data_dir(given_dir)
+    raw = read_folder(folder)
     catalog, pairs, counts = with_features(raw.items, {u: s[:-2] for u, s in raw.sequences.items()})
     return CatalogData(catalog, raw.sequences, [it.id for it in raw.items], files_hash(raw.files), pairs, counts,
-                       raw.layout, raw.dropped_users)
+                       raw.layout, raw.dropped_users, read_rule(folder))
+
+
+def read_rule(folder: Path) -> dict | None:
+    """The folder's fitted evidence rule, checked (``DataError`` naming the file), or None without one."""
+    path = folder / RULE_FILE
+    if not path.is_file():
+        return None
+    try:
+        rule = json.loads(path.read_text())
+        EvidenceRule.from_dict(rule, str(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not JSON ({e})") from None
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return rule
 
 
 def load_catalog(given_dir: str | os.PathLike | None = None) -> Catalog:

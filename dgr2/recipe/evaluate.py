@@ -41,7 +41,7 @@ def evaluate(reranker: Reranker, examples: Sequence[Example], batch_size: int = 
     todo = [e for e in examples if e.user not in done]
     if len(done) + len(todo) != len(examples):
         raise ResumeError(f"{resume.path} holds {len(done) + len(todo) - len(examples)} users this eval does not")
-    rule = rule_for(reranker.vocab)
+    rule = rule_for(reranker.vocab, reranker.model.config.evidence_rule)  # the trace's rule, fitted or not
     trace_len = reranker.model.config.trace_len
     bar = tqdm(total=len(examples), initial=len(done), desc=f"eval {reranker.decoder}", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -81,17 +81,20 @@ def baseline_ranks(name: str, source, examples: Sequence[Example]) -> list[int]:
     """Rank of each target under a non-learned baseline on the same candidate lists.
 
     ``pop``: training-interaction count (PopRec); ``evidence``: the trace's evidence score
-    (brand, category and co-occurrence matches with the history, plus popularity) under the current
-    rule (v4); ``evidence-v3``: under the rule of the checkpoints trained before it.
+    (brand, category and co-occurrence matches with the history, plus popularity) under the data
+    folder's own rule when it has one (``recipe.data.RULE_FILE``), else the current rule (v4);
+    ``evidence-v3``: under the rule of the checkpoints trained before it.
     """
-    from dgr2.recipe.traces import RULE_V3, RULE_V4, heuristic_order
+    from dgr2.recipe.traces import RULE_V3, RULE_V4, EvidenceRule, heuristic_order
+
+    current = EvidenceRule.from_dict(source.rule) if source.rule else RULE_V4
 
     ranks = []
     for ex in examples:
         if name == "pop":
             order = sorted(range(len(ex.candidates)), key=lambda k: (-source.counts.get(ex.candidates[k], 0), k))
         else:
-            rule = RULE_V3 if name == "evidence-v3" else RULE_V4
+            rule = RULE_V3 if name == "evidence-v3" else current
             order = heuristic_order(evidence(source.catalog, ex.history, ex.candidates, rule))
         ranks.append(order.index(ex.target_slot))
     return ranks
@@ -192,6 +195,8 @@ def eval_result(args: argparse.Namespace) -> dict:
         ranks = baseline_ranks(args.baseline, source, examples)
         settings = {"baseline": args.baseline, "split": args.split, "candidates": args.candidates,
                     "neg_seed": args.neg_seed, **users}
+        if args.baseline == "evidence" and source.rule:
+            settings["rule"] = source.rule  # the folder's fitted rule (left out otherwise: older files still match)
         if args.resume_file:  # per-user ranks, so that `dgr2 compare` can pair a model with the baseline
             record_baseline(ResumeFile(args.resume_file, {**settings, "data_hash": getattr(source, "data_hash", None)}),
                             examples, ranks)

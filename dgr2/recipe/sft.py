@@ -16,11 +16,12 @@ from typing import Protocol
 import torch
 
 from dgr2.model.catalog import Catalog
+from dgr2.model.config import ModelConfig
 from dgr2.model.prompt import render_completion, render_prompt
 from dgr2.model.slot_rule import banned_slots
 from dgr2.model.tokenizer import MAX_SLOTS, Vocab
-from dgr2.recipe.data import Example, UserView, train_example, train_prefixes
-from dgr2.recipe.traces import DEFAULT_TRACE_LEN, evidence, rule_for, sft_target
+from dgr2.recipe.data import RULE_FILE, Example, UserView, train_example, train_prefixes
+from dgr2.recipe.traces import DEFAULT_TRACE_LEN, EvidenceRule, evidence, rule_for, sft_target
 
 
 class Source(Protocol):
@@ -29,6 +30,7 @@ class Source(Protocol):
     item_ids: list[str]
     pairs: Counter
     counts: Counter
+    rule: dict | None  # a fitted evidence rule (recipe.data.RULE_FILE), or None
 
 
 @dataclass
@@ -40,25 +42,38 @@ class Encoded:
 
 
 def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_TRACE_LEN,
-           own_sequence: list[str] | None = None) -> Encoded:
+           own_sequence: list[str] | None = None, rule: EvidenceRule | None = None) -> Encoded:
     """Token ids of one supervised sequence; training examples pass the user's ``own_sequence``
-    (training part), which is left out of popularity and links (:class:`recipe.data.UserView`)."""
+    (training part), which is left out of popularity and links (:class:`recipe.data.UserView`).
+    ``rule``: the evidence rule of the trace (default: the prompt version's)."""
     items = source.catalog if own_sequence is None else UserView(source.catalog, source.counts, source.pairs,
                                                                  own_sequence)
     prompt = render_prompt(vocab, items, ex.history, ex.candidates)
     tie_seed = zlib.crc32(" ".join([*ex.history[-1:], *ex.candidates]).encode())  # fixed per example
-    evs = evidence(items, ex.history, ex.candidates, rule_for(vocab))  # the rule of the prompt it renders
+    evs = evidence(items, ex.history, ex.candidates, rule or rule_for(vocab))
     trace, ranking = sft_target(evs, ex.target_slot, trace_len, tie_seed)
     completion = vocab.ids(render_completion(trace, ranking))
     return Encoded(prompt.ids + completion, len(prompt.ids), len(prompt.ids) + len(trace) + 2, prompt.num_slots)
+
+
+def trace_rule(config: ModelConfig, vocab: Vocab, source: Source) -> EvidenceRule:
+    """The evidence rule a stage trains a model's traces by: the model's own (``config.evidence_rule``, else
+    the prompt version's). A data folder with a fitted rule of its own (``recipe.data.RULE_FILE``) must
+    agree, so that one model's traces never mix two rules (SystemExit naming both otherwise)."""
+    if source.rule is not None and source.rule != config.evidence_rule:
+        raise SystemExit(f"the data folder's {RULE_FILE} is not the evidence rule this model was trained with "
+                         f"({config.evidence_rule or 'the prompt version’s own'}); train the AR model on this "
+                         "folder first, or use a folder without the file")
+    return rule_for(vocab, config.evidence_rule)
 
 
 class TrainStream:
     """Endless, seeded stream of training sequences (each rank of a distributed run sees its shard
     of the same global batches, so 1 process and N processes train on identical data)."""
 
-    def __init__(self, vocab: Vocab, source: Source, num_candidates: int, trace_len: int, seed: int) -> None:
-        self.vocab, self.source = vocab, source
+    def __init__(self, vocab: Vocab, source: Source, num_candidates: int, trace_len: int, seed: int,
+                 rule: EvidenceRule | None = None) -> None:
+        self.vocab, self.source, self.rule = vocab, source, rule
         self.k, self.trace_len = num_candidates, trace_len
         self.prefixes = train_prefixes(source.sequences)
         if not self.prefixes:
@@ -76,7 +91,7 @@ class TrainStream:
         return out
 
     def global_batch(self, step: int, batch_size: int) -> list[Encoded]:
-        return [encode(self.vocab, self.source, ex, self.trace_len, own_sequence=own)
+        return [encode(self.vocab, self.source, ex, self.trace_len, own_sequence=own, rule=self.rule)
                 for ex, own in self.examples(step, batch_size)]
 
     def view(self, own_sequence: list[str]) -> UserView:

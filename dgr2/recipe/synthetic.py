@@ -22,6 +22,7 @@ class SyntheticData:
     preference: dict[str, tuple[str, str]]  # user id -> (brand, category)
     pairs: Counter  # co-occurrence counts over the training parts
     counts: Counter  # interactions per item over the training parts
+    rule: dict | None = None  # a fitted evidence rule, as a data folder's (none: the prompt version's)
 
     @property
     def item_ids(self) -> list[str]:

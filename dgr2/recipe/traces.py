@@ -71,6 +71,26 @@ class EvidenceRule:
     def level(self, score: float) -> int:
         return min(EVIDENCE_LEVELS - 1, bisect.bisect_right(self.edges, score))
 
+    def to_dict(self) -> dict:
+        return {"brand": self.brand, "cat": self.cat, "co": self.co, "pop": self.pop, "edges": list(self.edges),
+                "co_strength": self.co_strength}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "evidence rule") -> EvidenceRule:
+        """A rule written by :meth:`to_dict` (``dgr2 fit-rule --out``); ``ValueError`` naming ``where``
+        and the field when it is not one."""
+        try:
+            rule = cls(**{k: float(d[k]) for k in ("brand", "cat", "co", "pop")},
+                       edges=tuple(float(e) for e in d["edges"]), co_strength=bool(d["co_strength"]))
+        except KeyError as e:
+            raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        if not 0 < len(rule.edges) < EVIDENCE_LEVELS or list(rule.edges) != sorted(set(rule.edges)):
+            raise ValueError(f"{where}: 'edges' must be 1 to {EVIDENCE_LEVELS - 1} increasing numbers, "
+                             f"not {d['edges']}")
+        return rule
+
 
 # v3 (every checkpoint before prompt v4, the served pair included): weights chosen on validation users
 # with 2-window links, edges from the validation score distribution (docs/design.md, "Prompt").
@@ -83,9 +103,16 @@ RULE_V4 = EvidenceRule(brand=5.0, cat=1.0, co=4.0, pop=0.15,
 SCAN = MATCH_SCAN  # history items (most recent first) summed over for brand/category matches
 
 
-def rule_for(vocab: Vocab) -> EvidenceRule:
-    """The rule of the prompt a vocabulary renders (``Vocab.co_strength``: v4)."""
-    return RULE_V4 if vocab.co_strength else RULE_V3
+def rule_for(vocab: Vocab, fitted: dict | None = None) -> EvidenceRule:
+    """The rule a model's traces follow: ``fitted`` (``ModelConfig.evidence_rule``, a rule fitted to its
+    catalog) when given, else the rule of the prompt its vocabulary renders (``Vocab.co_strength``: v4)."""
+    if fitted is None:
+        return RULE_V4 if vocab.co_strength else RULE_V3
+    rule = EvidenceRule.from_dict(fitted, "the checkpoint's evidence_rule")
+    if rule.co_strength != vocab.co_strength:
+        raise ValueError("the checkpoint's evidence_rule was fitted for another prompt version "
+                         f"(co_strength {rule.co_strength}, the vocabulary's {vocab.co_strength})")
+    return rule
 
 
 @dataclass

@@ -71,7 +71,7 @@ CATALOG = Catalog([
     Item("C4"),
 ])
 COUNTS = Counter({"C0": 5, "C1": 1, "C2": 5, "C3": 9})  # C4 never seen in training
-SOURCE = SimpleNamespace(catalog=CATALOG, counts=COUNTS)
+SOURCE = SimpleNamespace(catalog=CATALOG, counts=COUNTS, rule=None)  # rule: no fitted one, v4
 HISTORY = ["H2", "H1"]  # oldest first
 
 

@@ -20,6 +20,7 @@ import torch
 from dgr2.flags import positive_int
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.sft import encode
+from dgr2.recipe.traces import rule_for
 
 BANDS = ((1, 10), (11, 50), (51, None))  # answer ranks; None: to the last
 VIEWS = ("ar", "diffusion")
@@ -39,10 +40,12 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
     from dgr2.model.output_head import OutputHead
 
     head = OutputHead(model, vocab)
+    rule = rule_for(vocab, model.config.evidence_rule)
     sums: dict[tuple[str, str], list[float]] = {}
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(examples), batch_size):
-        encoded = [encode(vocab, source, ex, model.config.trace_len) for ex in examples[start: start + batch_size]]
+        encoded = [encode(vocab, source, ex, model.config.trace_len, rule=rule)
+                   for ex in examples[start: start + batch_size]]
         b = collate_diffusion(encoded, block, vocab.mask, vocab.pad, gen, vocab)
         hidden = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
         for i, enc in enumerate(encoded):
