@@ -4,10 +4,12 @@
 #   bash scripts/toys_cpu.sh data       the Toys folder with attribute 1 not a brand, in data/ (git-ignored)
 #   bash scripts/toys_cpu.sh transfer   the Beauty AR model moved onto the Toys catalog (`dgr2 model transfer`)
 #   bash scripts/toys_cpu.sh ar         AR fine-tuning on Toys from the transfer; resumable (niced; RUN/train.log)
+#   bash scripts/toys_cpu.sh rule       a copy of the Toys folder with its own evidence rule (`dgr2 fit-rule --out`)
+#   bash scripts/toys_cpu.sh ar-rule    the same AR fine-tuning on that copy: traces by the Toys rule (ar-rule-s0)
 #   bash scripts/toys_cpu.sh graft      the conversion's start: Toys AR + (Beauty CFT - its AR parent)
 #   bash scripts/toys_cpu.sh cft        the conversion (CFT) on Toys from the graft; resumable
-#   bash scripts/toys_cpu.sh snapshot ar|cft   the run's resumable state into candidates/runs/, to commit
-#   bash scripts/toys_cpu.sh status ar|cft
+#   bash scripts/toys_cpu.sh snapshot ar|ar-rule|cft   the run's resumable state into candidates/runs/, to commit
+#   bash scripts/toys_cpu.sh status ar|ar-rule|cft
 #
 # Budgets (steps of 16 sequences; AR_STEPS, CFT_STEPS): AR 250 (~4 s a step alone), CFT 300 (~12 s).
 # Models go to the `candidates` store under the name toys-gr2. TOYS_DIR: the S3-Rec Toys folder.
@@ -45,6 +47,19 @@ ar)
         --run-dir "$(run_of ar)" --steps "${AR_STEPS:-250}" --batch-size 16 --lr 3e-4 --warmup 10 \
         --eval-every 125 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of ar)"
     ;;
+rule)
+    [[ -f $DATA-rule/evidence-rule.json ]] && { echo "$DATA-rule exists"; exit 0; }
+    rm -rf "$DATA-rule.tmp" && cp -r "$DATA" "$DATA-rule.tmp"
+    nice "$DGR2" fit-rule --data-dir "$DATA" --fit-users 4000 --test-users 4000 --test-seeds 12345,1 \
+        --out "$DATA-rule.tmp/evidence-rule.json" && mv "$DATA-rule.tmp" "$DATA-rule"
+    ;;
+ar-rule)
+    join_saved "$(run_of ar-rule)" "$(saved_of ar-rule)"
+    nice "$DGR2" train ar --init-from "$NAME:transfer-ar-v4avg3" --store "$STORE" --name "$NAME" \
+        --data-dir "$DATA-rule" --version ar-rule-s0 --run-dir "$(run_of ar-rule)" --steps "${AR_STEPS:-250}" \
+        --batch-size 16 --lr 3e-4 --warmup 10 --eval-every 125 --val-users 100 --save-every 10 2>&1 \
+        | log_to "$(run_of ar-rule)"
+    ;;
 graft)
     # the AR run publishes ar-small-s0 (preset of its start, seed 0)
     nice "$DGR2" model graft "$STORE/$NAME/ar-small-s0" "$BEAUTY_CFT" "$BEAUTY_AR" --store "$STORE" --name "$NAME" \
@@ -57,11 +72,11 @@ cft)
         --answer-threshold 0 --eval-every 60 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of cft)"
     ;;
 snapshot|status)
-    [[ ${2:-} == ar || ${2:-} == cft ]] || { echo "usage: $0 $1 ar|cft" >&2; exit 2; }
+    [[ ${2:-} =~ ^(ar|ar-rule|cft)$ ]] || { echo "usage: $0 $1 ar|ar-rule|cft" >&2; exit 2; }
     if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"; else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 data|transfer|ar|graft|cft|snapshot ar|cft|status ar|cft" >&2
+    echo "usage: $0 data|transfer|ar|rule|ar-rule|graft|cft|snapshot RUN|status RUN (RUN: ar, ar-rule, cft)" >&2
     exit 2
     ;;
 esac

@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     def publish_ar(metrics: dict, steps: int):
         prov = Provenance(stage="ar", parent=parent, data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps})
-        return publish(args.store, args.name, f"ar-{args.preset}-s{args.seed}", ["ar"], model, vocab,
+        version = args.version or f"ar-{args.preset}-s{args.seed}"
+        return publish(args.store, args.name, version, ["ar"], model, vocab,
                        source.catalog, prov)
 
     stage = Stage("ar", model, loss, lambda: validate_with(model, vocab, source, args, "ar"), publish_ar)

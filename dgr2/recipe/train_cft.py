@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     def publish_cft(metrics: dict, steps: int):
         prov = Provenance(stage="cft", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps})
-        return publish(args.store, args.name, f"cft-{parent.path.name}", ["cft", "diffusion"], model, vocab,
+        version = args.version or f"cft-{parent.path.name}"
+        return publish(args.store, args.name, version, ["cft", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
     run_stage(Stage("cft", model, loss, validate, publish_cft), args, d, steps, peak_lr(args, DEFAULTS),

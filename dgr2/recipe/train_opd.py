@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward"})
-        return publish(args.store, args.name, f"opd-{parent.path.name}", ["opd", "diffusion"], model, vocab,
+        version = args.version or f"opd-{parent.path.name}"
+        return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
     stage = Stage("opd", model, loss, lambda: validate_with(model, vocab, source, args, "diffusion"),

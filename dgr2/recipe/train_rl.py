@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         prov = Provenance(stage="rl", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps, "group": args.group,
                                    "beta": args.beta, "invalid_penalty": args.invalid_penalty})
-        return publish(args.store, args.name, f"rl-{parent.path.name}", ["rl", "diffusion"], model, vocab,
+        version = args.version or f"rl-{parent.path.name}"
+        return publish(args.store, args.name, version, ["rl", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
     run_stage(Stage("rl", model, loss, validate, publish_rl), args, d, args.steps or DEFAULTS["steps"],

@@ -165,6 +165,8 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     run.add_argument("--run-dir", default=f"runs/{default_run}", help="resumable state and metrics log")
     run.add_argument("--store", default=None, help="model store root (default: $DGR2_STORE or the shipped store)")
     run.add_argument("--name", default=None, help="model name in the store (default beauty-gr2)")
+    run.add_argument("--version", default=None,
+                     help="version name in the store (default: the stage's, e.g. ar-small-s0 or cft-<parent>)")
     run.add_argument("--seed", type=int, default=0, help="training seed (example order, init)")
     run.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
     run.add_argument("--batch-size", type=positive_int, default=8, help="global batch (sequences per step)")
