@@ -99,7 +99,8 @@ def test_ar_training_keeps_the_folders_rule_in_the_checkpoint(tmp_path, synth, m
     p = argparse.ArgumentParser()
     train_ar.add_arguments(p)
     args = p.parse_args(["--synthetic", "--preset", "tiny", "--candidates", "5", "--trace-len", "12", "--steps", "2",
-                         "--eval-every", "2", "--val-users", "4", "--store", str(tmp_path / "store"), "--version", "ar-rule",
+                         "--eval-every", "2", "--val-users", "4", "--store", str(tmp_path / "store"),
+                         "--version", "ar-rule",
                          "--run-dir", str(tmp_path / "run"), "--fresh"])
     assert train_ar.run(args) == 0
     ckpt = load_checkpoint(ModelStore(tmp_path / "store").resolve("beauty-gr2", "ar"))
