@@ -61,9 +61,13 @@ def distill_targets(batch: DiffusionBatch, rows: list[Encoded], t_logits: list[t
 
 
 def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: torch.Tensor,
-            t_banned: torch.Tensor, total_weight: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+            t_banned: torch.Tensor, total_weight: torch.Tensor, reverse: bool = False,
+            validity_weight: float = 0.0) -> torch.Tensor:
     """Weighted KL between teacher and student at the student's supervised outputs
-    (forward KL(p_T || p_S) by default; ``reverse`` gives KL(p_S || p_T))."""
+    (forward KL(p_T || p_S) by default; ``reverse`` gives KL(p_S || p_T)). The KL is over the slots
+    neither side bans, so it says nothing about the student's mass on banned ones: ``validity_weight``
+    adds ``-log P_S(a slot its own rule allows)``, the term CFT's ``--validity-weight`` trains, so that
+    distillation keeps the validity a conversion learned."""
     sel = batch.weights > 0
     s_logits = head(h[sel])
     ban = torch.zeros_like(s_logits, dtype=torch.bool)
@@ -74,4 +78,9 @@ def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: 
     log_t = F.log_softmax(t_logits[sel].masked_fill(ban, float("-inf")), dim=-1).masked_fill(ban, 0.0)
     p, log_p, log_q = (log_s.exp(), log_s, log_t) if reverse else (log_t.exp(), log_t, log_s)
     kl = (p.masked_fill(ban, 0.0) * (log_p - log_q)).sum(dim=-1)
+    if validity_weight:
+        own = torch.zeros_like(ban)
+        own[:, head.slot_cols] = batch.banned[sel]
+        allowed = torch.logsumexp(s_logits.masked_fill(own, float("-inf")), -1)
+        kl = kl + validity_weight * (torch.logsumexp(s_logits, -1) - allowed)
     return (kl * batch.weights[sel]).sum() / total_weight

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from dgr2.flags import at_least
+from dgr2.flags import at_least, non_negative
 from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="beauty-gr2:ar", help="frozen AR teacher: NAME[:VERSION_OR_ALIAS] or a folder")
     p.add_argument("--reverse-kl", action="store_true", help="KL(student || teacher) instead of KL(teacher || student)")
     p.add_argument("--warmup", type=at_least(0), default=10, help="warm-up steps")
+    p.add_argument("--validity-weight", type=non_negative, default=0.0,
+                   help="weight of -log P(an allowed slot) beside the KL, as in `dgr2 train cft` (the KL alone, "
+                        "taken over allowed slots, lets the student's mass on banned ones drift); with a weight "
+                        "above 0 each validation also decodes unconstrained")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         b = collate_diffusion(rows, S, vocab.mask, vocab.pad, gen, vocab)
         t_logits, t_banned = distill_targets(b, rows, teacher_logits(teacher, t_head, rows, vocab.pad), vocab)
         h = hidden(b.ids, positions=b.positions, mask=b.mask)
-        return kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl)
+        return kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl,
+                       validity_weight=args.validity_weight)
 
     def publish_opd(metrics: dict, steps: int):
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
@@ -80,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
-    stage = Stage("opd", model, loss, lambda: validate_with(model, vocab, source, args, "diffusion"),
-                  publish_opd)
+    def validate() -> dict:
+        return validate_with(model, vocab, source, args, "diffusion", unconstrained=args.validity_weight > 0)
+
+    stage = Stage("opd", model, loss, validate, publish_opd)
     run_stage(stage, args, d, args.steps or DEFAULTS["steps"], peak_lr(args, DEFAULTS), args.warmup)
     teardown_distributed()
     return 0

@@ -153,3 +153,26 @@ def test_a_token_the_row_excludes_scores_zero_not_minus_infinity(tiny, synth):
                             b, sel)
     slot_target = torch.tensor([[vocab.slot_of(int(t)) is not None for t in r] for r in b.targets]) & sel
     assert slot_target.any() and torch.isfinite(lp).all() and (lp[slot_target] == 0).all()
+
+
+def test_the_validity_term_adds_the_students_own_mass_on_banned_slots(tiny, synth):
+    """With a validity weight, OPD's loss is the KL plus w x -log P_S(allowed) at the same outputs: the term
+    the KL (taken over allowed slots) cannot see."""
+    import torch.nn.functional as F
+
+    model, vocab = tiny
+    rows = rows_of(vocab, synth)
+    b = collate_diffusion(rows, S, vocab.mask, vocab.pad, torch.Generator().manual_seed(2), vocab)
+    head = OutputHead(model, vocab)
+    t, t_ban = distill_targets(b, rows, teacher_logits(model, head, rows, vocab.pad), vocab)
+    with torch.no_grad():
+        h = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
+        total = b.weights.sum()
+        plain = kl_loss(head, h, b, t, t_ban, total)
+        heavy = kl_loss(head, h, b, t, t_ban, total, validity_weight=2.0)
+        sel = b.weights > 0
+        probs = F.softmax(head(h[sel]), -1)[:, head.slot_cols]
+        allowed = 1 - (probs * b.banned[sel]).sum(-1)
+        expected = plain + 2.0 * (-allowed.log() * b.weights[sel]).sum() / total
+    assert bool(b.banned[sel].any()) and float(heavy) > float(plain)
+    torch.testing.assert_close(heavy, expected, atol=1e-4, rtol=1e-4)
