@@ -32,6 +32,12 @@ class OutputHead:
         w = self.model.lm_head.weight.index_select(0, self.ids) if self.differentiable else self._weight
         return F.linear(h, w.to(h.dtype)).float()
 
+    def slot_mask(self, banned: torch.Tensor) -> torch.Tensor:
+        """``[N, MAX_SLOTS]`` banned slots -> ``[N, n_out]`` banned columns (every other token allowed)."""
+        mask = torch.zeros(banned.shape[0], self.ids.numel(), dtype=torch.bool, device=banned.device)
+        mask[:, self.slot_cols] = banned
+        return mask
+
     def col(self, token_id: int) -> int:
         return int(self.col_of[token_id])
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import DiffusionBatch
 from dgr2.recipe.sft import Encoded, slot_exclusions
+from dgr2.recipe.train_ar import banned_nll
 
 
 def completion_index(batch: DiffusionBatch, rows: list[Encoded]) -> torch.Tensor:
@@ -70,8 +71,7 @@ def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: 
     distillation keeps the validity a conversion learned."""
     sel = batch.weights > 0
     s_logits = head(h[sel])
-    ban = torch.zeros_like(s_logits, dtype=torch.bool)
-    ban[:, head.slot_cols] = batch.banned[sel] | t_banned[sel]
+    ban = head.slot_mask(batch.banned[sel] | t_banned[sel])
     # banned entries get log-probability 0 after the softmax, not -inf: a ``where`` over -inf terms
     # still back-propagates NaN (0 * inf), which made every reverse-KL step non-finite (skipped)
     log_s = F.log_softmax(s_logits.masked_fill(ban, float("-inf")), dim=-1).masked_fill(ban, 0.0)
@@ -79,8 +79,5 @@ def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: 
     p, log_p, log_q = (log_s.exp(), log_s, log_t) if reverse else (log_t.exp(), log_t, log_s)
     kl = (p.masked_fill(ban, 0.0) * (log_p - log_q)).sum(dim=-1)
     if validity_weight:
-        own = torch.zeros_like(ban)
-        own[:, head.slot_cols] = batch.banned[sel]
-        allowed = torch.logsumexp(s_logits.masked_fill(own, float("-inf")), -1)
-        kl = kl + validity_weight * (torch.logsumexp(s_logits, -1) - allowed)
+        kl = kl + validity_weight * banned_nll(s_logits, head.slot_mask(batch.banned[sel]))
     return (kl * batch.weights[sel]).sum() / total_weight

@@ -34,9 +34,7 @@ def scored_outputs(batch: DiffusionBatch, rows: list[Encoded], block: int) -> to
 def token_logprobs(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, sel: torch.Tensor) -> torch.Tensor:
     """``[B, L]``: log p(target) at the selected outputs (0 elsewhere), under the decoder's slot exclusions."""
     logits = head(h[sel])
-    ban = torch.zeros_like(logits, dtype=torch.bool)
-    ban[:, head.slot_cols] = batch.banned[sel]
-    logp = F.log_softmax(logits.masked_fill(ban, float("-inf")), dim=-1)
+    logp = F.log_softmax(logits.masked_fill(head.slot_mask(batch.banned[sel]), float("-inf")), dim=-1)
     cols = head.col_of[batch.targets[sel]]
     picked = logp.gather(1, cols[:, None])[:, 0]
     # a sampled token the row's exclusions rule out (the decoder's section boundary is decided on the

@@ -67,15 +67,17 @@ def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weight
     if bool((cols < 0).any()):
         raise ValueError("a completion target lies outside the output vocabulary")
     logits = head(h[sel])
-    ce_target = logits
-    if banned is not None:
-        mask = torch.zeros_like(logits, dtype=torch.bool)
-        mask[:, head.slot_cols] = banned[sel]
-        ce_target = logits.masked_fill(mask, float("-inf"))
-    ce = F.cross_entropy(ce_target, cols, reduction="none")
-    if banned is not None and validity_weight:
-        ce = ce + validity_weight * (torch.logsumexp(logits, -1) - torch.logsumexp(ce_target, -1))
+    mask = head.slot_mask(banned[sel]) if banned is not None else torch.zeros_like(logits, dtype=torch.bool)
+    ce = F.cross_entropy(logits.masked_fill(mask, float("-inf")), cols, reduction="none")
+    if validity_weight:
+        ce = ce + validity_weight * banned_nll(logits, mask)
     return (ce * weights[sel]).sum() / total_weight
+
+
+def banned_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``-log P(a token mask allows)`` per row, ``-log(1 - p_banned)``: the validity term of the CFT and OPD
+    losses (the probability a model puts on slots the decoder's constraint would have to exclude)."""
+    return torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(mask, float("-inf")), -1)
 
 
 def global_weight(d: Dist, weights: torch.Tensor) -> torch.Tensor:
