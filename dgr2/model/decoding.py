@@ -56,10 +56,14 @@ class DecodeConfig:
 
     @classmethod
     def for_model(cls, config: ModelConfig, **overrides) -> DecodeConfig:
-        """The checkpoint's own block size and thresholds, with every override that is not ``None``."""
+        """The checkpoint's own block size and thresholds, with every override that is not ``None``. An
+        unconstrained decode (``constrain_answer=False``) leaves the checkpoint's answer threshold out: the
+        answer section it applies to comes from the constraint."""
         fields = {"block_size": config.block_size, "threshold": config.threshold,
                   "answer_threshold": config.answer_threshold}
         fields.update({k: v for k, v in overrides.items() if v is not None})
+        if not fields.get("constrain_answer", True) and overrides.get("answer_threshold") is None:
+            fields["answer_threshold"] = None
         return cls(**fields)
 
 

@@ -207,13 +207,10 @@ def eval_result(args: argparse.Namespace) -> dict:
     decoder = args.decoder or ckpt.config.decoder
     if args.trace_len:
         ckpt.model.config = ckpt.model.config.replace(trace_len=args.trace_len)
-    model_cfg = ckpt.config
-    trace_len = model_cfg.trace_len
-    if args.unconstrained:
-        if args.answer_threshold is not None:
-            raise SystemExit("dgr2 eval: --answer-threshold needs the answer constraint; drop --unconstrained")
-        model_cfg = model_cfg.replace(answer_threshold=None)  # it is defined by the constraint's sections
-    cfg = DecodeConfig.for_model(model_cfg, max_new_tokens=completion_budget(trace_len, args.candidates),
+    trace_len = ckpt.config.trace_len
+    if args.unconstrained and args.answer_threshold is not None:
+        raise SystemExit("dgr2 eval: --answer-threshold needs the answer constraint; drop --unconstrained")
+    cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=completion_budget(trace_len, args.candidates),
                                  block_size=args.block_size, threshold=args.threshold,
                                  answer_threshold=args.answer_threshold, constrain_answer=not args.unconstrained,
                                  causal_first_rank=args.causal_first_rank, answer_claims=args.answer_claims,

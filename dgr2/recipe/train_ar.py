@@ -96,9 +96,7 @@ def validate_with(model, vocab, source, args, decoder: str, unconstrained: bool 
     cfg = DecodeConfig.for_model(model.config, max_new_tokens=budget)
     val = evaluate(Reranker(model, vocab, source.catalog, decoder, cfg), examples, batch_size=50, progress=False)
     if unconstrained:
-        # the answer threshold needs the constraint's answer section, so the free decode runs at the threshold
-        free = DecodeConfig(max_new_tokens=budget, block_size=cfg.block_size, threshold=cfg.threshold,
-                            constrain_answer=False)
+        free = DecodeConfig.for_model(model.config, max_new_tokens=budget, constrain_answer=False)
         val["unconstrained"] = evaluate(Reranker(model, vocab, source.catalog, decoder, free), examples,
                                         batch_size=50, progress=False)
         probe = banned_slot_mass(model, vocab, source, examples[:PROBE_USERS], cfg.block_size)

@@ -164,6 +164,9 @@ def test_ship_stores_decode_thresholds_that_decoding_then_uses(tmp_path, catalog
     cfg = DecodeConfig.for_model(ckpt.config, max_new_tokens=64)
     assert (cfg.threshold, cfg.answer_threshold) == (0.8, 0.0)
     assert DecodeConfig.for_model(load_checkpoint(src.resolve("m", "diffusion")).config).answer_threshold is None
+    # without the constraint there is no answer section for the stored answer threshold to apply to
+    free = DecodeConfig.for_model(ckpt.config, max_new_tokens=64, constrain_answer=False)
+    assert (free.threshold, free.answer_threshold, free.constrain_answer) == (0.8, None, False)
 
 
 def test_average_is_the_fp32_mean_and_names_its_sources(tmp_path, catalog, capsys):
