@@ -80,6 +80,13 @@ class TrainStream:
             raise ValueError("no training prefixes: sequences need at least 4 items")
         self.seed = seed
 
+    @classmethod
+    def for_model(cls, vocab: Vocab, source: Source, num_candidates: int, config: ModelConfig,
+                  seed: int) -> TrainStream:
+        """The stream a training stage feeds a model: its trace length and its evidence rule
+        (:func:`trace_rule`), both from its config."""
+        return cls(vocab, source, num_candidates, config.trace_len, seed, trace_rule(config, vocab, source))
+
     def examples(self, step: int, batch_size: int) -> list[tuple[Example, list[str]]]:
         """The step's global batch as (example, the user's training sequence) pairs."""
         rng = random.Random(f"{self.seed}:{step}")

@@ -24,7 +24,7 @@ from dgr2.recipe.data import eval_examples, load_source
 from dgr2.recipe.evals.slot_mass import VIEWS, banned_slot_mass
 from dgr2.recipe.evaluate import evaluate
 from dgr2.recipe.prefetch import Prefetcher
-from dgr2.recipe.sft import TrainStream, collate, trace_rule
+from dgr2.recipe.sft import TrainStream, collate
 from dgr2.recipe.trainer import (
     Dist,
     Stage,
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     # AR training teaches the trace: by the data folder's own rule when it has one (kept in config.json)
     model.config = model.config.replace(evidence_rule=source.rule)
-    stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed, trace_rule(model.config, vocab, source))
+    stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     dev = training_device(args)
     head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
     steps = args.steps or DEFAULTS["steps"]

@@ -22,7 +22,7 @@ from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.prefetch import Prefetcher
-from dgr2.recipe.sft import TrainStream, trace_rule
+from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import global_weight, validate_with, weighted_ce
 from dgr2.recipe.trainer import (
     Stage,
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     block = model.config.block_size  # training's blocks are the decoder's
     source = load_source(args.data_dir, args.synthetic)
-    stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed, trace_rule(model.config, vocab, source))
+    stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     dev = training_device(args)
     head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
     steps = args.steps or DEFAULTS["steps"]

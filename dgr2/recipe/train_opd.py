@@ -22,7 +22,7 @@ from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.distill import distill_targets, kl_loss, teacher_logits
 from dgr2.recipe.rollouts import decode_rollouts
-from dgr2.recipe.sft import TrainStream, trace_rule
+from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import global_weight, validate_with
 from dgr2.recipe.trainer import (
     Stage,
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     trace_len = args.trace_len or parent.config.trace_len
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     source = load_source(args.data_dir, args.synthetic)
-    stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed, trace_rule(model.config, vocab, source))
+    stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     head = OutputHead(model, vocab, differentiable=True)
     t_head = OutputHead(teacher, vocab)
     cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))

@@ -27,7 +27,7 @@ from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.policy import scored_outputs, token_logprobs
 from dgr2.recipe.rollouts import Rollout, decode_rollouts
-from dgr2.recipe.sft import TrainStream, trace_rule
+from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import validate_with
 from dgr2.recipe.trainer import (
     Stage,
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     trace_len = args.trace_len or parent.config.trace_len
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
     source = load_source(args.data_dir, args.synthetic)
-    stream = TrainStream(vocab, source, args.candidates, trace_len, args.seed, trace_rule(model.config, vocab, source))
+    stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
     S = model.config.block_size
     rewards_log: list[float] = []
