@@ -29,25 +29,25 @@ def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
 positive_int = at_least(1)
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
+def number_in(low: float, high: float | None = None) -> Callable[[str], float]:
+    """A number in ``[low, high]`` (no upper bound when ``high`` is None; nan refused)."""
+    span = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {text!r}") from None
+        if not (value >= low and (high is None or value <= high)):  # written so that nan fails
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {value}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
 
 
-def non_negative(text: str) -> float:
-    """A number >= 0 (loss weights)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+fraction = number_in(0.0, 1.0)  # thresholds
+non_negative = number_in(0.0)  # loss weights
 
 
 def add_pass_economy_arguments(p: argparse.ArgumentParser) -> None:
