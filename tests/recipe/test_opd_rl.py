@@ -42,14 +42,19 @@ def test_teacher_targets_are_the_teachers_causal_logits_at_each_predicted_token(
             torch.testing.assert_close(t[i, j], full[e.prompt_len - 1 + q], atol=1e-4, rtol=1e-4)
 
 
-def test_kl_is_zero_on_the_clean_stream_when_student_is_teacher_and_positive_on_masked_outputs(tiny, synth):
-    model, vocab = tiny
+@torch.no_grad()
+def self_distillation(model, vocab, synth, seed: int):
+    """The model as its own teacher on two rows: (rows, batch, head, teacher logits, teacher bans, hidden states)."""
     rows = rows_of(vocab, synth)
-    b = collate_diffusion(rows, S, vocab.mask, vocab.pad, torch.Generator().manual_seed(1), vocab)
+    b = collate_diffusion(rows, S, vocab.mask, vocab.pad, torch.Generator().manual_seed(seed), vocab)
     head = OutputHead(model, vocab)
     t, t_ban = distill_targets(b, rows, teacher_logits(model, head, rows, vocab.pad), vocab)
-    with torch.no_grad():
-        h = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
+    return rows, b, head, t, t_ban, model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
+
+
+def test_kl_is_zero_on_the_clean_stream_when_student_is_teacher_and_positive_on_masked_outputs(tiny, synth):
+    model, vocab = tiny
+    rows, b, head, t, t_ban, h = self_distillation(model, vocab, synth, seed=1)
     clean = copy.copy(b)
     clean.weights = b.weights.clone()
     clean.weights[:, max(len(e.ids) for e in rows):] = 0  # keep only the clean stream
@@ -161,12 +166,8 @@ def test_the_validity_term_adds_the_students_own_mass_on_banned_slots(tiny, synt
     import torch.nn.functional as F
 
     model, vocab = tiny
-    rows = rows_of(vocab, synth)
-    b = collate_diffusion(rows, S, vocab.mask, vocab.pad, torch.Generator().manual_seed(2), vocab)
-    head = OutputHead(model, vocab)
-    t, t_ban = distill_targets(b, rows, teacher_logits(model, head, rows, vocab.pad), vocab)
+    _, b, head, t, t_ban, h = self_distillation(model, vocab, synth, seed=2)
     with torch.no_grad():
-        h = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
         total = b.weights.sum()
         plain = kl_loss(head, h, b, t, t_ban, total)
         heavy = kl_loss(head, h, b, t, t_ban, total, validity_weight=2.0)
