@@ -35,7 +35,7 @@ import bisect
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from dgr2.model.catalog import Catalog
 from dgr2.model.config import DEFAULT_TRACE_LEN
@@ -72,8 +72,8 @@ class EvidenceRule:
         return min(EVIDENCE_LEVELS - 1, bisect.bisect_right(self.edges, score))
 
     def to_dict(self) -> dict:
-        return {"brand": self.brand, "cat": self.cat, "co": self.co, "pop": self.pop, "edges": list(self.edges),
-                "co_strength": self.co_strength}
+        """As JSON holds it (edges a list), so a rule read back from a file compares equal."""
+        return {**asdict(self), "edges": list(self.edges)}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "evidence rule") -> EvidenceRule:
