@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import DiffusionBatch
+from dgr2.recipe.losses import banned_nll
 from dgr2.recipe.sft import Encoded, slot_exclusions
-from dgr2.recipe.train_ar import banned_nll
 
 
 def completion_index(batch: DiffusionBatch, rows: list[Encoded]) -> torch.Tensor:

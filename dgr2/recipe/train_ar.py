@@ -23,6 +23,7 @@ from dgr2.model.output_head import OutputHead
 from dgr2.recipe.data import eval_examples, load_source
 from dgr2.recipe.evals.slot_mass import VIEWS, banned_slot_mass
 from dgr2.recipe.evaluate import evaluate
+from dgr2.recipe.losses import banned_nll
 from dgr2.recipe.prefetch import Prefetcher
 from dgr2.recipe.sft import TrainStream, collate
 from dgr2.recipe.trainer import (
@@ -72,12 +73,6 @@ def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weight
     if validity_weight:
         ce = ce + validity_weight * banned_nll(logits, mask)
     return (ce * weights[sel]).sum() / total_weight
-
-
-def banned_nll(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``-log P(a token mask allows)`` per row, ``-log(1 - p_banned)``: the validity term of the CFT and OPD
-    losses (the probability a model puts on slots the decoder's constraint would have to exclude)."""
-    return torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(mask, float("-inf")), -1)
 
 
 def global_weight(d: Dist, weights: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from dgr2.flags import positive_int
 from dgr2.recipe.block_diffusion import collate_diffusion
+from dgr2.recipe.distill import completion_index
 from dgr2.recipe.sft import encode
 from dgr2.recipe.traces import rule_for
 
@@ -48,8 +49,9 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
                    for ex in examples[start: start + batch_size]]
         b = collate_diffusion(encoded, block, vocab.mask, vocab.pad, gen, vocab)
         hidden = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
+        predicts = completion_index(b, encoded)
         for i, enc in enumerate(encoded):
-            rows, ranks, views = answer_outputs(vocab, enc, b.weights[i])
+            rows, ranks, views = answer_outputs(vocab, enc, b.weights[i], predicts[i])
             if not rows:
                 continue
             logits = head(hidden[i, rows])
@@ -68,22 +70,19 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
                    for (v, band), (n, m, t) in sorted(sums.items()) if v == view} for view in VIEWS}
 
 
-def answer_outputs(vocab, enc, weights: torch.Tensor) -> tuple[list[int], list[int], list[str]]:
+def answer_outputs(vocab, enc, weights: torch.Tensor, predicts: torch.Tensor) -> tuple[list[int], list[int], list[str]]:
     """The outputs of one row that predict an answer slot with a loss on them: (row index, rank, view).
-    Row layout of :mod:`recipe.block_diffusion`: the clean stream's output at ``P - 1 + j`` and each noisy
-    copy's at ``offset + j - 1`` predict completion token ``j``."""
+    ``predicts``: the completion token each output predicts (:func:`recipe.distill.completion_index`); the
+    clean stream (the row's first ``len(enc.ids)`` outputs) is the AR view, the noisy copies the block view."""
     comp = enc.ids[enc.prompt_len:]
-    T, C = len(enc.ids), len(comp)
-    first = comp.index(vocab.answer) + 1 if vocab.answer in comp else C
+    first = comp.index(vocab.answer) + 1 if vocab.answer in comp else len(comp)
     rows, ranks, views = [], [], []
-    for j in range(first, C):
-        if vocab.slot_of(comp[j]) is None:
-            continue
-        for view, idx in (("ar", enc.prompt_len - 1 + j), ("diffusion", T + j - 1), ("diffusion", T + C + j - 1)):
-            if weights[idx] > 0:
-                rows.append(idx)
-                ranks.append(j - first + 1)
-                views.append(view)
+    for idx in ((weights > 0) & (predicts >= first)).nonzero().squeeze(1).tolist():
+        j = int(predicts[idx])
+        if vocab.slot_of(comp[j]) is not None:
+            rows.append(idx)
+            ranks.append(j - first + 1)
+            views.append("ar" if idx < len(enc.ids) else "diffusion")
     return rows, ranks, views
 
 
