@@ -5,7 +5,12 @@
 #   bash scripts/beauty_cpu.sh opd                 on-policy distillation from the served AR model (runs/opd-v4avg3)
 #   bash scripts/beauty_cpu.sh validity            CFT continued with validity weighted above the ranking, so the
 #                                                  model itself writes valid rankings (runs/validity-v4avg3)
-#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity): its resumable state into candidates/runs/, to commit
+#   bash scripts/beauty_cpu.sh opd-free            OPD on the model's own unconstrained answers, validity weighted, from
+#                                                  the validity candidate (runs/opd-free-v4avg3)
+#   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not change,
+#                                                  from the validity candidate (runs/rl-free-v4avg3)
+#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-free, rl-free): its resumable state into
+#                                                  candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
 #
 # Each run starts, or continues from the newest saved state (here or in the repository), niced, its output in
@@ -13,7 +18,8 @@
 # The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
 # OPD_STEPS (200), OPD_BATCH (8), OPD_LR (3e-5: at 3e-4 the student collapsed within 50 steps), VAL_USERS (100);
-# VALIDITY_STEPS (300), VALIDITY_WEIGHT (4), VALIDITY_LR (3e-4). Results go to the candidates store.
+# VALIDITY_STEPS (300), VALIDITY_WEIGHT (4), VALIDITY_LR (3e-4); RL_STEPS (150), RL_BATCH (4), RL_GROUP (4),
+# RL_LR (1e-5), RL_PENALTY (1). Results go to the candidates store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/run_state.sh
@@ -21,6 +27,7 @@ source scripts/lib/run_state.sh
 export DGR2_DATA_DIR PYTHONUNBUFFERED=1
 # the served pair, by folder (the store aliases move when a new pair ships)
 AR=dgr2/model_store/beauty-gr2/ar-small-v4avg3 CFT=dgr2/model_store/beauty-gr2/cft-graft-v4avg3
+VALIDITY=candidates/beauty-gr2/cft-validity-v4avg3  # the served conversion + 300 CFT steps at validity weight 4
 DGR2=${DGR2:-.venv/bin/dgr2}
 run_of() { echo "runs/$1-v4avg3"; }
 saved_of() { echo "candidates/runs/$1-v4avg3"; }
@@ -39,12 +46,26 @@ validity)
         --validity-weight "${VALIDITY_WEIGHT:-4}" --eval-every 50 --val-users "${VAL_USERS:-100}" --save-every 5 \
         2>&1 | log_to "$(run_of validity)"
     ;;
+opd-free)
+    join_saved "$(run_of opd-free)" "$(saved_of opd-free)"
+    nice "$DGR2" train opd --from "$VALIDITY" --teacher "$AR" --store candidates --run-dir "$(run_of opd-free)" \
+        --version opd-free-v4avg3 --reverse-kl --unconstrained-rollouts --validity-weight "${VALIDITY_WEIGHT:-4}" \
+        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-200}" --lr "${OPD_LR:-3e-5}" --warmup 10 --eval-every 50 \
+        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd-free)"
+    ;;
+rl-free)
+    join_saved "$(run_of rl-free)" "$(saved_of rl-free)"
+    nice "$DGR2" train rl --from "$VALIDITY" --store candidates --run-dir "$(run_of rl-free)" --version rl-free-v4avg3 \
+        --unconstrained-rollouts --invalid-penalty "${RL_PENALTY:-1}" --batch-size "${RL_BATCH:-4}" \
+        --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every 50 \
+        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of rl-free)"
+    ;;
 snapshot|status)
-    [[ ${2:-} == opd || ${2:-} == validity ]] || { echo "usage: $0 $1 opd|validity" >&2; exit 2; }
+    [[ ${2:-} =~ ^(opd|validity|opd-free|rl-free)$ ]] || { echo "usage: $0 $1 opd|validity|opd-free|rl-free" >&2; exit 2; }
     if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"; else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 opd|validity|snapshot RUN|status RUN" >&2
+    echo "usage: $0 opd|validity|opd-free|rl-free|snapshot RUN|status RUN" >&2
     exit 2
     ;;
 esac

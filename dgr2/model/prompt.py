@@ -154,6 +154,15 @@ class AnswerParse:
     def valid(self) -> bool:
         return not self.malformed and self.duplicates == 0 and self.out_of_set == 0 and self.missing == 0
 
+    @property
+    def wrong_fraction(self) -> float:
+        """The share of the ``num_slots`` ranks a repair has to change: ranks naming a used or foreign slot,
+        or slots never named, whichever is more (a short answer misses slots without repeating any); 1 when
+        malformed. 0 exactly when valid, so a reward can grade how far an answer is from a permutation."""
+        if self.malformed:
+            return 1.0
+        return min(1.0, max(self.duplicates + self.out_of_set, self.missing) / max(1, self.num_slots))
+
 
 def parse_answer(vocab: Vocab, continuation: Sequence[int], num_slots: int) -> AnswerParse:
     """Classify the answer of a decoded continuation.

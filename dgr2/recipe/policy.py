@@ -31,10 +31,14 @@ def scored_outputs(batch: DiffusionBatch, rows: list[Encoded], block: int) -> to
     return sel
 
 
-def token_logprobs(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, sel: torch.Tensor) -> torch.Tensor:
-    """``[B, L]``: log p(target) at the selected outputs (0 elsewhere), under the decoder's slot exclusions."""
+def token_logprobs(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, sel: torch.Tensor,
+                   constrained: bool = True) -> torch.Tensor:
+    """``[B, L]``: log p(target) at the selected outputs (0 elsewhere), under the decoder's slot exclusions,
+    or (``constrained=False``, for rollouts decoded without them) under the model's whole softmax."""
     logits = head(h[sel])
-    logp = F.log_softmax(logits.masked_fill(head.slot_mask(batch.banned[sel]), float("-inf")), dim=-1)
+    if constrained:
+        logits = logits.masked_fill(head.slot_mask(batch.banned[sel]), float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)
     cols = head.col_of[batch.targets[sel]]
     picked = logp.gather(1, cols[:, None])[:, 0]
     # a sampled token the row's exclusions rule out (the decoder's section boundary is decided on the

@@ -1,15 +1,19 @@
 """On-policy rollouts for OPD and RL: the student decodes training prompts with the inference
 decoder, and each decoded sequence becomes a training row (:class:`recipe.sft.Encoded`) and a reward.
 
-Reward (RL): NDCG@10 of the guarded ranking, minus ``invalid_penalty`` when the raw answer was not
-a valid permutation, so the policy is paid for rankings that need no repair.
+Reward (RL): NDCG@10 of the guarded ranking, minus ``invalid_penalty`` times the share of ranks the
+guard had to change (:attr:`model.prompt.AnswerParse.wrong_fraction`), so the policy is paid for
+rankings that need no repair, and for each rank closer to one. The penalty acts only on rollouts
+decoded without the answer constraint (``--unconstrained-rollouts``): the constrained decoder
+cannot write an invalid answer.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
-from dgr2.model.decoding import DecodeConfig
+from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.diffusion_decoder import decode_diffusion
 from dgr2.model.guard import guard
 from dgr2.model.prompt import parse_answer, render_prompt
@@ -26,9 +30,24 @@ class Rollout:
     target_slot: int
     valid_raw: bool
     ndcg10: float
+    wrong_fraction: float = 0.0  # share of the ranks the guard changed (0 when valid_raw)
 
     def reward(self, invalid_penalty: float) -> float:
-        return self.ndcg10 - (0.0 if self.valid_raw else invalid_penalty)
+        return self.ndcg10 - invalid_penalty * self.wrong_fraction
+
+
+def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unconstrained-rollouts", action="store_true",
+                   help="decode the rollouts without the answer constraint, so the model trains on the answers "
+                        "it writes by itself, duplicates included (validity learned, not imposed); each "
+                        "validation then also decodes unconstrained")
+
+
+def rollout_config(config, trace_len: int, candidates: int, args: argparse.Namespace, **sampling) -> DecodeConfig:
+    """The rollouts' decoding: the model's own block size and thresholds, a whole completion's budget, with or
+    without the answer constraint as ``args`` say."""
+    return DecodeConfig.for_model(config, max_new_tokens=completion_budget(trace_len, candidates),
+                                  constrain_answer=not args.unconstrained_rollouts, **sampling)
 
 
 def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch: list[tuple[Example, list[str]]],
@@ -52,5 +71,5 @@ def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch
         rank = ranking.index(ex.target_slot)  # 0-based, as recipe.metrics counts
         start = len(ids) + (parse.start + 1 if parse.start is not None else len(res.tokens))
         row = Encoded(list(ids) + list(res.tokens), len(ids), min(start, len(ids) + len(res.tokens) - 1), k)
-        out.append(Rollout(row, ex.target_slot, parse.valid, ndcg_at(rank, 10)))
+        out.append(Rollout(row, ex.target_slot, parse.valid, ndcg_at(rank, 10), parse.wrong_fraction))
     return out

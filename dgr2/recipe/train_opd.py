@@ -3,7 +3,8 @@
     dgr2 train opd --from beauty-gr2:cft --teacher beauty-gr2:ar --data-dir ../shared/data/amazon-beauty
 
 Each step the student decodes a batch of training prompts with the block-diffusion decoder (greedy,
-its own block size and threshold), the teacher scores those exact sequences in one causal pass,
+its own block size and threshold; without the answer constraint with ``--unconstrained-rollouts``, so it
+also learns on the duplicates it writes by itself), the teacher scores those exact sequences in one causal pass,
 and the student is trained on the teacher's per-token distributions at its masked positions
 (:mod:`recipe.distill`; forward KL, ``--reverse-kl`` for reverse). The result is stored with the
 aliases ``opd`` and ``diffusion``.
@@ -16,12 +17,11 @@ import argparse
 import torch
 
 from dgr2.flags import at_least, non_negative
-from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.distill import distill_targets, kl_loss, teacher_logits
-from dgr2.recipe.rollouts import decode_rollouts
+from dgr2.recipe.rollouts import add_rollout_arguments, decode_rollouts, rollout_config
 from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import global_weight, validate_with
 from dgr2.recipe.trainer import (
@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of -log P(an allowed slot) beside the KL, as in `dgr2 train cft` (the KL alone, "
                         "taken over allowed slots, lets the student's mass on banned ones drift); with a weight "
                         "above 0 each validation also decodes unconstrained")
+    add_rollout_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     head = OutputHead(model, vocab, differentiable=True)
     t_head = OutputHead(teacher, vocab)
-    cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates))
+    cfg = rollout_config(model.config, trace_len, args.candidates, args)
     S = model.config.block_size
 
     def loss(step: int, hidden) -> torch.Tensor:
@@ -80,13 +81,16 @@ def run(args: argparse.Namespace) -> int:
     def publish_opd(metrics: dict, steps: int):
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps,
-                                   "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward"})
+                                   "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward",
+                                   "validity_weight": args.validity_weight,
+                                   "rollouts": "unconstrained" if args.unconstrained_rollouts else "constrained"})
         version = args.version or f"opd-{parent.path.name}"
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
 
     def validate() -> dict:
-        return validate_with(model, vocab, source, args, "diffusion", unconstrained=args.validity_weight > 0)
+        return validate_with(model, vocab, source, args, "diffusion",
+                             unconstrained=args.validity_weight > 0 or args.unconstrained_rollouts)
 
     stage = Stage("opd", model, loss, validate, publish_opd)
     run_stage(stage, args, d, args.steps or DEFAULTS["steps"], peak_lr(args, DEFAULTS), args.warmup)

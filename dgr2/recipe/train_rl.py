@@ -4,7 +4,9 @@
 
 Each step takes ``--batch-size`` training prompts and samples ``--group`` rollouts of each with the
 block-diffusion decoder (temperature ``--temperature``). Reward: NDCG@10 of the guarded ranking
-minus ``--invalid-penalty`` when the raw answer was invalid (:mod:`recipe.rollouts`). Advantages
+minus ``--invalid-penalty`` times the share of ranks the guard had to repair (:mod:`recipe.rollouts`;
+only rollouts decoded with ``--unconstrained-rollouts`` can be invalid, and their log-probabilities are then
+taken under the whole softmax, as they were sampled). Advantages
 are the rewards standardised within each group (GRPO). Sequence log-probabilities are the one-step
 estimate of :mod:`recipe.policy`; the loss is
 
@@ -21,12 +23,11 @@ import argparse
 import torch
 
 from dgr2.flags import at_least
-from dgr2.model.decoding import DecodeConfig, completion_budget
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.policy import scored_outputs, token_logprobs
-from dgr2.recipe.rollouts import Rollout, decode_rollouts
+from dgr2.recipe.rollouts import Rollout, add_rollout_arguments, decode_rollouts, rollout_config
 from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import validate_with
 from dgr2.recipe.trainer import (
@@ -50,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", type=at_least(2), default=4, help="rollouts per prompt (GRPO group)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--beta", type=float, default=0.02, help="KL coefficient to the starting policy")
-    p.add_argument("--invalid-penalty", type=float, default=0.5, help="reward penalty for an invalid raw answer")
+    p.add_argument("--invalid-penalty", type=float, default=0.5,
+                   help="reward penalty for a raw answer the guard had to repair, times the share of ranks it changed")
+    add_rollout_arguments(p)
     p.add_argument("--warmup", type=at_least(0), default=5, help="warm-up steps")
 
 
@@ -61,15 +64,18 @@ def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def grpo_loss(model, ref, head: OutputHead, ref_head: OutputHead, rollouts: list[Rollout], advantages: torch.Tensor,
-              block: int, beta: float, vocab, gen: torch.Generator, hidden=None) -> tuple[torch.Tensor, dict]:
-    """The GRPO loss of one batch of rollouts (see the module docstring) and its parts."""
+              block: int, beta: float, vocab, gen: torch.Generator, hidden=None,
+              constrained: bool = True) -> tuple[torch.Tensor, dict]:
+    """The GRPO loss of one batch of rollouts (see the module docstring) and its parts; ``constrained`` says
+    whether the rollouts were decoded under the slot exclusions (their log-probabilities are taken the same way)."""
     rows = [r.row for r in rollouts]
     b = collate_diffusion(rows, block, vocab.mask, vocab.pad, gen, vocab)
     sel = scored_outputs(b, rows, block)
     hidden = hidden or model.hidden_states
-    logp = token_logprobs(head, hidden(b.ids, positions=b.positions, mask=b.mask), b, sel)
+    logp = token_logprobs(head, hidden(b.ids, positions=b.positions, mask=b.mask), b, sel, constrained)
     with torch.no_grad():
-        ref_logp = token_logprobs(ref_head, ref.hidden_states(b.ids, positions=b.positions, mask=b.mask), b, sel)
+        ref_logp = token_logprobs(ref_head, ref.hidden_states(b.ids, positions=b.positions, mask=b.mask), b, sel,
+                                  constrained)
     n = sel.sum(dim=1).clamp(min=1)
     seq_logp = logp.sum(dim=1) / n
     log_ratio = torch.where(sel, ref_logp - logp, 0.0)
@@ -97,25 +103,26 @@ def run(args: argparse.Namespace) -> int:
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
-        cfg = DecodeConfig.for_model(model.config, max_new_tokens=completion_budget(trace_len, args.candidates),
-                                     temperature=args.temperature, seed=args.seed * 1_000_003 + step)
+        cfg = rollout_config(model.config, trace_len, args.candidates, args, temperature=args.temperature,
+                             seed=args.seed * 1_000_003 + step)
         rollouts = decode_rollouts(model, vocab, stream, batch, cfg, repeats=args.group)
         rewards = torch.tensor([r.reward(args.invalid_penalty) for r in rollouts])
         rewards_log.append(float(rewards.mean()))
         gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
         value, _ = grpo_loss(model, ref, head, ref_head, rollouts, group_advantages(rewards, args.group), S,
-                             args.beta, vocab, gen, hidden)
+                             args.beta, vocab, gen, hidden, constrained=cfg.constrain_answer)
         return value / d.world
 
     def validate() -> dict:
-        out = validate_with(model, vocab, source, args, "diffusion")
+        out = validate_with(model, vocab, source, args, "diffusion", unconstrained=args.unconstrained_rollouts)
         out["train_reward"] = sum(rewards_log[-20:]) / max(1, len(rewards_log[-20:]))
         return out
 
     def publish_rl(metrics: dict, steps: int):
         prov = Provenance(stage="rl", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": metrics, "steps": steps, "group": args.group,
-                                   "beta": args.beta, "invalid_penalty": args.invalid_penalty})
+                          metrics={"valid": metrics, "steps": steps, "group": args.group, "beta": args.beta,
+                                   "invalid_penalty": args.invalid_penalty,
+                                   "rollouts": "unconstrained" if args.unconstrained_rollouts else "constrained"})
         version = args.version or f"rl-{parent.path.name}"
         return publish(args.store, args.name, version, ["rl", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")

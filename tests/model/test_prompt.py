@@ -119,18 +119,25 @@ def answer(vocab, body, close=True, trace=("<r:brand>",)):
 
 
 @pytest.mark.parametrize("body,close,expect", [
-    (["<c2>", "<c1>", "<c3>"], True, dict(valid=True, duplicates=0, missing=0, out_of_set=0, malformed=False)),
-    (["<c2>", "<c2>", "<c3>"], True, dict(valid=False, duplicates=1, missing=1, out_of_set=0, malformed=False)),
-    (["<c2>", "<c3>"], True, dict(valid=False, duplicates=0, missing=1, out_of_set=0, malformed=False)),
-    (["<c2>", "<c7>", "<c3>", "<c1>"], True, dict(valid=False, duplicates=0, missing=0, out_of_set=1, malformed=False)),
-    (["<c2>", "<c1>", "<c3>"], False, dict(valid=False, duplicates=0, missing=0, out_of_set=0, malformed=True)),
-    (["<c2>", "<r:cat>", "<c1>", "<c3>"], True, dict(valid=False, malformed=True)),
+    (["<c2>", "<c1>", "<c3>"], True,
+     dict(valid=True, duplicates=0, missing=0, out_of_set=0, malformed=False, wrong_fraction=0.0)),
+    (["<c2>", "<c2>", "<c3>"], True,
+     dict(valid=False, duplicates=1, missing=1, out_of_set=0, malformed=False, wrong_fraction=1 / 3)),
+    (["<c2>", "<c3>"], True,
+     dict(valid=False, duplicates=0, missing=1, out_of_set=0, malformed=False, wrong_fraction=1 / 3)),
+    (["<c2>", "<c2>", "<c2>"], True, dict(valid=False, duplicates=2, missing=2, wrong_fraction=2 / 3)),
+    (["<c2>"], True, dict(valid=False, duplicates=0, missing=2, wrong_fraction=2 / 3)),
+    (["<c2>", "<c7>", "<c3>", "<c1>"], True,
+     dict(valid=False, duplicates=0, missing=0, out_of_set=1, malformed=False, wrong_fraction=1 / 3)),
+    (["<c2>", "<c1>", "<c3>"], False,
+     dict(valid=False, duplicates=0, missing=0, out_of_set=0, malformed=True, wrong_fraction=1.0)),
+    (["<c2>", "<r:cat>", "<c1>", "<c3>"], True, dict(valid=False, malformed=True, wrong_fraction=1.0)),
 ])
 def test_parse_answer_classifies(tiny, body, close, expect):
     _, vocab = tiny
     parsed = parse_answer(vocab, answer(vocab, body, close), num_slots=3)
     for key, value in expect.items():
-        assert getattr(parsed, key) == value, key
+        assert getattr(parsed, key) == pytest.approx(value), key
     assert parsed.start == 2
 
 

@@ -177,3 +177,81 @@ def test_the_validity_term_adds_the_students_own_mass_on_banned_slots(tiny, synt
         expected = plain + 2.0 * (-allowed.log() * b.weights[sel]).sum() / total
     assert bool(b.banned[sel].any()) and float(heavy) > float(plain)
     torch.testing.assert_close(heavy, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_unconstrained_rollouts_are_graded_by_the_share_of_ranks_the_guard_changed(tiny, synth):
+    """Without the answer constraint the model's own answers can be invalid, and the reward says by how much;
+    with it every rollout is valid and the penalty never acts."""
+    model, vocab = tiny
+    stream = TrainStream(vocab, synth, K, TRACE, seed=0)
+    budget = completion_budget(TRACE, K)
+    free = DecodeConfig(max_new_tokens=budget, block_size=S, temperature=1.0, seed=3, constrain_answer=False)
+    rolls = decode_rollouts(model, vocab, stream, stream.examples(0, 2), free, repeats=3)
+    assert any(not r.valid_raw for r in rolls)  # the case under test: an untrained model's own answers
+    for r in rolls:
+        assert r.valid_raw == (r.wrong_fraction == 0) and 0.0 <= r.wrong_fraction <= 1.0
+        assert r.reward(0.5) == pytest.approx(r.ndcg10 - 0.5 * r.wrong_fraction)
+    kept = DecodeConfig(max_new_tokens=budget, block_size=S, temperature=1.0, seed=3)
+    assert all(r.valid_raw and r.wrong_fraction == 0 for r in
+               decode_rollouts(model, vocab, stream, stream.examples(0, 2), kept, repeats=3))
+
+
+def test_unconstrained_log_probabilities_are_the_whole_softmax(tiny, synth):
+    """Rollouts decoded without the constraint are scored as they were sampled: a slot the row bans keeps
+    its finite log-probability under the model's whole output softmax."""
+    import torch.nn.functional as F
+
+    model, vocab = tiny
+    rows = rows_of(vocab, synth, 1)
+    b = collate_diffusion(rows, S, vocab.mask, vocab.pad, torch.Generator().manual_seed(7), vocab)
+    sel = scored_outputs(b, rows, S)
+    b.banned[sel] = True  # every slot excluded: the constrained view scores slot targets 0
+    head = OutputHead(model, vocab)
+    with torch.no_grad():
+        h = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
+        free = token_logprobs(head, h, b, sel, constrained=False)
+        whole = F.log_softmax(head(h[sel]), -1).gather(1, head.col_of[b.targets[sel]][:, None])[:, 0]
+    torch.testing.assert_close(free[sel], whole)
+    slot_target = torch.tensor([[vocab.slot_of(int(t)) is not None for t in r] for r in b.targets]) & sel
+    assert slot_target.any() and (free[slot_target] < 0).all()
+
+
+def test_unconstrained_grpo_moves_probability_off_a_repeated_slot(tiny, synth):
+    """Two arms of one prompt: a valid answer, and the same answer with its second rank repeating the first
+    (penalised by the reward). Scored without the constraint, as unconstrained rollouts are, GRPO lowers the
+    repeated slot's probability under the model's whole softmax, the one an unconstrained decode samples."""
+    base, vocab = tiny
+    model, ref = copy.deepcopy(base).train(), copy.deepcopy(base).eval()
+    good = rows_of(vocab, synth, 1)[0]
+    answer = good.answer_start
+    dup_ids = list(good.ids)
+    dup_ids[answer + 1] = good.ids[answer]  # rank 2 names rank 1's slot again
+    dup = Encoded(dup_ids, good.prompt_len, answer, good.num_slots)
+
+    class Arm:
+        def __init__(self, row):
+            self.row = row
+
+    head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
+
+    def repeated_logprob() -> float:
+        """The one-step score of the repeated token (completion index of rank 2), as GRPO takes it."""
+        b = collate_diffusion([dup], S, vocab.mask, vocab.pad, torch.Generator().manual_seed(5), vocab)
+        sel = scored_outputs(b, [dup], S)
+        at = sel[0] & (completion_index(b, [dup])[0] == answer + 1 - dup.prompt_len)
+        assert int(at.sum()) == 1
+        with torch.no_grad():
+            lp = token_logprobs(head, model.hidden_states(b.ids, positions=b.positions, mask=b.mask), b, sel,
+                                constrained=False)
+        return float(lp[0][at])
+
+    before = repeated_logprob()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(3):
+        loss, _ = grpo_loss(model, ref, head, ref_head, [Arm(good), Arm(dup)],
+                            group_advantages(torch.tensor([1.0, 1.0 - 0.5 / good.num_slots]), 2), S, 0.02, vocab,
+                            torch.Generator().manual_seed(step), constrained=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert repeated_logprob() < before - 0.1, (before, repeated_logprob())

@@ -204,3 +204,30 @@ def test_cft_with_a_validity_weight_logs_the_unconstrained_curve(planted, traine
         assert free["ndcg@10_before_repair"] <= free["ndcg@10"] + 1e-9  # the guard's repair never hurts here
         assert set(free["banned_mass"]) == {"ar", "diffusion"} and 0 <= free["banned_mass"]["ar"] < 1
     assert all("val_unconstrained" not in r for r in logs["0"])
+
+
+@pytest.mark.parametrize("stage", ["opd", "rl"])
+def test_unconstrained_rollouts_train_on_the_models_own_answers_and_log_its_validity(planted, trained_cft, tmp_path,
+                                                                                    stage):
+    """``--unconstrained-rollouts``: each validation also decodes without the constraint (the curve of learned
+    validity), and the published manifest says how the rollouts were decoded."""
+    import json
+
+    from dgr2.model_store import ModelStore
+
+    data, root, common = planted
+    parent = str(ModelStore(root / "store").resolve("beauty-gr2", "cft"))
+    module, extra = (train_opd, ["--teacher", "beauty-gr2:ar"]) if stage == "opd" else (train_rl, ["--group", "2"])
+    store = tmp_path / "store"
+    argv = [*common, "--from", parent, *extra, "--steps", "2", "--batch-size", "2", "--eval-every", "2",
+            "--val-users", "10", "--unconstrained-rollouts", "--run-dir", str(tmp_path / stage), "--fresh"]
+    argv[argv.index("--store") + 1] = str(store)
+    if stage == "opd":  # its teacher lives in the planted store
+        argv[argv.index("beauty-gr2:ar")] = str(ModelStore(root / "store").resolve("beauty-gr2", "ar"))
+    assert module.run(parse(module, argv)) == 0
+    log = [json.loads(line) for line in (tmp_path / stage / "log.jsonl").read_text().splitlines()]
+    validated = [r for r in log if "val_ndcg@10" in r]
+    assert [r["step"] for r in validated] == [2]
+    assert 0.0 <= validated[0]["val_unconstrained"]["valid_raw"] <= 1.0
+    manifest = json.loads((ModelStore(store).resolve("beauty-gr2", stage) / "manifest.json").read_text())
+    assert manifest["metrics"]["rollouts"] == "unconstrained"
