@@ -38,6 +38,8 @@ GROUPS = {
                                                      "(e.g. a conversion) to a relative of its parent"),
         "transfer": ("dgr2.recipe.model_transfer", "move a trained checkpoint onto another catalog (a data folder's "
                                                    "vocabulary and catalog): zero-shot, or a start to train from"),
+        "record-eval": ("dgr2.model_store.commands:RECORD_EVAL", "add `dgr2 eval --json` results of a checkpoint to "
+                                                                 "its manifest (metrics.eval); weights untouched"),
         "verify": ("dgr2.model_store.commands:VERIFY", "verify a checkpoint's hashes and that it loads"),
     }),
     "data": ("read, check and convert data folders (docs/data.md)", {

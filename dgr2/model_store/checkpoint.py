@@ -108,6 +108,26 @@ def save_checkpoint(path: str | Path, model: Transformer, vocab: Vocab, catalog:
     return path
 
 
+def record_evals(path: str | Path, evals: list[dict]) -> int:
+    """Add ``dgr2 eval --json`` results of the checkpoint at ``path`` to its manifest's ``metrics.eval``
+    (the weights and every hash stay as they are). A result naming another checkpoint is refused; one
+    already recorded (same settings and metrics) is not added twice. Returns how many were added."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    for e in evals:
+        if e.get("checkpoint") != path.name:
+            raise CheckpointError(f"{path}: an evaluation of {e.get('checkpoint')!r} is not one of {path.name!r}")
+    metrics = manifest.setdefault("metrics", {})
+    recorded = metrics.get("eval", [])
+    recorded = recorded if isinstance(recorded, list) else [recorded]
+    new = [e for e in evals if e not in recorded]
+    metrics["eval"] = recorded + new
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST)
+    return len(new)
+
+
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check the manifest against the files; returns the manifest or raises :class:`CheckpointError`."""
     path = Path(path)

@@ -1,4 +1,4 @@
-"""``dgr2 model list|ship|average|graft|verify``: the model store's commands.
+"""``dgr2 model list|ship|average|graft|record-eval|verify``: the model store's commands.
 
 Each is a :class:`Command` (its flags and its handler); ``dgr2.cli`` routes ``dgr2 model NAME`` here.
 ``dgr2 model init`` builds a vocabulary from a catalog, so it lives with the data, in the recipe.
@@ -127,6 +127,22 @@ def _graft(args: argparse.Namespace) -> int:
                    "scale": args.scale, "aliases": args.alias})
 
 
+# ----------------------------------------------------------------------------- record-eval
+def _record_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.add_argument("--eval", action="append", required=True, metavar="FILE",
+                   help="a `dgr2 eval --json` output of this checkpoint (JSON object, or JSON lines) to add to "
+                        "its manifest under metrics.eval (repeatable)")
+
+
+def _record_eval(args: argparse.Namespace) -> int:
+    from dgr2.model_store.checkpoint import record_evals
+
+    path = resolve_checkpoint(args.checkpoint, args.store)
+    return _print({"path": str(path), "added": record_evals(path, _evals(args))})
+
+
 # ----------------------------------------------------------------------------- verify
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="NAME[:VERSION_OR_ALIAS] in the store, or a checkpoint folder")
@@ -143,4 +159,5 @@ LIST = Command(_list_arguments, _list)
 SHIP = Command(_ship_arguments, _ship)
 AVERAGE = Command(_average_arguments, _average)
 GRAFT = Command(_graft_arguments, _graft)
+RECORD_EVAL = Command(_record_eval_arguments, _record_eval)
 VERIFY = Command(_verify_arguments, _verify)

@@ -199,3 +199,23 @@ def test_average_refuses_what_cannot_be_averaged(tmp_path, catalog, capsys):
         cli(["model", "average", "m:init-tiny-s0-ar", "--from-store", store, "--store", str(tmp_path / "dst"),
              "--version", "x"])
     assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").rglob("model.safetensors"))
+
+
+def test_record_eval_adds_results_to_the_manifest_once_and_keeps_the_hashes(ckpt, tmp_path, capsys):
+    """``dgr2 model record-eval``: the evaluations land under metrics.eval beside what was there, a second
+    run adds nothing, the checkpoint still verifies; a result of another checkpoint is refused by name."""
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({"checkpoint": "v1", "neg_seed": 1, "ndcg@10": 0.3}) + "\n"
+                    + json.dumps({"checkpoint": "v1", "neg_seed": 2, "ndcg@10": 0.31}) + "\n")
+    assert cli(["model", "record-eval", str(ckpt), "--eval", str(ours)]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 2
+    assert cli(["model", "record-eval", str(ckpt), "--eval", str(ours)]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 0
+    m = verify_checkpoint(ckpt)
+    assert m["metrics"]["ndcg@10"] == 0.5 and [e["neg_seed"] for e in m["metrics"]["eval"]] == [1, 2]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"checkpoint": "v2", "neg_seed": 3}))
+    assert cli(["model", "record-eval", str(ckpt), "--eval", str(other)]) != 0
+    err = capsys.readouterr().err
+    assert "'v2'" in err and "'v1'" in err and "Traceback" not in err
+    assert len(verify_checkpoint(ckpt)["metrics"]["eval"]) == 2
