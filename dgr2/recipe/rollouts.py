@@ -43,6 +43,11 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
                         "validation then also decodes unconstrained")
 
 
+def rollout_mode(args: argparse.Namespace) -> str:
+    """How the rollouts were decoded, as a run's manifest records it."""
+    return "unconstrained" if args.unconstrained_rollouts else "constrained"
+
+
 def rollout_config(config, trace_len: int, candidates: int, args: argparse.Namespace, **sampling) -> DecodeConfig:
     """The rollouts' decoding: the model's own block size and thresholds, a whole completion's budget, with or
     without the answer constraint as ``args`` say."""

@@ -21,7 +21,7 @@ from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.distill import distill_targets, kl_loss, teacher_logits
-from dgr2.recipe.rollouts import add_rollout_arguments, decode_rollouts, rollout_config
+from dgr2.recipe.rollouts import add_rollout_arguments, decode_rollouts, rollout_config, rollout_mode
 from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import global_weight, validate_with
 from dgr2.recipe.trainer import (
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                           metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward",
                                    "validity_weight": args.validity_weight,
-                                   "rollouts": "unconstrained" if args.unconstrained_rollouts else "constrained"})
+                                   "rollouts": rollout_mode(args)})
         version = args.version or f"opd-{parent.path.name}"
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")

@@ -27,7 +27,7 @@ from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
 from dgr2.recipe.policy import scored_outputs, token_logprobs
-from dgr2.recipe.rollouts import Rollout, add_rollout_arguments, decode_rollouts, rollout_config
+from dgr2.recipe.rollouts import Rollout, add_rollout_arguments, decode_rollouts, rollout_config, rollout_mode
 from dgr2.recipe.sft import TrainStream
 from dgr2.recipe.train_ar import validate_with
 from dgr2.recipe.trainer import (
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         prov = Provenance(stage="rl", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps, "group": args.group, "beta": args.beta,
                                    "invalid_penalty": args.invalid_penalty,
-                                   "rollouts": "unconstrained" if args.unconstrained_rollouts else "constrained"})
+                                   "rollouts": rollout_mode(args)})
         version = args.version or f"rl-{parent.path.name}"
         return publish(args.store, args.name, version, ["rl", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")
