@@ -139,7 +139,8 @@ class AnswerParse:
 
     ``slots`` are the in-request slots in decoded order (duplicates kept); ``start`` is the index
     of ``<answer>`` in the continuation (``None`` when absent), so rank position ``r`` was decoded
-    at continuation index ``start + 1 + r``.
+    at continuation index ``start + 1 + r``. ``first_fault`` is the continuation index of the first
+    answer token naming a used or foreign slot (``None`` when there is none).
     """
 
     num_slots: int
@@ -149,6 +150,7 @@ class AnswerParse:
     missing: int = 0
     out_of_set: int = 0
     malformed: bool = False
+    first_fault: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -178,8 +180,9 @@ def parse_answer(vocab: Vocab, continuation: Sequence[int], num_slots: int) -> A
         return AnswerParse(num_slots, [], None, missing=num_slots, malformed=True)
     slots, seen = [], set()
     out_of_set = duplicates = 0
+    first_fault = None
     malformed = True  # until </answer> is found
-    for t in ids[start + 1:]:
+    for i, t in enumerate(ids[start + 1:], start + 1):
         if t == vocab.end_answer:
             malformed = False
             break
@@ -187,6 +190,8 @@ def parse_answer(vocab: Vocab, continuation: Sequence[int], num_slots: int) -> A
         if k is None:
             malformed = True
             break
+        if (k >= num_slots or k in seen) and first_fault is None:
+            first_fault = i
         if k >= num_slots:
             out_of_set += 1
         elif k in seen:
@@ -197,4 +202,4 @@ def parse_answer(vocab: Vocab, continuation: Sequence[int], num_slots: int) -> A
             slots.append(k)
     else:
         malformed = True
-    return AnswerParse(num_slots, slots, start, duplicates, num_slots - len(seen), out_of_set, malformed)
+    return AnswerParse(num_slots, slots, start, duplicates, num_slots - len(seen), out_of_set, malformed, first_fault)

@@ -56,8 +56,11 @@ def rollout_config(config, trace_len: int, candidates: int, args: argparse.Names
 
 
 def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch: list[tuple[Example, list[str]]],
-                    cfg: DecodeConfig, repeats: int = 1) -> list[Rollout]:
-    """``repeats`` decodes of every example (consecutive, a GRPO group each), with ``cfg``'s sampling."""
+                    cfg: DecodeConfig, repeats: int = 1, cut_at_first_fault: bool = False) -> list[Rollout]:
+    """``repeats`` decodes of every example (consecutive, a GRPO group each), with ``cfg``'s sampling. With
+    ``cut_at_first_fault`` a row ends at the first answer token naming a used or foreign slot: training sees
+    that mistake, made from a valid prefix, and never the contexts that follow it (the reward still scores
+    the whole answer)."""
     prompts, slots, examples = [], [], []
     for ex, own in batch:
         p = render_prompt(vocab, stream.view(own), ex.history, ex.candidates)
@@ -74,7 +77,10 @@ def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch
         parse = parse_answer(vocab, res.tokens, k)
         ranking, _ = guard(parse, res.slot_logprobs)
         rank = ranking.index(ex.target_slot)  # 0-based, as recipe.metrics counts
-        start = len(ids) + (parse.start + 1 if parse.start is not None else len(res.tokens))
-        row = Encoded(list(ids) + list(res.tokens), len(ids), min(start, len(ids) + len(res.tokens) - 1), k)
+        tokens = list(res.tokens)
+        if cut_at_first_fault and parse.first_fault is not None:
+            tokens = tokens[: parse.first_fault + 1]
+        start = len(ids) + (parse.start + 1 if parse.start is not None else len(tokens))
+        row = Encoded(list(ids) + tokens, len(ids), min(start, len(ids) + len(tokens) - 1), k)
         out.append(Rollout(row, ex.target_slot, parse.valid, ndcg_at(rank, 10), parse.wrong_fraction))
     return out

@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from dgr2.errors import UserError
 from dgr2.flags import at_least, non_negative
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
@@ -49,9 +50,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "taken over allowed slots, lets the student's mass on banned ones drift); with a weight "
                         "above 0 each validation also decodes unconstrained")
     add_rollout_arguments(p)
+    p.add_argument("--cut-at-first-fault", action="store_true",
+                   help="with --unconstrained-rollouts: end each rollout at its first repeated or foreign slot, so "
+                        "the student is corrected where it first fails and never trains on what follows")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cut_at_first_fault and not args.unconstrained_rollouts:
+        raise UserError("--cut-at-first-fault needs --unconstrained-rollouts (constrained rollouts have no fault)")
     from dgr2.model_store import Provenance, load_checkpoint, resolve_checkpoint
     from dgr2.recipe.publish import publish
 
@@ -70,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
-        rows = [r.row for r in decode_rollouts(model, vocab, stream, batch, cfg)]
+        rolls = decode_rollouts(model, vocab, stream, batch, cfg, cut_at_first_fault=args.cut_at_first_fault)
+        rows = [r.row for r in rolls]
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         b = collate_diffusion(rows, S, vocab.mask, vocab.pad, gen, vocab)
         t_logits, t_banned = distill_targets(b, rows, teacher_logits(teacher, t_head, rows, vocab.pad), vocab)
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                           metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward",
                                    "validity_weight": args.validity_weight,
-                                   "rollouts": rollout_mode(args)})
+                                   "rollouts": rollout_mode(args), "cut_at_first_fault": args.cut_at_first_fault})
         version = args.version or f"opd-{parent.path.name}"
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")

@@ -141,6 +141,21 @@ def test_parse_answer_classifies(tiny, body, close, expect):
     assert parsed.start == 2
 
 
+@pytest.mark.parametrize("body,fault", [
+    (["<c2>", "<c1>", "<c3>"], None),
+    (["<c2>", "<c1>", "<c2>", "<c2>"], 2),  # the first repeat, not the second
+    (["<c2>", "<c7>", "<c1>", "<c1>"], 1),  # a foreign slot before the repeat
+    (["<c2>", "<c3>"], None),  # a short answer misses a slot without naming a wrong one
+])
+def test_parse_answer_finds_the_first_wrong_rank(tiny, body, fault):
+    _, vocab = tiny
+    ids = answer(vocab, body)
+    parsed = parse_answer(vocab, ids, num_slots=3)
+    assert parsed.first_fault == (None if fault is None else parsed.start + 1 + fault)
+    if fault is not None:
+        assert vocab.token(ids[parsed.first_fault]) == body[fault]
+
+
 def test_parse_answer_without_answer_tag(tiny):
     _, vocab = tiny
     parsed = parse_answer(vocab, vocab.ids(["<r:brand>", "<c1>", "<eos>"]), num_slots=4)

@@ -255,3 +255,42 @@ def test_unconstrained_grpo_moves_probability_off_a_repeated_slot(tiny, synth):
         loss.backward()
         opt.step()
     assert repeated_logprob() < before - 0.1, (before, repeated_logprob())
+
+
+def test_rollouts_cut_at_the_first_fault_end_on_the_first_repeated_or_foreign_slot(tiny, synth, monkeypatch):
+    """``cut_at_first_fault``: a faulty answer's row ends with the token that made it invalid, so training sees
+    the mistake from a valid prefix and nothing after it; a valid answer keeps its whole row; the reward still
+    scores the whole answer. The decoder is replaced by fixed continuations, one of each kind."""
+    import numpy as np
+
+    from dgr2.model.decoding import SequenceResult
+    from dgr2.recipe import rollouts as rollouts_module
+
+    model, vocab = tiny
+    stream = TrainStream(vocab, synth, K, TRACE, seed=0)
+    slots = [f"<c{k}>" for k in range(1, K + 1)]
+    bodies = {"valid": slots, "repeat": [slots[1], slots[0], slots[1], *slots[2:]],
+              "foreign": [slots[0], "<c9>", *slots[1:]]}
+    faults = {"valid": None, "repeat": 2, "foreign": 1}  # answer rank of the first wrong token
+
+    def fixed(model, vocab, prompts, num_slots, cfg):
+        out = []
+        for body in bodies.values():
+            ids = vocab.ids(["<r:brand>", "</think>", "<answer>", *body, "</answer>", "<eos>"])
+            out.append(SequenceResult(ids, np.zeros((len(ids), K)), 1))
+        return out
+
+    monkeypatch.setattr(rollouts_module, "decode_diffusion", fixed)
+    cfg = DecodeConfig(max_new_tokens=completion_budget(TRACE, K), block_size=S, constrain_answer=False)
+    batch = stream.examples(0, 1)
+    whole = decode_rollouts(model, vocab, stream, batch, cfg, repeats=3)
+    cut = decode_rollouts(model, vocab, stream, batch, cfg, repeats=3, cut_at_first_fault=True)
+    for kind, w, c in zip(bodies, whole, cut, strict=True):
+        P = w.row.prompt_len
+        assert (c.ndcg10, c.wrong_fraction, c.valid_raw) == (w.ndcg10, w.wrong_fraction, w.valid_raw)
+        if faults[kind] is None:
+            assert c.row.ids == w.row.ids and w.valid_raw
+            continue
+        answer_at = w.row.ids.index(vocab.id("<answer>"), P)
+        assert c.row.ids == w.row.ids[: answer_at + 1 + faults[kind] + 1], kind
+        assert vocab.token(c.row.ids[-1]) == bodies[kind][faults[kind]]

@@ -206,6 +206,13 @@ def test_cft_with_a_validity_weight_logs_the_unconstrained_curve(planted, traine
     assert all("val_unconstrained" not in r for r in logs["0"])
 
 
+def test_cut_at_first_fault_without_unconstrained_rollouts_is_refused_by_name():
+    from dgr2.errors import UserError
+
+    with pytest.raises(UserError, match="--unconstrained-rollouts"):
+        train_opd.run(parse(train_opd, ["--synthetic", "--cut-at-first-fault"]))
+
+
 @pytest.mark.parametrize("stage", ["opd", "rl"])
 def test_unconstrained_rollouts_train_on_the_models_own_answers_and_log_its_validity(planted, trained_cft, tmp_path,
                                                                                     stage):
