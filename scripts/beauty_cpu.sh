@@ -7,21 +7,24 @@
 #                                                  model itself writes valid rankings (runs/validity-v4avg3)
 #   bash scripts/beauty_cpu.sh opd-kept            OPD with validity weighted (8), rollouts under the constraint, from
 #                                                  the validity candidate (runs/opd-kept-v4avg3)
-#   bash scripts/beauty_cpu.sh opd-free            the same on the model's own unconstrained answers (runs/opd-free-v4avg3)
-#   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not change,
-#                                                  from the validity candidate (runs/rl-free-v4avg3)
-#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-kept, opd-free, rl-free): its resumable state into
-#                                                  candidates/runs/, to commit
+#   bash scripts/beauty_cpu.sh opd-free            the same on the model's own unconstrained answers
+#                                                  (runs/opd-free-v4avg3)
+#   bash scripts/beauty_cpu.sh opd-cut             the same, each answer cut at its first repeated slot
+#                                                  (runs/opd-cut-v4avg3)
+#   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not
+#                                                  change, from the validity candidate (runs/rl-free-v4avg3)
+#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-kept, opd-free, opd-cut, rl-free): its
+#                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
 #
 # Each run starts, or continues from the newest saved state (here or in the repository), niced, its output in
 # runs/NAME/train.log.
 # The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
-# OPD_STEPS (200; 300 for opd-kept, opd-free), OPD_BATCH (8), OPD_LR (3e-5, 5e-5 for opd-kept, opd-free: at 3e-4 the
+# OPD_STEPS (200; 300 for opd-kept/free/cut), OPD_BATCH (8), OPD_LR (3e-5, 5e-5 for opd-kept/free/cut: at 3e-4 the
 # student collapsed within 50 steps), VAL_USERS (100);
-# VALIDITY_STEPS (300), VALIDITY_WEIGHT (4; 8 for opd-kept, opd-free), VALIDITY_LR (3e-4); RL_STEPS (150), RL_BATCH (4), RL_GROUP (4),
-# RL_LR (1e-5), RL_PENALTY (1). Results go to the candidates store.
+# VALIDITY_STEPS (300), VALIDITY_WEIGHT (4; 8 for opd-kept/free/cut), VALIDITY_LR (3e-4); RL_STEPS (150),
+# RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1). Results go to the candidates store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/run_state.sh
@@ -55,12 +58,15 @@ opd-kept)
         --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd-kept)"
     ;;
-opd-free)
-    join_saved "$(run_of opd-free)" "$(saved_of opd-free)"
-    nice "$DGR2" train opd --from "$VALIDITY" --teacher "$AR" --store candidates --run-dir "$(run_of opd-free)" \
-        --version opd-free-v4avg3 --reverse-kl --unconstrained-rollouts --validity-weight "${VALIDITY_WEIGHT:-8}" \
+opd-free|opd-cut)
+    run=$1 cut=()
+    [[ $run == opd-cut ]] && cut=(--cut-at-first-fault)
+    join_saved "$(run_of "$run")" "$(saved_of "$run")"
+    nice "$DGR2" train opd --from "$VALIDITY" --teacher "$AR" --store candidates --run-dir "$(run_of "$run")" \
+        --version "$run-v4avg3" --reverse-kl --unconstrained-rollouts "${cut[@]}" \
+        --validity-weight "${VALIDITY_WEIGHT:-8}" \
         --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
-        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd-free)"
+        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$run")"
     ;;
 rl-free)
     join_saved "$(run_of rl-free)" "$(saved_of rl-free)"
@@ -70,11 +76,13 @@ rl-free)
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of rl-free)"
     ;;
 snapshot|status)
-    [[ ${2:-} =~ ^(opd|validity|opd-kept|opd-free|rl-free)$ ]] || { echo "usage: $0 $1 opd|validity|opd-kept|opd-free|rl-free" >&2; exit 2; }
-    if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"; else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
+    [[ ${2:-} =~ ^(opd|validity|opd-kept|opd-free|opd-cut|rl-free)$ ]] ||
+        { echo "usage: $0 $1 opd|validity|opd-kept|opd-free|opd-cut|rl-free" >&2; exit 2; }
+    if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"
+    else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 opd|validity|opd-kept|opd-free|rl-free|snapshot RUN|status RUN" >&2
+    echo "usage: $0 opd|validity|opd-kept|opd-free|opd-cut|rl-free|snapshot RUN|status RUN" >&2
     exit 2
     ;;
 esac
