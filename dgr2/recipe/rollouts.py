@@ -28,9 +28,12 @@ from dgr2.recipe.sft import Encoded, TrainStream
 class Rollout:
     row: Encoded  # prompt + the decoded continuation
     target_slot: int
-    valid_raw: bool
     ndcg10: float
-    wrong_fraction: float = 0.0  # share of the ranks the guard changed (0 when valid_raw)
+    wrong_fraction: float = 0.0  # share of the ranks the guard changed (0 exactly when the raw answer is valid)
+
+    @property
+    def valid_raw(self) -> bool:
+        return self.wrong_fraction == 0
 
     def reward(self, invalid_penalty: float) -> float:
         return self.ndcg10 - invalid_penalty * self.wrong_fraction
@@ -82,5 +85,5 @@ def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch
             tokens = tokens[: parse.first_fault + 1]
         start = len(ids) + (parse.start + 1 if parse.start is not None else len(tokens))
         row = Encoded(list(ids) + tokens, len(ids), min(start, len(ids) + len(tokens) - 1), k)
-        out.append(Rollout(row, ex.target_slot, parse.valid, ndcg_at(rank, 10), parse.wrong_fraction))
+        out.append(Rollout(row, ex.target_slot, ndcg_at(rank, 10), parse.wrong_fraction))
     return out

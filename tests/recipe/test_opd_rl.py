@@ -12,7 +12,7 @@ from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import eval_examples
 from dgr2.recipe.distill import completion_index, distill_targets, kl_loss, teacher_logits
 from dgr2.recipe.policy import scored_outputs, token_logprobs
-from dgr2.recipe.rollouts import decode_rollouts
+from dgr2.recipe.rollouts import Rollout, decode_rollouts
 from dgr2.recipe.sft import Encoded, TrainStream, encode
 from dgr2.recipe.train_rl import group_advantages, grpo_loss
 
@@ -40,6 +40,11 @@ def test_teacher_targets_are_the_teachers_causal_logits_at_each_predicted_token(
             assert 0 <= q < len(e.ids) - e.prompt_len
             assert b.targets[i, j] == e.ids[e.prompt_len + q]  # the output's own target is token q
             torch.testing.assert_close(t[i, j], full[e.prompt_len - 1 + q], atol=1e-4, rtol=1e-4)
+
+
+def arm(row: Encoded) -> Rollout:
+    """A fixed rollout of ``row`` for grpo_loss, which reads only the row (the rewards come as advantages)."""
+    return Rollout(row, target_slot=0, ndcg10=0.0)
 
 
 @torch.no_grad()
@@ -121,11 +126,7 @@ def test_grpo_step_moves_probability_to_the_rewarded_arm(tiny, synth):
     bad_ids[answer: answer + k] = good.ids[answer + 1: answer + k] + [good.ids[answer]]  # target moved last
     bad = Encoded(bad_ids, good.prompt_len, answer, k)
 
-    class Arm:  # the part of a Rollout that grpo_loss reads
-        def __init__(self, row):
-            self.row = row
-
-    arms = [Arm(good), Arm(bad)]
+    arms = [arm(good), arm(bad)]
     head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
 
     def margin():
@@ -228,10 +229,6 @@ def test_unconstrained_grpo_moves_probability_off_a_repeated_slot(tiny, synth):
     dup_ids[answer + 1] = good.ids[answer]  # rank 2 names rank 1's slot again
     dup = Encoded(dup_ids, good.prompt_len, answer, good.num_slots)
 
-    class Arm:
-        def __init__(self, row):
-            self.row = row
-
     head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
 
     def repeated_logprob() -> float:
@@ -248,7 +245,7 @@ def test_unconstrained_grpo_moves_probability_off_a_repeated_slot(tiny, synth):
     before = repeated_logprob()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for step in range(3):
-        loss, _ = grpo_loss(model, ref, head, ref_head, [Arm(good), Arm(dup)],
+        loss, _ = grpo_loss(model, ref, head, ref_head, [arm(good), arm(dup)],
                             group_advantages(torch.tensor([1.0, 1.0 - 0.5 / good.num_slots]), 2), S, 0.02, vocab,
                             torch.Generator().manual_seed(step), constrained=False)
         opt.zero_grad()
