@@ -104,8 +104,15 @@ def save_checkpoint(path: str | Path, model: Transformer, vocab: Vocab, catalog:
         "files": {name: sha256_file(path / name) for name in FILES},
         "sizes": {name: (path / name).stat().st_size for name in FILES},
     }
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(path, manifest)
     return path
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """``path/manifest.json``, replaced whole (a reader never sees half of it)."""
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path / MANIFEST)
 
 
 def record_evals(path: str | Path, evals: list[dict]) -> int:
@@ -119,12 +126,9 @@ def record_evals(path: str | Path, evals: list[dict]) -> int:
             raise CheckpointError(f"{path}: an evaluation of {e.get('checkpoint')!r} is not one of {path.name!r}")
     metrics = manifest.setdefault("metrics", {})
     recorded = metrics.get("eval", [])
-    recorded = recorded if isinstance(recorded, list) else [recorded]
     new = [e for e in evals if e not in recorded]
     metrics["eval"] = recorded + new
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path / MANIFEST)
+    write_manifest(path, manifest)
     return len(new)
 
 
