@@ -51,20 +51,14 @@ validity)
         --validity-weight "${VALIDITY_WEIGHT:-4}" --eval-every 50 --val-users "${VAL_USERS:-100}" --save-every 5 \
         2>&1 | log_to "$(run_of validity)"
     ;;
-opd-kept)
-    join_saved "$(run_of opd-kept)" "$(saved_of opd-kept)"
-    nice "$DGR2" train opd --from "$VALIDITY" --teacher "$AR" --store candidates --run-dir "$(run_of opd-kept)" \
-        --version opd-kept-v4avg3 --reverse-kl --validity-weight "${VALIDITY_WEIGHT:-8}" \
-        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
-        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd-kept)"
-    ;;
-opd-free|opd-cut)
-    run=$1 cut=()
-    [[ $run == opd-cut ]] && cut=(--cut-at-first-fault)
+opd-kept|opd-free|opd-cut)
+    # one run, three ways to decode its rollouts: under the constraint, without it, without it and cut
+    run=$1 rollouts=()
+    [[ $run == opd-free ]] && rollouts=(--unconstrained-rollouts)
+    [[ $run == opd-cut ]] && rollouts=(--unconstrained-rollouts --cut-at-first-fault)
     join_saved "$(run_of "$run")" "$(saved_of "$run")"
     nice "$DGR2" train opd --from "$VALIDITY" --teacher "$AR" --store candidates --run-dir "$(run_of "$run")" \
-        --version "$run-v4avg3" --reverse-kl --unconstrained-rollouts "${cut[@]}" \
-        --validity-weight "${VALIDITY_WEIGHT:-8}" \
+        --version "$run-v4avg3" --reverse-kl "${rollouts[@]}" --validity-weight "${VALIDITY_WEIGHT:-8}" \
         --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$run")"
     ;;
