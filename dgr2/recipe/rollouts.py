@@ -51,10 +51,10 @@ def rollout_mode(args: argparse.Namespace) -> str:
     return "unconstrained" if args.unconstrained_rollouts else "constrained"
 
 
-def rollout_config(config, trace_len: int, candidates: int, args: argparse.Namespace, **sampling) -> DecodeConfig:
-    """The rollouts' decoding: the model's own block size and thresholds, a whole completion's budget, with or
-    without the answer constraint as ``args`` say."""
-    return DecodeConfig.for_model(config, max_new_tokens=completion_budget(trace_len, candidates),
+def rollout_config(config, candidates: int, args: argparse.Namespace, **sampling) -> DecodeConfig:
+    """The rollouts' decoding: the model's own block size and thresholds, a whole completion's budget at its
+    trace length, with or without the answer constraint as ``args`` say."""
+    return DecodeConfig.for_model(config, max_new_tokens=completion_budget(config.trace_len, candidates),
                                   constrain_answer=not args.unconstrained_rollouts, **sampling)
 
 

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     head = OutputHead(model, vocab, differentiable=True)
     t_head = OutputHead(teacher, vocab)
-    cfg = rollout_config(model.config, trace_len, args.candidates, args)
+    cfg = rollout_config(model.config, args.candidates, args)
     S = model.config.block_size
 
     def loss(step: int, hidden) -> torch.Tensor:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
-        cfg = rollout_config(model.config, trace_len, args.candidates, args, temperature=args.temperature,
+        cfg = rollout_config(model.config, args.candidates, args, temperature=args.temperature,
                              seed=args.seed * 1_000_003 + step)
         rollouts = decode_rollouts(model, vocab, stream, batch, cfg, repeats=args.group)
         rewards = torch.tensor([r.reward(args.invalid_penalty) for r in rollouts])
