@@ -8,6 +8,8 @@
 #   bash scripts/toys_cpu.sh ar-rule    the same AR fine-tuning on that copy: traces by the Toys rule (ar-rule-s0)
 #   bash scripts/toys_cpu.sh graft      the conversion's start: Toys AR + (Beauty CFT - its AR parent)
 #   bash scripts/toys_cpu.sh cft        the conversion (CFT) on Toys from the graft; resumable
+#   bash scripts/toys_cpu.sh eval ar|cft    all test users x 3 seeds of the AR model or its conversion; resumable
+#                                       (scripts/eval_all_users.sh; results in candidates/runs/toys-eval-ar|cft)
 #   bash scripts/toys_cpu.sh snapshot ar|ar-rule|cft   the run's resumable state into candidates/runs/, to commit
 #   bash scripts/toys_cpu.sh status ar|ar-rule|cft
 #
@@ -71,12 +73,22 @@ cft)
         --run-dir "$(run_of cft)" --steps "${CFT_STEPS:-300}" --batch-size 16 --warmup 10 --validity-weight 1 \
         --answer-threshold 0 --eval-every 60 --val-users 100 --save-every 10 2>&1 | log_to "$(run_of cft)"
     ;;
+eval)
+    # the batch size is part of each resume file's settings: AR 50, block diffusion 25 (as on Beauty)
+    case ${2:-} in
+    ar) ckpt=ar-small-s0 decoder=ar batch=50 ;;
+    cft) ckpt=cft-graft-ar decoder=diffusion batch=25 ;;
+    *) echo "usage: $0 eval ar|cft" >&2; exit 2 ;;
+    esac
+    PATH=.venv/bin:$PATH DGR2_DATA_DIR=$DATA DECODER=$decoder EVAL_BATCH=$batch nice bash scripts/eval_all_users.sh \
+        "$NAME:$ckpt" "candidates/runs/toys-eval-$2" --store "$STORE"
+    ;;
 snapshot|status)
     [[ ${2:-} =~ ^(ar|ar-rule|cft)$ ]] || { echo "usage: $0 $1 ar|ar-rule|cft" >&2; exit 2; }
     if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"; else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 data|transfer|ar|rule|ar-rule|graft|cft|snapshot RUN|status RUN (RUN: ar, ar-rule, cft)" >&2
+    echo "usage: $0 data|transfer|ar|rule|ar-rule|graft|cft|eval ar|cft|snapshot RUN|status RUN (RUN: ar, ar-rule, cft)" >&2
     exit 2
     ;;
 esac

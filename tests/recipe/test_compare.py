@@ -78,3 +78,30 @@ def test_training_curves_plot_from_run_logs(tmp_path):
     rows[1]["val_unconstrained"] = {"valid_raw": 0.0, "banned_mass": {"ar": 0.3, "diffusion": 0.2}}
     (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert plot([str(run)], str(out))[0][-2:] == ["val raw validity, unconstrained", "mass on banned slots (AR view)"]
+
+
+def test_pairs_over_seeds_average_each_user_before_the_difference(tmp_path, capsys):
+    """One pair per seed: each user's metric averaged over the seeds, the standard error over users."""
+    a1 = _resume(tmp_path / "a1.jsonl", {"u1": 0, "u2": 0, "u3": 4}, checkpoint="old")
+    b1 = _resume(tmp_path / "b1.jsonl", {"u1": 1, "u2": 0, "u3": 4}, checkpoint="new")
+    a2 = _resume(tmp_path / "a2.jsonl", {"u1": 0, "u2": 2, "u3": 4, "u9": 0}, checkpoint="old", neg_seed=2)
+    b2 = _resume(tmp_path / "b2.jsonl", {"u1": 0, "u2": 0, "u3": 0}, checkpoint="new", neg_seed=2)
+    assert cli(["compare", a1, b1, a2, b2, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["n"], out["neg_seeds"], "neg_seed" in out) == (3, [1, 2], False)  # u9 is on one seed only
+    d = [(-1 + 0) / 2, (0 + 1) / 2, (0 + 1) / 2]  # HR@1 per user: seed 1, seed 2, averaged
+    mean = sum(d) / 3
+    assert out["hr@1"]["diff"] == pytest.approx(mean, abs=1e-6)
+    assert out["hr@1"]["stderr"] == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in d) / 2 / 3), abs=1e-6)
+    assert out["hr@1"]["a"] == pytest.approx((1 + 1 + 0 + 1 + 0 + 0) / 6, abs=1e-6)  # u1, u2, u3 on seed 1, then seed 2
+    by_hand = paired({"u1": 0, "u2": 0, "u3": 4}, {"u1": 1, "u2": 0, "u3": 4},
+                     ({"u1": 0, "u2": 2, "u3": 4}, {"u1": 0, "u2": 0, "u3": 0}))
+    assert {k: out[k] for k in by_hand} == by_hand
+    assert cli(["compare", a1, b1, a2, b2]) == 0
+    assert "averaged over neg seeds 1, 2" in capsys.readouterr().out
+    assert cli(["compare", a1, b1, a2]) == 2  # an odd file out
+    assert "has no partner" in capsys.readouterr().err
+    assert cli(["compare", a1, b1, a1, b1]) == 2  # the same seed twice would count its users twice
+    assert "appears twice" in capsys.readouterr().err
+    assert cli(["compare", a1, b1, b2, a2]) == 2  # sides swapped on the second seed
+    assert "every pair is the same two rankers" in capsys.readouterr().err
