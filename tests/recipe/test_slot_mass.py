@@ -10,11 +10,12 @@ from dgr2.recipe.sft import encode
 K = 8
 
 
-def reference_ar_mass(model, vocab, synth, examples) -> tuple[float, int]:
-    """The AR view computed another way: a plain causal pass over each clean sequence, and the mass on the
-    slots its answer named before each rank."""
+def reference_ar_mass(model, vocab, synth, examples) -> tuple[float, int, list[int]]:
+    """The AR view computed another way: a plain causal pass over each clean sequence, the mass on the
+    slots its answer named before each rank, and, where the top token is such a slot, how many ranks
+    back it was named."""
     head = OutputHead(model, vocab)
-    total, n = 0.0, 0
+    total, n, back = 0.0, 0, []
     for ex in examples:
         enc = encode(vocab, synth, ex, model.config.trace_len)
         comp = enc.ids[enc.prompt_len:]
@@ -25,10 +26,16 @@ def reference_ar_mass(model, vocab, synth, examples) -> tuple[float, int]:
             slot = vocab.slot_of(comp[j])
             if slot is None:
                 continue
-            total += probs[enc.prompt_len - 1 + j, head.slot_cols[named]].sum().item()
+            row = probs[enc.prompt_len - 1 + j]
+            total += row[head.slot_cols[named]].sum().item()
             n += 1
+            top_col = int(row.argmax())
+            for back_n, earlier in enumerate(reversed(named), start=1):
+                if int(head.slot_cols[earlier]) == top_col:
+                    back.append(back_n)
+                    break
             named.append(slot)
-    return total / n, n
+    return total / n, n, back
 
 
 @torch.no_grad()
@@ -36,7 +43,7 @@ def test_the_ar_view_is_the_mass_on_slots_named_earlier_in_the_answer(tiny, synt
     model, vocab = tiny
     examples = eval_examples(synth.sequences, synth.item_ids, "valid", K, 12345, limit=6)
     out = banned_slot_mass(model.eval(), vocab, synth, examples, block=4, batch_size=4)
-    mass, n = reference_ar_mass(model, vocab, synth, examples)
+    mass, n, back = reference_ar_mass(model, vocab, synth, examples)
     assert out["ar"]["all"]["positions"] == n == len(examples) * K  # every rank of every answer, once
     assert abs(out["ar"]["all"]["mass"] - mass) < 1e-4 and 0 < mass < 1  # a random model names used slots
     assert out["ar"]["1-10"]["positions"] == n  # K = 8: one band
@@ -44,4 +51,8 @@ def test_the_ar_view_is_the_mass_on_slots_named_earlier_in_the_answer(tiny, synt
     # (predicted from the clean stream, so it belongs to the AR view only)
     assert 0 < out["diffusion"]["all"]["positions"] <= n
     assert 0.0 <= out["diffusion"]["all"]["argmax_banned"] <= 1.0
+    # the repeats the AR view's top token makes, by how far back the slot was named
+    assert back and sum(out["repeat_back"].values()) == len(back) == round(out["ar"]["all"]["argmax_banned"] * n)
+    assert out["repeat_back"] == {"1": back.count(1), "2-5": sum(2 <= d <= 5 for d in back),
+                                  "6-20": sum(6 <= d <= 20 for d in back), "21+": sum(d > 20 for d in back)}
 

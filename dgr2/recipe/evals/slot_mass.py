@@ -25,6 +25,16 @@ from dgr2.recipe.traces import rule_for
 
 BANDS = ((1, 10), (11, 50), (51, None))  # answer ranks; None: to the last
 VIEWS = ("ar", "diffusion")
+# how many ranks back an AR-view top token that repeats a slot had named it: whether the model forgets
+# what it wrote long ago, or repeats what it has just written
+BACK = ((1, 1), (2, 5), (6, 20), (21, None))
+
+
+def back_bin(distance: int) -> str:
+    for lo, hi in BACK:
+        if hi is None or distance <= hi:
+            return str(lo) if lo == hi else f"{lo}-{hi}" if hi else f"{lo}+"
+    raise AssertionError("the last bin is open")
 
 
 def band_of(rank: int) -> str:
@@ -37,12 +47,15 @@ def band_of(rank: int) -> str:
 @torch.no_grad()
 def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int = 4, seed: int = 0) -> dict:
     """``{view: {band: {"positions", "mass", "argmax_banned"}}}`` and ``"all"`` per view (the means over
-    every answer position). The noisy copies' masks are drawn from ``seed`` (the same draws every call)."""
+    every answer position), and ``"repeat_back"``: of the AR view's top tokens that repeat a slot, how
+    many named it 1, 2-5, 6-20 or 21+ ranks before. The noisy copies' masks are drawn from ``seed``
+    (the same draws every call)."""
     from dgr2.model.output_head import OutputHead
 
     head = OutputHead(model, vocab)
     rule = rule_for(vocab, model.config.evidence_rule)
     sums: dict[tuple[str, str], list[float]] = {}
+    back = {back_bin(lo): 0 for lo, _ in BACK}
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(examples), batch_size):
         encoded = [encode(vocab, source, ex, model.config.trace_len, rule=rule)
@@ -59,15 +72,30 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
             ban = b.banned[i, rows, : enc.num_slots]
             mass = (logits.softmax(-1)[:, slot_cols] * ban).sum(-1)
             top = logits.argmax(-1)
-            top_banned = ((slot_cols[None, :] == top[:, None]) & ban).any(-1)
-            for r, view, m, t in zip(ranks, views, mass.tolist(), top_banned.tolist(), strict=True):
+            is_top = slot_cols[None, :] == top[:, None]
+            top_banned = (is_top & ban).any(-1)
+            top_slot = is_top.int().argmax(-1)
+            answer = answer_slots(vocab, enc)
+            for r, view, m, t, slot in zip(ranks, views, mass.tolist(), top_banned.tolist(), top_slot.tolist(),
+                                           strict=True):
                 for key in ((view, band_of(r)), (view, "all")):
                     s = sums.setdefault(key, [0, 0.0, 0])
                     s[0] += 1
                     s[1] += m
                     s[2] += t
-    return {view: {band: {"positions": n, "mass": round(m / n, 5), "argmax_banned": round(t / n, 5)}
-                   for (v, band), (n, m, t) in sorted(sums.items()) if v == view} for view in VIEWS}
+                if t and view == "ar":
+                    back[back_bin(r - 1 - max(i for i in range(r - 1) if answer[i] == slot))] += 1
+    out: dict = {view: {band: {"positions": n, "mass": round(m / n, 5), "argmax_banned": round(t / n, 5)}
+                        for (v, band), (n, m, t) in sorted(sums.items()) if v == view} for view in VIEWS}
+    out["repeat_back"] = back
+    return out
+
+
+def answer_slots(vocab, enc) -> list[int | None]:
+    """The slots the row's answer names, rank 1 first."""
+    comp = enc.ids[enc.prompt_len:]
+    first = comp.index(vocab.answer) + 1 if vocab.answer in comp else len(comp)
+    return [vocab.slot_of(t) for t in comp[first:]]
 
 
 def answer_outputs(vocab, enc, weights: torch.Tensor, predicts: torch.Tensor) -> tuple[list[int], list[int], list[str]]:
@@ -122,4 +150,7 @@ def run(args: argparse.Namespace) -> int:
     for view in VIEWS:
         for band, s in out[view].items():
             print(f"| {view} | {band} | {s['positions']} | {s['mass']:.4f} | {s['argmax_banned']:.4f} |")
+    back = out["repeat_back"]
+    print("AR view, top token a repeated slot, named this many ranks before: "
+          + ", ".join(f"{k}: {n}" for k, n in back.items()))
     return 0
