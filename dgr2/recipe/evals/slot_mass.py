@@ -30,18 +30,20 @@ VIEWS = ("ar", "diffusion")
 BACK = ((1, 1), (2, 5), (6, 20), (21, None))
 
 
-def back_bin(distance: int) -> str:
-    for lo, hi in BACK:
-        if hi is None or distance <= hi:
+def bin_label(bins: tuple[tuple[int, int | None], ...], x: int) -> str:
+    """The label of the bin of ``bins`` (``(lo, hi)``, the last open) that holds ``x``: "1", "2-5", "51+"."""
+    for lo, hi in bins:
+        if hi is None or x <= hi:
             return str(lo) if lo == hi else f"{lo}-{hi}" if hi else f"{lo}+"
     raise AssertionError("the last bin is open")
 
 
+def back_bin(distance: int) -> str:
+    return bin_label(BACK, distance)
+
+
 def band_of(rank: int) -> str:
-    for lo, hi in BANDS:
-        if hi is None or rank <= hi:
-            return f"{lo}-{hi}" if hi else f"{lo}+"
-    raise AssertionError("the last band is open")
+    return bin_label(BANDS, rank)
 
 
 @torch.no_grad()
@@ -91,11 +93,15 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
     return out
 
 
+def answer_start(vocab, comp: list[int]) -> int:
+    """Index in the completion of the answer's first slot (its length when there is no answer)."""
+    return comp.index(vocab.answer) + 1 if vocab.answer in comp else len(comp)
+
+
 def answer_slots(vocab, enc) -> list[int | None]:
     """The slots the row's answer names, rank 1 first."""
     comp = enc.ids[enc.prompt_len:]
-    first = comp.index(vocab.answer) + 1 if vocab.answer in comp else len(comp)
-    return [vocab.slot_of(t) for t in comp[first:]]
+    return [vocab.slot_of(t) for t in comp[answer_start(vocab, comp):]]
 
 
 def answer_outputs(vocab, enc, weights: torch.Tensor, predicts: torch.Tensor) -> tuple[list[int], list[int], list[str]]:
@@ -103,7 +109,7 @@ def answer_outputs(vocab, enc, weights: torch.Tensor, predicts: torch.Tensor) ->
     ``predicts``: the completion token each output predicts (:func:`recipe.distill.completion_index`); the
     clean stream (the row's first ``len(enc.ids)`` outputs) is the AR view, the noisy copies the block view."""
     comp = enc.ids[enc.prompt_len:]
-    first = comp.index(vocab.answer) + 1 if vocab.answer in comp else len(comp)
+    first = answer_start(vocab, comp)
     rows, ranks, views = [], [], []
     for idx in ((weights > 0) & (predicts >= first)).nonzero().squeeze(1).tolist():
         j = int(predicts[idx])
