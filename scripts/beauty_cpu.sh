@@ -11,9 +11,13 @@
 #                                                  (runs/opd-free-v4avg3)
 #   bash scripts/beauty_cpu.sh opd-cut             the same, each answer cut at its first repeated slot
 #                                                  (runs/opd-cut-v4avg3)
+#   bash scripts/beauty_cpu.sh rl                  RL (GRPO, reward NDCG@10, rollouts under the constraint as served) from
+#                                                  the OPD run's model (runs/rl-v4avg3)
+#   bash scripts/beauty_cpu.sh rl-dense            the same, paid NDCG over the whole list, so that every rank earns
+#                                                  something and a group's rollouts rarely tie (runs/rl-dense-v4avg3)
 #   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not
 #                                                  change, from the validity candidate (runs/rl-free-v4avg3)
-#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-kept, opd-free, opd-cut, rl-free): its
+#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
 #                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
 #
@@ -21,8 +25,8 @@
 # runs/NAME/train.log.
 # The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
-# OPD_STEPS (200; 300 for opd-kept/free/cut), OPD_BATCH (8), OPD_LR (3e-5, 5e-5 for opd-kept/free/cut: at 3e-4 the
-# student collapsed within 50 steps), VAL_USERS (100);
+# OPD_STEPS (300), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps),
+# OPD_VALIDITY_WEIGHT (1, the served conversion's own; 8 for opd-kept/free/cut), VAL_USERS (100);
 # VALIDITY_STEPS (300), VALIDITY_WEIGHT (4; 8 for opd-kept/free/cut), VALIDITY_LR (3e-4); RL_STEPS (150),
 # RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1). Results go to the candidates store.
 set -euo pipefail
@@ -33,6 +37,7 @@ export DGR2_DATA_DIR PYTHONUNBUFFERED=1
 # the served pair, by folder (the store aliases move when a new pair ships)
 AR=dgr2/model_store/beauty-gr2/ar-small-v4avg3 CFT=dgr2/model_store/beauty-gr2/cft-graft-v4avg3
 VALIDITY=candidates/beauty-gr2/cft-validity-v4avg3  # the served conversion + 300 CFT steps at validity weight 4
+OPD=candidates/beauty-gr2/opd-cft-graft-v4avg3  # what `opd` publishes
 DGR2=${DGR2:-.venv/bin/dgr2}
 run_of() { echo "runs/$1-v4avg3"; }
 saved_of() { echo "candidates/runs/$1-v4avg3"; }
@@ -41,7 +46,8 @@ case ${1:-} in
 opd)
     join_saved "$(run_of opd)" "$(saved_of opd)"
     nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store candidates --run-dir "$(run_of opd)" --reverse-kl \
-        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-200}" --lr "${OPD_LR:-3e-5}" --warmup 10 --eval-every 50 \
+        --validity-weight "${OPD_VALIDITY_WEIGHT:-1}" --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" \
+        --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd)"
     ;;
 validity)
@@ -62,6 +68,15 @@ opd-kept|opd-free|opd-cut)
         --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$run")"
     ;;
+rl|rl-dense)
+    cutoff=10
+    [[ $1 == rl-dense ]] && cutoff=100
+    join_saved "$(run_of "$1")" "$(saved_of "$1")"
+    nice "$DGR2" train rl --from "$OPD" --store candidates --run-dir "$(run_of "$1")" --version "$1-v4avg3" \
+        --reward-cutoff "$cutoff" --batch-size "${RL_BATCH:-4}" --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" \
+        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every 25 --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 \
+        | log_to "$(run_of "$1")"
+    ;;
 rl-free)
     join_saved "$(run_of rl-free)" "$(saved_of rl-free)"
     nice "$DGR2" train rl --from "$VALIDITY" --store candidates --run-dir "$(run_of rl-free)" --version rl-free-v4avg3 \
@@ -70,13 +85,13 @@ rl-free)
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of rl-free)"
     ;;
 snapshot|status)
-    [[ ${2:-} =~ ^(opd|validity|opd-kept|opd-free|opd-cut|rl-free)$ ]] ||
-        { echo "usage: $0 $1 opd|validity|opd-kept|opd-free|opd-cut|rl-free" >&2; exit 2; }
+    [[ ${2:-} =~ ^(opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
+        { echo "usage: $0 $1 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free" >&2; exit 2; }
     if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"
     else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 opd|validity|opd-kept|opd-free|opd-cut|rl-free|snapshot RUN|status RUN" >&2
+    echo "usage: $0 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free|snapshot RUN|status RUN" >&2
     exit 2
     ;;
 esac

@@ -1,11 +1,11 @@
 """On-policy rollouts for OPD and RL: the student decodes training prompts with the inference
 decoder, and each decoded sequence becomes a training row (:class:`recipe.sft.Encoded`) and a reward.
 
-Reward (RL): NDCG@10 of the guarded ranking, minus ``invalid_penalty`` times the share of ranks the
-guard had to change (:attr:`model.prompt.AnswerParse.wrong_fraction`), so the policy is paid for
-rankings that need no repair, and for each rank closer to one. The penalty acts only on rollouts
-decoded without the answer constraint (``--unconstrained-rollouts``): the constrained decoder
-cannot write an invalid answer.
+Reward (RL): NDCG@10 of the guarded ranking (``--reward-cutoff``: NDCG@K), minus ``invalid_penalty``
+times the share of ranks the guard had to change (:attr:`model.prompt.AnswerParse.wrong_fraction`),
+so the policy is paid for rankings that need no repair, and for each rank closer to one. The penalty
+acts only on rollouts decoded without the answer constraint (``--unconstrained-rollouts``): the
+constrained decoder cannot write an invalid answer.
 """
 
 from __future__ import annotations
@@ -28,15 +28,20 @@ from dgr2.recipe.sft import Encoded, TrainStream
 class Rollout:
     row: Encoded  # prompt + the decoded continuation
     target_slot: int
-    ndcg10: float
+    rank: int  # the target's 0-based place in the guarded ranking
     wrong_fraction: float = 0.0  # share of the ranks the guard changed (0 exactly when the raw answer is valid)
 
     @property
     def valid_raw(self) -> bool:
         return self.wrong_fraction == 0
 
-    def reward(self, invalid_penalty: float) -> float:
-        return self.ndcg10 - invalid_penalty * self.wrong_fraction
+    @property
+    def ndcg10(self) -> float:
+        return ndcg_at(self.rank, 10)
+
+    def reward(self, invalid_penalty: float, cutoff: int = 10) -> float:
+        """NDCG@``cutoff`` less the penalty; a cutoff past the list's length pays every rank (never 0)."""
+        return ndcg_at(self.rank, cutoff) - invalid_penalty * self.wrong_fraction
 
 
 def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,5 +90,5 @@ def decode_rollouts(model: Transformer, vocab: Vocab, stream: TrainStream, batch
             tokens = tokens[: parse.first_fault + 1]
         start = len(ids) + (parse.start + 1 if parse.start is not None else len(tokens))
         row = Encoded(list(ids) + tokens, len(ids), min(start, len(ids) + len(tokens) - 1), k)
-        out.append(Rollout(row, ex.target_slot, ndcg_at(rank, 10), parse.wrong_fraction))
+        out.append(Rollout(row, ex.target_slot, rank, parse.wrong_fraction))
     return out

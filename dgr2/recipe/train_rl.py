@@ -4,10 +4,10 @@
 
 Each step takes ``--batch-size`` training prompts and samples ``--group`` rollouts of each with the
 block-diffusion decoder (temperature ``--temperature``). Reward: NDCG@10 of the guarded ranking
-minus ``--invalid-penalty`` times the share of ranks the guard had to repair (:mod:`recipe.rollouts`;
-only rollouts decoded with ``--unconstrained-rollouts`` can be invalid, and their log-probabilities are then
-taken under the whole softmax, as they were sampled). Advantages
-are the rewards standardised within each group (GRPO). Sequence log-probabilities are the one-step
+(``--reward-cutoff``: NDCG@K) minus ``--invalid-penalty`` times the share of ranks the guard had to
+repair (:mod:`recipe.rollouts`; only rollouts decoded with ``--unconstrained-rollouts`` can be
+invalid, and their log-probabilities are then taken under the whole softmax, as they were sampled).
+Advantages are the rewards standardised within each group (GRPO). Sequence log-probabilities are the one-step
 estimate of :mod:`recipe.policy`; the loss is
 
     - mean_i A_i * mean_q log pi(y_iq)  +  beta * mean_q k3(pi || pi_ref)
@@ -51,10 +51,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", type=at_least(2), default=4, help="rollouts per prompt (GRPO group)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--beta", type=float, default=0.02, help="KL coefficient to the starting policy")
+    p.add_argument("--reward-cutoff", type=at_least(1), default=10,
+                   help="reward NDCG@K of the guarded ranking: 10 pays only a target in the top 10, so a group whose "
+                        "rollouts all miss it has no advantage; the list length (100) pays every rank")
     p.add_argument("--invalid-penalty", type=float, default=0.5,
                    help="reward penalty for a raw answer the guard had to repair, times the share of ranks it changed")
     add_rollout_arguments(p)
     p.add_argument("--warmup", type=at_least(0), default=5, help="warm-up steps")
+
+
+def flat_share(rewards: torch.Tensor, group: int) -> float:
+    """Share of groups whose rollouts all earned the same reward: they carry no advantage, so no gradient
+    but the KL's (how sparse the reward is for this policy)."""
+    r = rewards.view(-1, group)
+    return float((r.max(dim=1).values - r.min(dim=1).values <= 1e-9).float().mean())
 
 
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
@@ -100,14 +110,16 @@ def run(args: argparse.Namespace) -> int:
     head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
     S = model.config.block_size
     rewards_log: list[float] = []
+    flat_log: list[float] = []
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
         cfg = rollout_config(model.config, args.candidates, args, temperature=args.temperature,
                              seed=args.seed * 1_000_003 + step)
         rollouts = decode_rollouts(model, vocab, stream, batch, cfg, repeats=args.group)
-        rewards = torch.tensor([r.reward(args.invalid_penalty) for r in rollouts])
+        rewards = torch.tensor([r.reward(args.invalid_penalty, args.reward_cutoff) for r in rollouts])
         rewards_log.append(float(rewards.mean()))
+        flat_log.append(flat_share(rewards, args.group))
         gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
         value, _ = grpo_loss(model, ref, head, ref_head, rollouts, group_advantages(rewards, args.group), S,
                              args.beta, vocab, gen, hidden, constrained=cfg.constrain_answer)
@@ -116,11 +128,13 @@ def run(args: argparse.Namespace) -> int:
     def validate() -> dict:
         out = validate_with(model, vocab, source, args, "diffusion", unconstrained=args.unconstrained_rollouts)
         out["train_reward"] = sum(rewards_log[-20:]) / max(1, len(rewards_log[-20:]))
+        out["train_flat_groups"] = sum(flat_log[-20:]) / max(1, len(flat_log[-20:]))
         return out
 
     def publish_rl(metrics: dict, steps: int):
         prov = Provenance(stage="rl", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps, "group": args.group, "beta": args.beta,
+                                   "reward_cutoff": args.reward_cutoff,
                                    "invalid_penalty": args.invalid_penalty,
                                    "rollouts": rollout_mode(args)})
         version = args.version or f"rl-{parent.path.name}"

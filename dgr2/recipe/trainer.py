@@ -294,6 +294,8 @@ def run_stage(stage: Stage, args: argparse.Namespace, d: Dist, steps: int, lr: f
             model.train()
             record.update({"val_ndcg@10": val["ndcg@10"], "val_valid_raw": val["valid_raw"],
                            "val_tokens_per_forward": val.get("tokens_per_forward"), "val_trace": val.get("trace")})
+            # a stage's own figures about its recent training steps (RL: mean reward, groups with no spread)
+            record.update({k: v for k, v in val.items() if k.startswith("train_")})
             if free := val.get("unconstrained"):
                 record["val_unconstrained"] = {k: free.get(k) for k in UNCONSTRAINED_KEYS}
             free_note = f" unconstrained valid {free['valid_raw']:.3f}" if free else ""

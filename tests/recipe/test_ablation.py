@@ -72,3 +72,59 @@ def test_answer_threshold_only_replaces_its_base_rows():
         answer_threshold, answer_threshold_rows, answer_threshold_only = 0.0, ["+CFT", "+CFT+OPD+RL"], True
     assert [r[0] for r in rows(A)] == ["AR", "naive conversion", "+CFT+OPD", "+CFT, answer threshold 0",
                                        "+CFT+OPD+RL, answer threshold 0"]
+
+
+def test_stage_flag_names_a_checkpoint_per_row_and_refuses_unknown_rows(tmp_path, capsys):
+    import pytest
+
+    from dgr2.recipe.evals.ablation import main, stage_checkpoint
+
+    class A:
+        rows, unconstrained_rows, name = ["+CFT", "+CFT+OPD"], ["+CFT+OPD"], "beauty-gr2"
+        stage = {"+CFT+OPD": "candidates/beauty-gr2/opd-x"}
+    chosen = rows(A)
+    assert [(label, ref) for label, ref, _, _ in chosen] == [
+        ("+CFT", "cft"), ("+CFT+OPD", "candidates/beauty-gr2/opd-x"),
+        ("+CFT+OPD, unconstrained", "candidates/beauty-gr2/opd-x")]
+    assert eval_command(type("E", (A,), {"split": "test", "batch_size": 25, "store": None, "limit": None}),
+                        "candidates/beauty-gr2/opd-x", "diffusion", 1)[3] == "candidates/beauty-gr2/opd-x"
+    assert stage_checkpoint("+CFT=beauty-gr2:diffusion") == ("+CFT", "beauty-gr2:diffusion")
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "a.jsonl"), "--stage", "+OPD=x", "--table"])
+    assert "unknown row(s) ['+OPD']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "a.jsonl"), "--stage", "+CFT", "--table"])
+    assert "expected LABEL=CHECKPOINT" in capsys.readouterr().err
+
+
+def test_resume_files_give_each_stage_a_paired_difference_over_seeds(tmp_path):
+    """Each stage against the one before it in its own decoding mode and against AR, each user averaged over the
+    seeds both rows hold (hand-computed: HR@1 per user)."""
+    from dgr2.recipe.evals.ablation import paired_table, report, resume_path, stage_pairs
+    from dgr2.recipe.evals.eval_tally import ResumeFile, Tally
+
+    assert resume_path("d", "+CFT+OPD, unconstrained", 1).name == "cft-opd-unconstrained-1.resume.jsonl"
+    assert stage_pairs(["AR", "+CFT", "+CFT+OPD", "+CFT, unconstrained", "+CFT+OPD, unconstrained"]) == [
+        ("+CFT", "AR"), ("+CFT+OPD", "+CFT"), ("+CFT+OPD", "AR"),
+        ("+CFT, unconstrained", "AR"), ("+CFT+OPD, unconstrained", "+CFT, unconstrained"),
+        ("+CFT+OPD, unconstrained", "AR")]
+    ranks = {  # per label and seed, users u1..u4 (rank 0 = the target first)
+        ("AR", 1): [0, 0, 5, 20], ("AR", 2): [0, 1, 5, 20],
+        ("+CFT", 1): [0, 3, 0, 20], ("+CFT", 2): [1, 3, 0, 20],
+        ("+CFT+OPD", 1): [0, 0, 0, 20],  # one seed only: paired on that seed alone
+    }
+    records = []
+    for (label, seed), rs in ranks.items():
+        path = resume_path(str(tmp_path), label, seed)
+        f = ResumeFile(path, {"checkpoint": label, "split": "test", "candidates": 100, "neg_seed": seed})
+        f.append(Tally(users=["u1", "u2", "u3", "u4"], ranks=rs))
+        records.append(rec(label, seed, 0.3, 100.0, resume_file=str(path)))
+    lines = paired_table(records).splitlines()
+    assert [line.split(" | ")[:3] for line in lines[2:]] == [
+        ["| +CFT", "AR", "4 × 2"], ["| +CFT+OPD", "+CFT", "4 × 1"], ["| +CFT+OPD", "AR", "4 × 1"]]
+    # HR@1, +CFT - AR, users averaged over seeds: u1 (0.5 - 1), u2 (0 - 0.5), u3 (1 - 0), u4 0 -> mean 0
+    hr1 = lines[2].split(" | ")[4]
+    assert hr1.startswith("+0.0000 ± 0.")
+    assert lines[4].split(" | ")[4].startswith("+0.2500 ± ")  # +OPD vs AR on seed 1: u3 gains rank 1
+    assert report(records).endswith(paired_table(records))
+    assert paired_table([rec("AR", 1, 0.3, 100.0)]) == ""

@@ -14,7 +14,7 @@ from dgr2.recipe.distill import completion_index, distill_targets, kl_loss, teac
 from dgr2.recipe.policy import scored_outputs, token_logprobs
 from dgr2.recipe.rollouts import Rollout, decode_rollouts
 from dgr2.recipe.sft import Encoded, TrainStream, encode
-from dgr2.recipe.train_rl import group_advantages, grpo_loss
+from dgr2.recipe.train_rl import flat_share, group_advantages, grpo_loss
 
 K, TRACE, S = 6, 20, 4
 
@@ -44,7 +44,7 @@ def test_teacher_targets_are_the_teachers_causal_logits_at_each_predicted_token(
 
 def arm(row: Encoded) -> Rollout:
     """A fixed rollout of ``row`` for grpo_loss, which reads only the row (the rewards come as advantages)."""
-    return Rollout(row, target_slot=0, ndcg10=0.0)
+    return Rollout(row, target_slot=0, rank=20)
 
 
 @torch.no_grad()
@@ -113,6 +113,21 @@ def test_rollouts_are_valid_training_rows(tiny, synth):
 def test_group_advantages_are_standardised_within_each_group():
     a = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 0.0]), group=2)
     torch.testing.assert_close(a, torch.tensor([1.0, -1.0, 0.0, 0.0, 1.0, -1.0]), atol=1e-4, rtol=0)
+
+
+def test_reward_cutoff_pays_ranks_past_ten_only_when_asked():
+    import math
+
+    r = Rollout(None, target_slot=0, rank=20, wrong_fraction=0.1)
+    assert r.ndcg10 == 0.0 and r.reward(0.5) == pytest.approx(-0.05)
+    assert r.reward(0.5, cutoff=100) == pytest.approx(1 / math.log2(22) - 0.05)
+    assert Rollout(None, 0, rank=3).reward(0.0) == Rollout(None, 0, rank=3).reward(0.0, cutoff=100)
+
+
+def test_flat_share_counts_the_groups_with_no_reward_spread():
+    rewards = torch.tensor([0.0, 0.0, 0.5, 0.5, 1.0, 0.0, 0.3, 0.3])
+    assert flat_share(rewards, group=2) == 0.75
+    assert flat_share(rewards, group=4) == 0.0
 
 
 def test_grpo_step_moves_probability_to_the_rewarded_arm(tiny, synth):

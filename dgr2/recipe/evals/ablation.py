@@ -4,6 +4,12 @@
         --out docs/results/ablation.jsonl          # runs the evals (resumable: done lines are kept)
     python -m dgr2.recipe.evals.ablation --out docs/results/ablation.jsonl --table   # prints the Markdown table
 
+A stage's checkpoint defaults to its alias in ``--store``; ``--stage "+CFT=beauty-gr2:diffusion"`` names
+another (a folder or ``NAME:VERSION``), for a pair whose stages live in different stores. With
+``--resume-dir``, each row and seed keeps its per-user ranks (``dgr2 eval --resume-file``): a stopped
+row continues where it was, and the table adds each stage's paired per-user difference from the stage
+before it and from AR, over the seeds (:mod:`recipe.evals.compare`).
+
 Rows: AR; naive conversion (the AR checkpoint, diffusion decoder); +CFT; +CFT+OPD; +CFT+OPD+RL;
 with ``--answer-threshold X``, each row named in ``--answer-threshold-rows`` again, decoded with
 that threshold inside the answer (``dgr2 eval --answer-threshold X``; ``--answer-threshold-only``:
@@ -26,6 +32,7 @@ from pathlib import Path
 from dgr2.model.guard import INVALID_KINDS
 from dgr2.model_store import CheckpointError
 from dgr2.recipe import evaluate
+from dgr2.recipe.evals.compare import compare_files
 from dgr2.recipe.evaluate import add_user_arguments
 from dgr2.recipe.metrics import format_mean_stderr as fmt
 from dgr2.records import read_json_lines
@@ -39,9 +46,15 @@ ROWS = [  # label, checkpoint alias, decoder
 ]
 
 
+UNCONSTRAINED = ", unconstrained"  # the label suffix of a row decoded without the answer constraint
+
+
 def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
-    """(label, alias, decoder, extra ``dgr2 eval`` flags) of every row this run evaluates."""
-    selected = [r for r in ROWS if not getattr(args, "rows", None) or r[0] in args.rows]
+    """(label, checkpoint, decoder, extra ``dgr2 eval`` flags) of every row this run evaluates; the checkpoint is
+    the stage's alias unless ``--stage`` named another."""
+    named = getattr(args, "stage", None) or {}
+    selected = [(label, named.get(label, ref), dec) for label, ref, dec in ROWS
+                if not getattr(args, "rows", None) or label in args.rows]
     threshold = getattr(args, "answer_threshold", None)
     variant = {label for label, _, dec in selected
                if threshold is not None and dec == "diffusion" and label in args.answer_threshold_rows}
@@ -53,12 +66,23 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, str, list[str]]]:
                         ["--answer-threshold", str(threshold)]))
     for label, ref, dec in selected:
         if label in (getattr(args, "unconstrained_rows", None) or []):
-            out.append((f"{label}, unconstrained", ref, dec, ["--unconstrained"]))
+            out.append((f"{label}{UNCONSTRAINED}", ref, dec, ["--unconstrained"]))
     return out
 
 
+def checkpoint_ref(args: argparse.Namespace, ref: str) -> str:
+    """A bare alias is looked up under ``--name``; ``NAME:VERSION`` and folders are taken as they are."""
+    return ref if ":" in ref or "/" in ref else f"{args.name}:{ref}"
+
+
+def resume_path(resume_dir: str, label: str, seed: int) -> Path:
+    """``+CFT+OPD, unconstrained`` on seed 1 -> ``cft-opd-unconstrained-1.resume.jsonl``."""
+    slug = "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+    return Path(resume_dir) / f"{slug}-{seed}.resume.jsonl"
+
+
 def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) -> list[str]:
-    cmd = ["dgr2", "eval", "--checkpoint", f"{args.name}:{ref}", "--decoder", decoder, "--split", args.split,
+    cmd = ["dgr2", "eval", "--checkpoint", checkpoint_ref(args, ref), "--decoder", decoder, "--split", args.split,
            "--candidates", "100", "--neg-seed", str(seed), "--batch-size", str(args.batch_size), "--json"]
     if args.store:
         cmd += ["--store", args.store]
@@ -71,6 +95,14 @@ def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) ->
     return cmd
 
 
+def stage_checkpoint(value: str) -> tuple[str, str]:
+    """``--stage LABEL=CHECKPOINT`` as a (label, checkpoint) pair."""
+    label, sep, ref = value.partition("=")
+    if not sep or not label or not ref:
+        raise argparse.ArgumentTypeError(f"expected LABEL=CHECKPOINT (e.g. '+CFT=beauty-gr2:diffusion'), got {value!r}")
+    return label, ref
+
+
 def run_evals(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = {(r["label"], r["neg_seed"]) for r in read(out)}
@@ -81,6 +113,9 @@ def run_evals(args: argparse.Namespace) -> None:
             if (label, seed) in done:
                 continue
             cmd = eval_command(args, ref, decoder, seed) + extra
+            if getattr(args, "resume_dir", None):
+                Path(args.resume_dir).mkdir(parents=True, exist_ok=True)
+                cmd += ["--resume-file", str(resume_path(args.resume_dir, label, seed))]
             print("$", shlex.join(cmd), file=sys.stderr, flush=True)
             try:  # the recorded command is the user-facing `dgr2 eval ...`, run here as a function
                 result = evaluate.eval_result(eval_parser.parse_args(cmd[2:]))
@@ -88,6 +123,8 @@ def run_evals(args: argparse.Namespace) -> None:
                 print(f"skipped {label} (seed {seed}): {e}", file=sys.stderr)
                 continue
             record = {"label": label, "command": shlex.join(cmd), **result}
+            if getattr(args, "resume_dir", None):
+                record["resume_file"] = cmd[-1]
             with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -123,6 +160,46 @@ def table(records: list[dict]) -> str:
     return "\n".join(accuracy) + "\n\n" + "\n".join(writing)
 
 
+def stage_pairs(labels: list[str]) -> list[tuple[str, str]]:
+    """(B, A) pairs the paired table reports: each stage against the stage before it in the same decoding
+    mode (constrained rows, unconstrained rows), then against AR; variants such as an answer threshold are
+    left to their own comparisons."""
+    order = [label for label, _, _ in ROWS]
+    out: list[tuple[str, str]] = []
+    for suffix in ("", UNCONSTRAINED):
+        chain = [label + suffix for label in order[1:] if label + suffix in labels]
+        previous = {b: a for a, b in zip(chain, chain[1:], strict=False)}
+        for label in chain:
+            if label in previous:
+                out.append((label, previous[label]))
+            if "AR" in labels:
+                out.append((label, "AR"))
+    return out
+
+
+def paired_table(records: list[dict]) -> str:
+    """Each stage's paired per-user difference (B - A) in NDCG@10, HR@1 and HR@10, each user averaged over the
+    seeds both rows hold, standard error over users; '' when the records keep no resume files."""
+    files = {(r["label"], r["neg_seed"]): r["resume_file"] for r in records
+             if r.get("resume_file") and Path(r["resume_file"]).exists()}
+    labels = list(dict.fromkeys(label for label, _ in files))
+    lines = ["| stage | against | users × seeds | NDCG@10 | HR@1 | HR@10 |", "|---" * 6 + "|"]
+    for b, a in stage_pairs(labels):
+        seeds = sorted({s for label, s in files if label == a} & {s for label, s in files if label == b})
+        if not seeds:
+            continue
+        out = compare_files(*[files[(label, s)] for s in seeds for label in (a, b)])
+        cells = " | ".join(f"{out[m]['diff']:+.4f} ± {out[m]['stderr']:.4f}" for m in ("ndcg@10", "hr@1", "hr@10"))
+        lines.append(f"| {b} | {a} | {out['n']} × {len(seeds)} | {cells} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def report(records: list[dict]) -> str:
+    """The two tables of :func:`table`, then the paired one where the rows kept resume files."""
+    pairs = paired_table(records)
+    return table(records) + ("\n\n" + pairs if pairs else "")
+
+
 def present(records: list[dict], key: str) -> list[float]:
     """``key`` of the records that have it (files written before a metric existed lack it: ``n/a``)."""
     return [r[key] for r in records if r.get(key) is not None]
@@ -149,17 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=lambda s: s.split(","), default=None,
                    help="comma-separated row labels to evaluate (default: all); answer-threshold rows follow "
                         "their base row")
+    p.add_argument("--stage", type=stage_checkpoint, action="append", default=[], metavar="LABEL=CHECKPOINT",
+                   help="the checkpoint of one row's stage instead of its alias in --store (NAME:VERSION or a "
+                        "folder); repeat for each stage")
+    p.add_argument("--resume-dir", default=None,
+                   help="keep each row and seed's per-user ranks here: stopped rows continue, and the table adds "
+                        "each stage's paired difference")
     p.add_argument("--device", default="cpu", help="torch device of the evals: cpu or cuda")
     p.add_argument("--table", action="store_true", help="print the Markdown table of --out and exit")
     args = p.parse_args(argv)
-    unknown = set(args.rows or []) - {label for label, _, _ in ROWS}
-    if unknown:
-        p.error(f"--rows: unknown row(s) {sorted(unknown)}; rows are {[label for label, _, _ in ROWS]}")
-    if args.table:
-        print(table(read(Path(args.out))))
-        return 0
-    run_evals(args)
-    print(table(read(Path(args.out))))
+    known = [label for label, _, _ in ROWS]
+    args.stage = dict(args.stage)
+    for flag, named in (("--rows", args.rows or []), ("--stage", args.stage)):
+        if unknown := set(named) - set(known):
+            p.error(f"{flag}: unknown row(s) {sorted(unknown)}; rows are {known}")
+    if not args.table:
+        run_evals(args)
+    print(report(read(Path(args.out))))
     return 0
 
 
