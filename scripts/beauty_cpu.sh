@@ -17,6 +17,10 @@
 #                                                  something and a group's rollouts rarely tie (runs/rl-dense-v4avg3)
 #   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not
 #                                                  change, from the validity candidate (runs/rl-free-v4avg3)
+#   bash scripts/beauty_cpu.sh ablation            the recipe's stages on the served pair (AR, naive conversion, CFT, +OPD,
+#                                                  +RL from `opd` and `rl`), 1,000 sampled test users x 3 seeds, with
+#                                                  and without the answer constraint; resumable, per-user ranks kept
+#                                                  (candidates/runs/ablation-v4avg3)
 #   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
 #                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
@@ -38,6 +42,7 @@ export DGR2_DATA_DIR PYTHONUNBUFFERED=1
 AR=dgr2/model_store/beauty-gr2/ar-small-v4avg3 CFT=dgr2/model_store/beauty-gr2/cft-graft-v4avg3
 VALIDITY=candidates/beauty-gr2/cft-validity-v4avg3  # the served conversion + 300 CFT steps at validity weight 4
 OPD=candidates/beauty-gr2/opd-cft-graft-v4avg3  # what `opd` publishes
+RL=candidates/beauty-gr2/rl-v4avg3  # what `rl` publishes
 DGR2=${DGR2:-.venv/bin/dgr2}
 run_of() { echo "runs/$1-v4avg3"; }
 saved_of() { echo "candidates/runs/$1-v4avg3"; }
@@ -84,6 +89,15 @@ rl-free)
         --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every 50 \
         --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of rl-free)"
     ;;
+ablation)
+    # a stage not trained yet is skipped by name; the same command later evaluates it
+    out=candidates/runs/ablation-v4avg3
+    mkdir -p "$out"
+    nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation --split test --sample "${ABLATION_USERS:-1000}" \
+        --seeds 12345,1,2 --batch-size 25 --stage "+CFT+OPD=$OPD" --stage "+CFT+OPD+RL=$RL" \
+        --unconstrained-rows "naive conversion,+CFT,+CFT+OPD,+CFT+OPD+RL" --resume-dir "$out" \
+        --out "$out/ablation.jsonl" 2>&1 | tee -a "$out/progress.log"
+    ;;
 snapshot|status)
     [[ ${2:-} =~ ^(opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
         { echo "usage: $0 $1 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free" >&2; exit 2; }
@@ -91,7 +105,7 @@ snapshot|status)
     else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free|snapshot RUN|status RUN" >&2
+    echo "usage: $0 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free|ablation|snapshot RUN|status RUN" >&2
     exit 2
     ;;
 esac
