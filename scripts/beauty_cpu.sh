@@ -3,6 +3,8 @@
 # (docs/recipe.md, "Resuming a run"):
 #
 #   bash scripts/beauty_cpu.sh opd                 on-policy distillation from the served AR model (runs/opd-v4avg3)
+#   bash scripts/beauty_cpu.sh opd-anchor          the same with the conversion's own loss on the data beside it
+#                                                  (OPD_ANCHOR, 1), so the trace stays the rule's (runs/opd-anchor-v4avg3)
 #   bash scripts/beauty_cpu.sh validity            CFT continued with validity weighted above the ranking, so the
 #                                                  model itself writes valid rankings (runs/validity-v4avg3)
 #   bash scripts/beauty_cpu.sh opd-kept            OPD with validity weighted (8), rollouts under the constraint, from
@@ -21,7 +23,7 @@
 #                                                  +RL from `opd` and `rl`), 1,000 sampled test users x 3 seeds, with
 #                                                  and without the answer constraint; resumable, per-user ranks kept
 #                                                  (candidates/runs/ablation-v4avg3)
-#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, validity, opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
+#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, opd-anchor, validity, opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
 #                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
 #
@@ -29,7 +31,7 @@
 # runs/NAME/train.log.
 # The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
-# OPD_STEPS (300), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps),
+# OPD_STEPS (300), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps), OPD_EVAL_EVERY (50),
 # OPD_VALIDITY_WEIGHT (1, the served conversion's own; 8 for opd-kept/free/cut), VAL_USERS (100);
 # VALIDITY_STEPS (300), VALIDITY_WEIGHT (4; 8 for opd-kept/free/cut), VALIDITY_LR (3e-4); RL_STEPS (150),
 # RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1). Results go to the candidates store.
@@ -41,19 +43,22 @@ export DGR2_DATA_DIR PYTHONUNBUFFERED=1
 # the served pair, by folder (the store aliases move when a new pair ships)
 AR=dgr2/model_store/beauty-gr2/ar-small-v4avg3 CFT=dgr2/model_store/beauty-gr2/cft-graft-v4avg3
 VALIDITY=candidates/beauty-gr2/cft-validity-v4avg3  # the served conversion + 300 CFT steps at validity weight 4
-OPD=candidates/beauty-gr2/opd-cft-graft-v4avg3  # what `opd` publishes
+OPD=candidates/beauty-gr2/opd-anchor-v4avg3  # what `opd-anchor` publishes: the stage RL starts from
 RL=candidates/beauty-gr2/rl-v4avg3  # what `rl` publishes
 DGR2=${DGR2:-.venv/bin/dgr2}
 run_of() { echo "runs/$1-v4avg3"; }
 saved_of() { echo "candidates/runs/$1-v4avg3"; }
 
 case ${1:-} in
-opd)
-    join_saved "$(run_of opd)" "$(saved_of opd)"
-    nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store candidates --run-dir "$(run_of opd)" --reverse-kl \
-        --validity-weight "${OPD_VALIDITY_WEIGHT:-1}" --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" \
-        --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
-        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of opd)"
+opd|opd-anchor)
+    # opd-anchor: the same, with the conversion's own loss on the data beside the KL (holds the trace to the rule)
+    anchor=0
+    [[ $1 == opd-anchor ]] && anchor=${OPD_ANCHOR:-1}
+    join_saved "$(run_of "$1")" "$(saved_of "$1")"
+    nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store candidates --run-dir "$(run_of "$1")" \
+        --version "$1-v4avg3" --reverse-kl --anchor-weight "$anchor" --validity-weight "${OPD_VALIDITY_WEIGHT:-1}" \
+        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 \
+        --eval-every "${OPD_EVAL_EVERY:-50}" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$1")"
     ;;
 validity)
     join_saved "$(run_of validity)" "$(saved_of validity)"
@@ -99,13 +104,13 @@ ablation)
         --out "$out/ablation.jsonl" 2>&1 | tee -a "$out/progress.log"
     ;;
 snapshot|status)
-    [[ ${2:-} =~ ^(opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
-        { echo "usage: $0 $1 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free" >&2; exit 2; }
+    [[ ${2:-} =~ ^(opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
+        { echo "usage: $0 $1 opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free" >&2; exit 2; }
     if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"
     else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 opd|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free|ablation|snapshot RUN|status RUN" >&2
+    echo "usage: $0 opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free|ablation|snapshot RUN|status RUN" >&2
     exit 2
     ;;
 esac

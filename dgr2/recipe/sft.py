@@ -98,8 +98,12 @@ class TrainStream:
         return out
 
     def global_batch(self, step: int, batch_size: int) -> list[Encoded]:
+        return self.encoded(self.examples(step, batch_size))
+
+    def encoded(self, examples: list[tuple[Example, list[str]]]) -> list[Encoded]:
+        """Training rows of (example, own sequence) pairs as the data writes them: the rule's trace, the true answer."""
         return [encode(self.vocab, self.source, ex, self.trace_len, own_sequence=own, rule=self.rule)
-                for ex, own in self.examples(step, batch_size)]
+                for ex, own in examples]
 
     def view(self, own_sequence: list[str]) -> UserView:
         return UserView(self.source.catalog, self.source.counts, self.source.pairs, own_sequence)

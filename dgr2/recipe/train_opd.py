@@ -6,8 +6,11 @@ Each step the student decodes a batch of training prompts with the block-diffusi
 its own block size and threshold; without the answer constraint with ``--unconstrained-rollouts``, so it
 also learns on the duplicates it writes by itself), the teacher scores those exact sequences in one causal pass,
 and the student is trained on the teacher's per-token distributions at its masked positions
-(:mod:`recipe.distill`; forward KL, ``--reverse-kl`` for reverse). The result is stored with the
-aliases ``opd`` and ``diffusion``.
+(:mod:`recipe.distill`; forward KL, ``--reverse-kl`` for reverse). ``--anchor-weight W`` adds W times
+the conversion's own loss on the step's examples as the data writes them (the rule's trace, the true
+answer): without it, distillation on the student's own rollouts has nothing that holds the trace to
+the rule, and on this project's CPU runs the trace drifted. The result is stored with the aliases
+``opd`` and ``diffusion``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dgr2.recipe.data import load_source
 from dgr2.recipe.distill import distill_targets, kl_loss, teacher_logits
 from dgr2.recipe.rollouts import add_rollout_arguments, decode_rollouts, rollout_config, rollout_mode
 from dgr2.recipe.sft import TrainStream
-from dgr2.recipe.train_ar import global_weight, validate_with
+from dgr2.recipe.train_ar import global_weight, validate_with, weighted_ce
 from dgr2.recipe.trainer import (
     Stage,
     add_common_arguments,
@@ -49,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of -log P(an allowed slot) beside the KL, as in `dgr2 train cft` (the KL alone, "
                         "taken over allowed slots, lets the student's mass on banned ones drift); with a weight "
                         "above 0 each validation also decodes unconstrained")
+    p.add_argument("--anchor-weight", type=non_negative, default=0.0,
+                   help="weight of the conversion's own loss on the step's examples as the data writes them (rule "
+                        "trace, true answer) beside the KL: holds the trace to the rule while the student "
+                        "distils on its own rollouts")
     add_rollout_arguments(p)
     p.add_argument("--cut-at-first-fault", action="store_true",
                    help="with --unconstrained-rollouts: end each rollout at its first repeated or foreign slot, so "
@@ -82,14 +89,24 @@ def run(args: argparse.Namespace) -> int:
         b = collate_diffusion(rows, S, vocab.mask, vocab.pad, gen, vocab)
         t_logits, t_banned = distill_targets(b, rows, teacher_logits(teacher, t_head, rows, vocab.pad), vocab)
         h = hidden(b.ids, positions=b.positions, mask=b.mask)
-        return kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl,
-                       validity_weight=args.validity_weight)
+        value = kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl,
+                        validity_weight=args.validity_weight)
+        if args.anchor_weight:
+            value = value + args.anchor_weight * anchor_loss(step, batch, gen, hidden)
+        return value
+
+    def anchor_loss(step: int, batch, gen: torch.Generator, hidden) -> torch.Tensor:
+        """CFT's loss on the same examples, encoded from the data rather than decoded by the student."""
+        b = collate_diffusion(stream.encoded(batch), S, vocab.mask, vocab.pad, gen, vocab)
+        h = hidden(b.ids, positions=b.positions, mask=b.mask)
+        return weighted_ce(head, h, b.targets, b.weights, global_weight(d, b.weights), b.banned,
+                           args.validity_weight)
 
     def publish_opd(metrics: dict, steps: int):
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward",
-                                   "validity_weight": args.validity_weight,
+                                   "validity_weight": args.validity_weight, "anchor_weight": args.anchor_weight,
                                    "rollouts": rollout_mode(args), "cut_at_first_fault": args.cut_at_first_fault})
         version = args.version or f"opd-{parent.path.name}"
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,

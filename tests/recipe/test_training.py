@@ -242,3 +242,27 @@ def test_unconstrained_rollouts_train_on_the_models_own_answers_and_log_its_vali
         assert not any(k.startswith("train_") for k in validated[0])
     manifest = json.loads((ModelStore(store).resolve("beauty-gr2", stage) / "manifest.json").read_text())
     assert manifest["metrics"]["rollouts"] == "unconstrained"
+
+
+def test_opd_anchor_adds_the_conversions_own_loss_on_the_data(planted, trained_cft, tmp_path):
+    """``--anchor-weight``: the first step's loss grows by the conversion's cross-entropy on the same examples as
+    the data writes them (same rollouts, same noise for the KL part), and the manifest records the weight."""
+    import json
+
+    from dgr2.model_store import ModelStore
+
+    data, root, common = planted
+    planted_store = ModelStore(root / "store")
+    first = {}
+    for weight in ("0", "2"):
+        argv = [*common, "--from", str(planted_store.resolve("beauty-gr2", "cft")),
+                "--teacher", str(planted_store.resolve("beauty-gr2", "ar")), "--steps", "1", "--batch-size", "4",
+                "--eval-every", "1", "--val-users", "10", "--anchor-weight", weight,
+                "--run-dir", str(tmp_path / weight), "--fresh"]
+        argv[argv.index("--store") + 1] = str(tmp_path / f"store{weight}")
+        assert train_opd.run(parse(train_opd, argv)) == 0
+        first[weight] = json.loads((tmp_path / weight / "log.jsonl").read_text().splitlines()[0])["loss"]
+        manifest = json.loads((ModelStore(tmp_path / f"store{weight}").resolve("beauty-gr2", "opd")
+                               / "manifest.json").read_text())
+        assert manifest["metrics"]["anchor_weight"] == float(weight)
+    assert first["2"] > first["0"] + 0.1, first  # 2 x a cross-entropy of a tiny model: well above 0.05
