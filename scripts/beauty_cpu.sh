@@ -34,7 +34,7 @@
 # OPD_STEPS (300), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps), OPD_EVAL_EVERY (50),
 # OPD_VALIDITY_WEIGHT (1, the served conversion's own; 8 for opd-kept/free/cut), VAL_USERS (100);
 # VALIDITY_STEPS (300), VALIDITY_WEIGHT (4; 8 for opd-kept/free/cut), VALIDITY_LR (3e-4); RL_STEPS (150),
-# RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1). Results go to the candidates store.
+# RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1), RL_EVAL_EVERY (25). Results go to the candidates store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/run_state.sh
@@ -84,7 +84,7 @@ rl|rl-dense)
     join_saved "$(run_of "$1")" "$(saved_of "$1")"
     nice "$DGR2" train rl --from "$OPD" --store candidates --run-dir "$(run_of "$1")" --version "$1-v4avg3" \
         --reward-cutoff "$cutoff" --batch-size "${RL_BATCH:-4}" --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" \
-        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every 25 --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 \
+        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every "${RL_EVAL_EVERY:-25}" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 \
         | log_to "$(run_of "$1")"
     ;;
 rl-free)

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     S = model.config.block_size
     rewards_log: list[float] = []
     flat_log: list[float] = []
+    kl_log: list[float] = []
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
@@ -121,14 +122,16 @@ def run(args: argparse.Namespace) -> int:
         rewards_log.append(float(rewards.mean()))
         flat_log.append(flat_share(rewards, args.group))
         gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
-        value, _ = grpo_loss(model, ref, head, ref_head, rollouts, group_advantages(rewards, args.group), S,
-                             args.beta, vocab, gen, hidden, constrained=cfg.constrain_answer)
+        value, parts = grpo_loss(model, ref, head, ref_head, rollouts, group_advantages(rewards, args.group), S,
+                                 args.beta, vocab, gen, hidden, constrained=cfg.constrain_answer)
+        kl_log.append(parts["kl"])
         return value / d.world
 
     def validate() -> dict:
         out = validate_with(model, vocab, source, args, "diffusion", unconstrained=args.unconstrained_rollouts)
         out["train_reward"] = sum(rewards_log[-20:]) / max(1, len(rewards_log[-20:]))
         out["train_flat_groups"] = sum(flat_log[-20:]) / max(1, len(flat_log[-20:]))
+        out["train_kl"] = sum(kl_log[-20:]) / max(1, len(kl_log[-20:]))  # how far the policy moved from its start
         return out
 
     def publish_rl(metrics: dict, steps: int):

@@ -237,7 +237,8 @@ def test_unconstrained_rollouts_train_on_the_models_own_answers_and_log_its_vali
     assert [r["step"] for r in validated] == [2]
     assert 0.0 <= validated[0]["val_unconstrained"]["valid_raw"] <= 1.0
     if stage == "rl":  # the reward its recent steps earned, and how often a group had nothing to compare
-        assert 0.0 <= validated[0]["train_flat_groups"] <= 1.0 and "train_reward" in validated[0]
+        assert 0.0 <= validated[0]["train_flat_groups"] <= 1.0 and validated[0]["train_kl"] >= 0.0
+        assert "train_reward" in validated[0]
     else:
         assert not any(k.startswith("train_") for k in validated[0])
     manifest = json.loads((ModelStore(store).resolve("beauty-gr2", stage) / "manifest.json").read_text())
