@@ -19,10 +19,10 @@
 #                                                  something and a group's rollouts rarely tie (runs/rl-dense-v4avg3)
 #   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not
 #                                                  change, from the validity candidate (runs/rl-free-v4avg3)
-#   bash scripts/beauty_cpu.sh ablation            the recipe's stages on the served pair (AR, naive conversion, CFT, +OPD,
-#                                                  +RL from `opd` and `rl`), 1,000 sampled test users x 3 seeds, with
-#                                                  and without the answer constraint; resumable, per-user ranks kept
-#                                                  (candidates/runs/ablation-v4avg3)
+#   bash scripts/beauty_cpu.sh ablation            the recipe's stages on the served pair (AR, CFT, +OPD, +RL from
+#                                                  `opd-anchor` and `rl`), 1,000 sampled test users x 3 seeds, with and
+#                                                  without the answer constraint, then the naive conversion on one seed;
+#                                                  resumable, per-user ranks kept (candidates/runs/ablation-v4avg3)
 #   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, opd-anchor, validity, opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
 #                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
@@ -98,10 +98,14 @@ ablation)
     # a stage not trained yet is skipped by name; the same command later evaluates it
     out=candidates/runs/ablation-v4avg3
     mkdir -p "$out"
-    nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation --split test --sample "${ABLATION_USERS:-1000}" \
-        --seeds 12345,1,2 --batch-size 25 --stage "+CFT+OPD=$OPD" --stage "+CFT+OPD+RL=$RL" \
-        --unconstrained-rows "naive conversion,+CFT,+CFT+OPD,+CFT+OPD+RL" --resume-dir "$out" \
-        --out "$out/ablation.jsonl" 2>&1 | tee -a "$out/progress.log"
+    common=(--split test --sample "${ABLATION_USERS:-1000}" --batch-size 25 --stage "+CFT+OPD=$OPD"
+            --stage "+CFT+OPD+RL=$RL" --resume-dir "$out" --out "$out/ablation.jsonl")
+    nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" --seeds 12345,1,2 \
+        --rows "AR,+CFT,+CFT+OPD,+CFT+OPD+RL" --unconstrained-rows "+CFT,+CFT+OPD,+CFT+OPD+RL" 2>&1 \
+        | tee -a "$out/progress.log"
+    # the naive conversion writes ~1 token a pass (21 minutes for 1,000 users in each mode): one seed
+    nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" --seeds 12345 \
+        --rows "naive conversion" --unconstrained-rows "naive conversion" 2>&1 | tee -a "$out/progress.log"
     ;;
 snapshot|status)
     [[ ${2:-} =~ ^(opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
