@@ -20,9 +20,9 @@
 #   bash scripts/beauty_cpu.sh rl-free             RL on unconstrained rollouts, paid per rank the guard need not
 #                                                  change, from the validity candidate (runs/rl-free-v4avg3)
 #   bash scripts/beauty_cpu.sh ablation            the recipe's stages on the served pair (AR, CFT, +OPD, +RL from
-#                                                  `opd-anchor` and `rl`), 1,000 sampled test users x 3 seeds, with and
-#                                                  without the answer constraint, then the naive conversion on one seed;
-#                                                  resumable, per-user ranks kept (candidates/runs/ablation-v4avg3)
+#                                                  `opd-anchor` and `rl`), 1,000 sampled test users x 3 seeds; then on
+#                                                  one seed the naive conversion and every stage without the answer
+#                                                  constraint; resumable, per-user ranks kept (candidates/runs/ablation-v4avg3)
 #   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, opd-anchor, validity, opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
 #                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
@@ -101,11 +101,12 @@ ablation)
     common=(--split test --sample "${ABLATION_USERS:-1000}" --batch-size 25 --stage "+CFT+OPD=$OPD"
             --stage "+CFT+OPD+RL=$RL" --resume-dir "$out" --out "$out/ablation.jsonl")
     nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" --seeds 12345,1,2 \
-        --rows "AR,+CFT,+CFT+OPD,+CFT+OPD+RL" --unconstrained-rows "+CFT,+CFT+OPD,+CFT+OPD+RL" 2>&1 \
-        | tee -a "$out/progress.log"
-    # the naive conversion writes ~1 token a pass (21 minutes for 1,000 users in each mode): one seed
+        --rows "AR,+CFT,+CFT+OPD,+CFT+OPD+RL" 2>&1 | tee -a "$out/progress.log"
+    # one seed for the rest: unconstrained answers run on to the budget at ~3 tokens a pass (~35 minutes for
+    # 1,000 users), and the naive conversion writes ~1 token a pass (21 minutes constrained)
+    stages="naive conversion,+CFT,+CFT+OPD,+CFT+OPD+RL"
     nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" --seeds 12345 \
-        --rows "naive conversion" --unconstrained-rows "naive conversion" 2>&1 | tee -a "$out/progress.log"
+        --rows "$stages" --unconstrained-rows "$stages" 2>&1 | tee -a "$out/progress.log"
     ;;
 snapshot|status)
     [[ ${2:-} =~ ^(opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
