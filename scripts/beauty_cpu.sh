@@ -49,16 +49,25 @@ DGR2=${DGR2:-.venv/bin/dgr2}
 run_of() { echo "runs/$1-v4avg3"; }
 saved_of() { echo "candidates/runs/$1-v4avg3"; }
 
+RUNS="opd opd-anchor validity opd-kept opd-free opd-cut rl rl-dense rl-free"
+
 case ${1:-} in
-opd|opd-anchor)
-    # opd-anchor: the same, with the conversion's own loss on the data beside the KL (holds the trace to the rule)
-    anchor=0
-    [[ $1 == opd-anchor ]] && anchor=${OPD_ANCHOR:-1}
-    join_saved "$(run_of "$1")" "$(saved_of "$1")"
-    nice "$DGR2" train opd --from "$CFT" --teacher "$AR" --store candidates --run-dir "$(run_of "$1")" \
-        --version "$1-v4avg3" --reverse-kl --anchor-weight "$anchor" --validity-weight "${OPD_VALIDITY_WEIGHT:-1}" \
+opd|opd-anchor|opd-kept|opd-free|opd-cut)
+    # from the served conversion at its own validity weight (opd-anchor: with the data's loss beside the KL), or
+    # from the validity candidate at weight 8 with three ways to decode the rollouts: under the constraint
+    # (opd-kept), without it (opd-free), without it and cut at the first fault (opd-cut)
+    run=$1 from=$VALIDITY weight=${VALIDITY_WEIGHT:-8} extra=()
+    case $run in
+    opd) from=$CFT weight=${OPD_VALIDITY_WEIGHT:-1} ;;
+    opd-anchor) from=$CFT weight=${OPD_VALIDITY_WEIGHT:-1} extra=(--anchor-weight "${OPD_ANCHOR:-1}") ;;
+    opd-free) extra=(--unconstrained-rollouts) ;;
+    opd-cut) extra=(--unconstrained-rollouts --cut-at-first-fault) ;;
+    esac
+    join_saved "$(run_of "$run")" "$(saved_of "$run")"
+    nice "$DGR2" train opd --from "$from" --teacher "$AR" --store candidates --run-dir "$(run_of "$run")" \
+        --version "$run-v4avg3" --reverse-kl "${extra[@]}" --validity-weight "$weight" \
         --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 \
-        --eval-every "${OPD_EVAL_EVERY:-50}" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$1")"
+        --eval-every "${OPD_EVAL_EVERY:-50}" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$run")"
     ;;
 validity)
     join_saved "$(run_of validity)" "$(saved_of validity)"
@@ -67,32 +76,19 @@ validity)
         --validity-weight "${VALIDITY_WEIGHT:-4}" --eval-every 50 --val-users "${VAL_USERS:-100}" --save-every 5 \
         2>&1 | log_to "$(run_of validity)"
     ;;
-opd-kept|opd-free|opd-cut)
-    # one run, three ways to decode its rollouts: under the constraint, without it, without it and cut
-    run=$1 rollouts=()
-    [[ $run == opd-free ]] && rollouts=(--unconstrained-rollouts)
-    [[ $run == opd-cut ]] && rollouts=(--unconstrained-rollouts --cut-at-first-fault)
+rl|rl-dense|rl-free)
+    # from the anchored OPD model, paid NDCG@10 (rl) or NDCG over the whole list (rl-dense); rl-free: from the
+    # validity candidate on unconstrained rollouts, paid less for each rank the guard had to change
+    run=$1 from=$OPD every=${RL_EVAL_EVERY:-25} extra=(--reward-cutoff 10)
+    case $run in
+    rl-dense) extra=(--reward-cutoff 100) ;;
+    rl-free) from=$VALIDITY every=${RL_EVAL_EVERY:-50} extra=(--unconstrained-rollouts --invalid-penalty "${RL_PENALTY:-1}") ;;
+    esac
     join_saved "$(run_of "$run")" "$(saved_of "$run")"
-    nice "$DGR2" train opd --from "$VALIDITY" --teacher "$AR" --store candidates --run-dir "$(run_of "$run")" \
-        --version "$run-v4avg3" --reverse-kl "${rollouts[@]}" --validity-weight "${VALIDITY_WEIGHT:-8}" \
-        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 --eval-every 50 \
-        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$run")"
-    ;;
-rl|rl-dense)
-    cutoff=10
-    [[ $1 == rl-dense ]] && cutoff=100
-    join_saved "$(run_of "$1")" "$(saved_of "$1")"
-    nice "$DGR2" train rl --from "$OPD" --store candidates --run-dir "$(run_of "$1")" --version "$1-v4avg3" \
-        --reward-cutoff "$cutoff" --batch-size "${RL_BATCH:-4}" --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" \
-        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every "${RL_EVAL_EVERY:-25}" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 \
-        | log_to "$(run_of "$1")"
-    ;;
-rl-free)
-    join_saved "$(run_of rl-free)" "$(saved_of rl-free)"
-    nice "$DGR2" train rl --from "$VALIDITY" --store candidates --run-dir "$(run_of rl-free)" --version rl-free-v4avg3 \
-        --unconstrained-rollouts --invalid-penalty "${RL_PENALTY:-1}" --batch-size "${RL_BATCH:-4}" \
-        --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every 50 \
-        --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of rl-free)"
+    nice "$DGR2" train rl --from "$from" --store candidates --run-dir "$(run_of "$run")" --version "$run-v4avg3" \
+        "${extra[@]}" --batch-size "${RL_BATCH:-4}" --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" \
+        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every "$every" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 \
+        | log_to "$(run_of "$run")"
     ;;
 ablation)
     # a stage not trained yet is skipped by name; the same command later evaluates it
@@ -100,22 +96,21 @@ ablation)
     mkdir -p "$out"
     common=(--split test --sample "${ABLATION_USERS:-1000}" --batch-size 25 --stage "+CFT+OPD=$OPD"
             --stage "+CFT+OPD+RL=$RL" --resume-dir "$out" --out "$out/ablation.jsonl")
-    nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" --seeds 12345,1,2 \
-        --rows "AR,+CFT,+CFT+OPD,+CFT+OPD+RL" 2>&1 | tee -a "$out/progress.log"
+    ablation() { nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" "$@" 2>&1 \
+        | tee -a "$out/progress.log"; }
+    ablation --seeds 12345,1,2 --rows "AR,+CFT,+CFT+OPD,+CFT+OPD+RL"
     # one seed for the rest: unconstrained answers run on to the budget at ~3 tokens a pass (~35 minutes for
     # 1,000 users), and the naive conversion writes ~1 token a pass (21 minutes constrained)
     stages="naive conversion,+CFT,+CFT+OPD,+CFT+OPD+RL"
-    nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" --seeds 12345 \
-        --rows "$stages" --unconstrained-rows "$stages" 2>&1 | tee -a "$out/progress.log"
+    ablation --seeds 12345 --rows "$stages" --unconstrained-rows "$stages"
     ;;
 snapshot|status)
-    [[ ${2:-} =~ ^(opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free)$ ]] ||
-        { echo "usage: $0 $1 opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free" >&2; exit 2; }
+    [[ " $RUNS " == *" ${2:-} "* && -n ${2:-} ]] || { echo "usage: $0 $1 ${RUNS// /|}" >&2; exit 2; }
     if [[ $1 == snapshot ]]; then snapshot "$(run_of "$2")" "$(saved_of "$2")"
     else run_status "$(run_of "$2")" "$(saved_of "$2")"; fi
     ;;
 *)
-    echo "usage: $0 opd|opd-anchor|validity|opd-kept|opd-free|opd-cut|rl|rl-dense|rl-free|ablation|snapshot RUN|status RUN" >&2
+    echo "usage: $0 ${RUNS// /|}|ablation|snapshot RUN|status RUN" >&2
     exit 2
     ;;
 esac

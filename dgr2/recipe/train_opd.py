@@ -92,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
         value = kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl,
                         validity_weight=args.validity_weight)
         if args.anchor_weight:
-            value = value + args.anchor_weight * anchor_loss(step, batch, gen, hidden)
+            value = value + args.anchor_weight * anchor_loss(batch, gen, hidden)
         return value
 
-    def anchor_loss(step: int, batch, gen: torch.Generator, hidden) -> torch.Tensor:
+    def anchor_loss(batch, gen: torch.Generator, hidden) -> torch.Tensor:
         """CFT's loss on the same examples, encoded from the data rather than decoded by the student."""
         b = collate_diffusion(stream.encoded(batch), S, vocab.mask, vocab.pad, gen, vocab)
         h = hidden(b.ids, positions=b.positions, mask=b.mask)

@@ -19,6 +19,7 @@ with ``pi_ref`` the frozen starting (OPD) policy and k3 the unbiased, non-negati
 from __future__ import annotations
 
 import argparse
+from collections import deque
 
 import torch
 
@@ -109,9 +110,7 @@ def run(args: argparse.Namespace) -> int:
     stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)
     head, ref_head = OutputHead(model, vocab, differentiable=True), OutputHead(ref, vocab)
     S = model.config.block_size
-    rewards_log: list[float] = []
-    flat_log: list[float] = []
-    kl_log: list[float] = []
+    recent: deque[dict] = deque(maxlen=20)  # the last steps' reward, tied groups and KL, for the validations
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
@@ -119,19 +118,17 @@ def run(args: argparse.Namespace) -> int:
                              seed=args.seed * 1_000_003 + step)
         rollouts = decode_rollouts(model, vocab, stream, batch, cfg, repeats=args.group)
         rewards = torch.tensor([r.reward(args.invalid_penalty, args.reward_cutoff) for r in rollouts])
-        rewards_log.append(float(rewards.mean()))
-        flat_log.append(flat_share(rewards, args.group))
         gen = torch.Generator().manual_seed(args.seed * 7_919 + step)
         value, parts = grpo_loss(model, ref, head, ref_head, rollouts, group_advantages(rewards, args.group), S,
                                  args.beta, vocab, gen, hidden, constrained=cfg.constrain_answer)
-        kl_log.append(parts["kl"])
+        recent.append({"train_reward": float(rewards.mean()), "train_flat_groups": flat_share(rewards, args.group),
+                       "train_kl": parts["kl"]})  # train_kl: how far the policy moved from its start
         return value / d.world
 
     def validate() -> dict:
         out = validate_with(model, vocab, source, args, "diffusion", unconstrained=args.unconstrained_rollouts)
-        out["train_reward"] = sum(rewards_log[-20:]) / max(1, len(rewards_log[-20:]))
-        out["train_flat_groups"] = sum(flat_log[-20:]) / max(1, len(flat_log[-20:]))
-        out["train_kl"] = sum(kl_log[-20:]) / max(1, len(kl_log[-20:]))  # how far the policy moved from its start
+        if recent:
+            out.update({k: sum(r[k] for r in recent) / len(recent) for k in recent[0]})
         return out
 
     def publish_rl(metrics: dict, steps: int):

@@ -108,14 +108,15 @@ def run_evals(args: argparse.Namespace) -> None:
     done = {(r["label"], r["neg_seed"]) for r in read(out)}
     eval_parser = argparse.ArgumentParser(prog="dgr2 eval", exit_on_error=False)
     evaluate.add_arguments(eval_parser)
+    resume_dir = getattr(args, "resume_dir", None)
+    if resume_dir:
+        Path(resume_dir).mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for label, ref, decoder, extra in rows(args):
             if (label, seed) in done:
                 continue
-            cmd = eval_command(args, ref, decoder, seed) + extra
-            if getattr(args, "resume_dir", None):
-                Path(args.resume_dir).mkdir(parents=True, exist_ok=True)
-                cmd += ["--resume-file", str(resume_path(args.resume_dir, label, seed))]
+            resume = str(resume_path(resume_dir, label, seed)) if resume_dir else None
+            cmd = eval_command(args, ref, decoder, seed) + extra + (["--resume-file", resume] if resume else [])
             print("$", shlex.join(cmd), file=sys.stderr, flush=True)
             try:  # the recorded command is the user-facing `dgr2 eval ...`, run here as a function
                 result = evaluate.eval_result(eval_parser.parse_args(cmd[2:]))
@@ -123,8 +124,8 @@ def run_evals(args: argparse.Namespace) -> None:
                 print(f"skipped {label} (seed {seed}): {e}", file=sys.stderr)
                 continue
             record = {"label": label, "command": shlex.join(cmd), **result}
-            if getattr(args, "resume_dir", None):
-                record["resume_file"] = cmd[-1]
+            if resume:
+                record["resume_file"] = resume
             with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -168,10 +169,9 @@ def stage_pairs(labels: list[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for suffix in ("", UNCONSTRAINED):
         chain = [label + suffix for label in order[1:] if label + suffix in labels]
-        previous = {b: a for a, b in zip(chain, chain[1:], strict=False)}
-        for label in chain:
-            if label in previous:
-                out.append((label, previous[label]))
+        for i, label in enumerate(chain):
+            if i:
+                out.append((label, chain[i - 1]))
             if "AR" in labels:
                 out.append((label, "AR"))
     return out
