@@ -37,7 +37,7 @@ def transferred_model(src: Checkpoint, vocab: Vocab) -> Transformer:
         means[fam] = old[rows].mean(0) if rows else old.mean(0)
     new = torch.empty(len(vocab), old.shape[1])
     unmatched = []
-    for tok, i in new_ids.items():
+    for tok, i in sorted(new_ids.items(), key=lambda kv: kv[1]):  # id order: the tokenizer's map is unordered
         fam = family_of(tok)
         if fam is not None:
             new[i] = means[fam]
