@@ -1,6 +1,6 @@
 """The ablation table: rows in recipe order, mean ± s.e. over seeds, speed ratios within a seed."""
 
-from dgr2.recipe.evals.ablation import eval_command, rows, table
+from dgr2.recipe.evals.ablation import eval_command, main, rows, table
 
 
 def rec(label, seed, ndcg, speed, valid=1.0, **extra):
@@ -43,6 +43,17 @@ def test_eval_command_is_the_documented_cli():
     class S:
         name, split, batch_size, store, limit, sample = "beauty-gr2", "test", 50, None, None, 1000
     assert eval_command(S, "ar", "ar", 1)[-2:] == ["--sample", "1000"]
+
+
+def test_a_missing_data_folder_is_one_line_and_no_row(tmp_path, capsys):
+    """A data folder that is not there stops the ablation before any row, in one line that names it."""
+    out = tmp_path / "ablation.jsonl"
+    missing = tmp_path / "no-such-folder"
+    assert main(["--out", str(out), "--data-dir", str(missing), "--rows", "AR", "--seeds", "1", "--limit", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith(f"--data-dir {missing}")  # the row's command, as it would have run
+    assert err[1].startswith("python -m dgr2.recipe.evals.ablation: error: ") and str(missing) in err[1]
+    assert len(err) == 2 and not out.exists()
 
 
 def test_answer_threshold_rows_follow_their_base_row():

@@ -29,6 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from dgr2.errors import UserError
 from dgr2.model.guard import INVALID_KINDS
 from dgr2.model_store import CheckpointError
 from dgr2.recipe import evaluate
@@ -90,6 +91,8 @@ def eval_command(args: argparse.Namespace, ref: str, decoder: str, seed: int) ->
         cmd += ["--limit", str(args.limit)]
     if getattr(args, "sample", None):
         cmd += ["--sample", str(args.sample)]
+    if getattr(args, "data_dir", None):
+        cmd += ["--data-dir", args.data_dir]
     if getattr(args, "device", "cpu") != "cpu":
         cmd += ["--device", args.device]
     return cmd
@@ -206,8 +209,10 @@ def present(records: list[dict], key: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m dgr2.recipe.evals.ablation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default=None)
+    p.add_argument("--data-dir", default=None, help="data folder of every row's eval (default: $DGR2_DATA_DIR)")
     p.add_argument("--name", default="beauty-gr2")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     add_user_arguments(p)  # per run; default: all users
@@ -240,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     for flag, named in (("--rows", args.rows or []), ("--stage", args.stage)):
         if unknown := set(named) - set(known):
             p.error(f"{flag}: unknown row(s) {sorted(unknown)}; rows are {known}")
-    if not args.table:
-        run_evals(args)
-    print(report(read(Path(args.out))))
+    try:
+        if not args.table:
+            run_evals(args)
+        print(report(read(Path(args.out))))
+    except UserError as e:  # a data folder or resume file the user named: one line, as `dgr2` answers it
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
