@@ -78,6 +78,10 @@ def test_training_curves_plot_from_run_logs(tmp_path):
     rows[1]["val_unconstrained"] = {"valid_raw": 0.0, "banned_mass": {"ar": 0.3, "diffusion": 0.2}}
     (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert plot([str(run)], str(out))[0][-2:] == ["val raw validity, unconstrained", "mass on banned slots (AR view)"]
+    # an RL run: the share of its groups without reward spread, where it was logged
+    rows[1]["train_flat_groups"] = 0.5
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert plot([str(run)], str(out))[0][-1] == "RL groups with no reward spread"
 
 
 def test_pairs_over_seeds_average_each_user_before_the_difference(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 One column per run: loss per step, and validation NDCG@10, raw validity and the trace entries written
 exactly where measured; for a run that trains validity, also its unconstrained raw validity and the
-probability it puts on banned slots.
+probability it puts on banned slots; for an RL run, the share of its groups that carried no reward spread.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def plot(run_dirs: list[str], out: str) -> list[list[str]]:
             if probed:
                 ax.plot([r["step"] for r in probed], [r["val_unconstrained"]["banned_mass"]["ar"] for r in probed],
                         "d-.", label="mass on banned slots (AR view)")
+        signal = [r for r in val if r.get("train_flat_groups") is not None]
+        if signal:  # an RL run's signal: a group whose rollouts all earned one reward carries no gradient
+            ax.plot([r["step"] for r in signal], [r["train_flat_groups"] for r in signal], "v-",
+                    label="RL groups with no reward spread")
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("step")
         ax.legend(loc="center right")
