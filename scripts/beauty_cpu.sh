@@ -99,8 +99,8 @@ ablation)
     ablation() { nice "${PYTHON:-.venv/bin/python}" -m dgr2.recipe.evals.ablation "${common[@]}" "$@" 2>&1 \
         | tee -a "$out/progress.log"; }
     ablation --seeds 12345,1,2 --rows "AR,+CFT,+CFT+OPD,+CFT+OPD+RL"
-    # one seed for the rest: unconstrained answers run on to the budget at ~3 tokens a pass (~35 minutes for
-    # 1,000 users), and the naive conversion writes ~1 token a pass (21 minutes constrained)
+    # one seed for the rest: unconstrained rows decode ~3 tokens a pass (8 minutes for 1,000 users alone) and the
+    # naive conversion ~1 (15-20 minutes a row), so three seeds of them would add about two hours
     stages="naive conversion,+CFT,+CFT+OPD,+CFT+OPD+RL"
     ablation --seeds 12345 --rows "$stages" --unconstrained-rows "$stages"
     ;;
