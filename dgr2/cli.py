@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from dgr2.errors import UserError
+    from dgr2.errors import UserError, print_user_error
 
     try:
         module_name, _, attr = args.module.partition(":")
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed.command_line = shlex.join([*args.prog.split(), *rest])  # what a benchmark records it ran
         return command.run(parsed)
     except UserError as e:  # a checkpoint, a data folder or file, a resume file: one line, no traceback
-        print(f"{args.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return print_user_error(args.prog, e)
 
 
 if __name__ == "__main__":

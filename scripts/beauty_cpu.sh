@@ -31,10 +31,10 @@
 # runs/NAME/train.log.
 # The served conversion itself came from `dgr2 train cft` on this CPU (600 steps of 16 from a graft; the
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
-# OPD_STEPS (300), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps), OPD_EVAL_EVERY (50),
-# OPD_VALIDITY_WEIGHT (1, the served conversion's own; 8 for opd-kept/free/cut), VAL_USERS (100);
+# OPD_STEPS (300; 200 for opd-anchor), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps), OPD_EVAL_EVERY (50),
+# OPD_VALIDITY_WEIGHT (1, the served conversion's own; 8 for opd-kept/free/cut), VAL_USERS (200 for the served-pair runs, 100 for those from the validity candidate);
 # VALIDITY_STEPS (300), VALIDITY_WEIGHT (4; 8 for opd-kept/free/cut), VALIDITY_LR (3e-4); RL_STEPS (150),
-# RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1), RL_EVAL_EVERY (25). Results go to the candidates store.
+# RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1), RL_EVAL_EVERY (30; 50 for rl-free). Results go to the candidates store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/run_state.sh
@@ -56,18 +56,20 @@ opd|opd-anchor|opd-kept|opd-free|opd-cut)
     # from the served conversion at its own validity weight (opd-anchor: with the data's loss beside the KL), or
     # from the validity candidate at weight 8 with three ways to decode the rollouts: under the constraint
     # (opd-kept), without it (opd-free), without it and cut at the first fault (opd-cut)
-    run=$1 from=$VALIDITY weight=${VALIDITY_WEIGHT:-8} extra=()
+    # the served-pair runs validate on 200 users (their curves in docs/results.md), the validity candidate's on 100
+    run=$1 from=$VALIDITY weight=${VALIDITY_WEIGHT:-8} extra=() steps=${OPD_STEPS:-300} users=${VAL_USERS:-100}
     case $run in
-    opd) from=$CFT weight=${OPD_VALIDITY_WEIGHT:-1} ;;
-    opd-anchor) from=$CFT weight=${OPD_VALIDITY_WEIGHT:-1} extra=(--anchor-weight "${OPD_ANCHOR:-1}") ;;
+    opd) from=$CFT weight=${OPD_VALIDITY_WEIGHT:-1} users=${VAL_USERS:-200} ;;
+    opd-anchor) from=$CFT weight=${OPD_VALIDITY_WEIGHT:-1} extra=(--anchor-weight "${OPD_ANCHOR:-1}")
+        steps=${OPD_STEPS:-200} users=${VAL_USERS:-200} ;;
     opd-free) extra=(--unconstrained-rollouts) ;;
     opd-cut) extra=(--unconstrained-rollouts --cut-at-first-fault) ;;
     esac
     join_saved "$(run_of "$run")" "$(saved_of "$run")"
     nice "$DGR2" train opd --from "$from" --teacher "$AR" --store candidates --run-dir "$(run_of "$run")" \
         --version "$run-v4avg3" --reverse-kl "${extra[@]}" --validity-weight "$weight" \
-        --batch-size "${OPD_BATCH:-8}" --steps "${OPD_STEPS:-300}" --lr "${OPD_LR:-5e-5}" --warmup 10 \
-        --eval-every "${OPD_EVAL_EVERY:-50}" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 | log_to "$(run_of "$run")"
+        --batch-size "${OPD_BATCH:-8}" --steps "$steps" --lr "${OPD_LR:-5e-5}" --warmup 10 \
+        --eval-every "${OPD_EVAL_EVERY:-50}" --val-users "$users" --save-every 5 2>&1 | log_to "$(run_of "$run")"
     ;;
 validity)
     join_saved "$(run_of validity)" "$(saved_of validity)"
@@ -79,15 +81,16 @@ validity)
 rl|rl-dense|rl-free)
     # from the anchored OPD model, paid NDCG@10 (rl) or NDCG over the whole list (rl-dense); rl-free: from the
     # validity candidate on unconstrained rollouts, paid less for each rank the guard had to change
-    run=$1 from=$OPD every=${RL_EVAL_EVERY:-25} extra=(--reward-cutoff 10)
+    run=$1 from=$OPD every=${RL_EVAL_EVERY:-30} users=${VAL_USERS:-200} extra=(--reward-cutoff 10)
     case $run in
     rl-dense) extra=(--reward-cutoff 100) ;;
-    rl-free) from=$VALIDITY every=${RL_EVAL_EVERY:-50} extra=(--unconstrained-rollouts --invalid-penalty "${RL_PENALTY:-1}") ;;
+    rl-free) from=$VALIDITY every=${RL_EVAL_EVERY:-50} users=${VAL_USERS:-100}
+        extra=(--unconstrained-rollouts --invalid-penalty "${RL_PENALTY:-1}") ;;
     esac
     join_saved "$(run_of "$run")" "$(saved_of "$run")"
     nice "$DGR2" train rl --from "$from" --store candidates --run-dir "$(run_of "$run")" --version "$run-v4avg3" \
         "${extra[@]}" --batch-size "${RL_BATCH:-4}" --group "${RL_GROUP:-4}" --steps "${RL_STEPS:-150}" \
-        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every "$every" --val-users "${VAL_USERS:-100}" --save-every 5 2>&1 \
+        --lr "${RL_LR:-1e-5}" --warmup 5 --eval-every "$every" --val-users "$users" --save-every 5 2>&1 \
         | log_to "$(run_of "$run")"
     ;;
 ablation)

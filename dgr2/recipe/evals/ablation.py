@@ -29,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dgr2.errors import UserError
+from dgr2.errors import UserError, print_user_error
 from dgr2.model.guard import INVALID_KINDS
 from dgr2.model_store import CheckpointError
 from dgr2.recipe import evaluate
@@ -250,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             run_evals(args)
         print(report(read(Path(args.out))))
     except UserError as e:  # a data folder or resume file the user named: one line, as `dgr2` answers it
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return print_user_error(p.prog, e)
     return 0
 
 
