@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import DiffusionBatch
-from dgr2.recipe.losses import banned_nll
+from dgr2.recipe.losses import ValidityTerm
 from dgr2.recipe.sft import Encoded, slot_exclusions
 
 
@@ -63,7 +63,7 @@ def distill_targets(batch: DiffusionBatch, rows: list[Encoded], t_logits: list[t
 
 def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: torch.Tensor,
             t_banned: torch.Tensor, total_weight: torch.Tensor, reverse: bool = False,
-            validity_weight: float = 0.0) -> torch.Tensor:
+            validity: ValidityTerm | None = None) -> torch.Tensor:
     """Weighted KL between teacher and student at the student's supervised outputs
     (forward KL(p_T || p_S) by default; ``reverse`` gives KL(p_S || p_T)). The KL is over the slots
     neither side bans, so it says nothing about the student's mass on banned ones: ``validity_weight``
@@ -78,6 +78,6 @@ def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: 
     log_t = F.log_softmax(t_logits[sel].masked_fill(ban, float("-inf")), dim=-1).masked_fill(ban, 0.0)
     p, log_p, log_q = (log_s.exp(), log_s, log_t) if reverse else (log_t.exp(), log_t, log_s)
     kl = (p.masked_fill(ban, 0.0) * (log_p - log_q)).sum(dim=-1)
-    if validity_weight:
-        kl = kl + validity_weight * banned_nll(s_logits, head.slot_mask(batch.banned[sel]))
+    if validity is not None and validity.weight:
+        kl = kl + validity(s_logits, head.slot_mask(batch.banned[sel]))
     return (kl * batch.weights[sel]).sum() / total_weight

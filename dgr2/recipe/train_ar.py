@@ -23,7 +23,7 @@ from dgr2.model.output_head import OutputHead
 from dgr2.recipe.data import eval_examples, load_source
 from dgr2.recipe.evals.slot_mass import VIEWS, banned_slot_mass
 from dgr2.recipe.evaluate import evaluate
-from dgr2.recipe.losses import banned_nll
+from dgr2.recipe.losses import ValidityTerm
 from dgr2.recipe.prefetch import Prefetcher
 from dgr2.recipe.sft import TrainStream, collate
 from dgr2.recipe.trainer import (
@@ -55,14 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                 total_weight: torch.Tensor, banned: torch.Tensor | None = None,
-                validity_weight: float = 0.0) -> torch.Tensor:
+                validity: ValidityTerm | None = None) -> torch.Tensor:
     """Weighted cross-entropy on the output vocabulary, with logits only where the weight is non-zero.
 
     ``banned`` ``[B, T, MAX_SLOTS]`` removes excluded slots from each position's softmax (each ranking
-    step a softmax over the candidates left: Plackett-Luce). ``validity_weight`` adds back, scaled, the
+    step a softmax over the candidates left: Plackett-Luce). ``validity`` adds back, scaled, the
     probability the model itself puts on those slots, ``-log(1 - p_banned)``: at 1 the loss is the plain
     cross-entropy, so the model learns to avoid repeats on its own instead of relying on the decoder's
-    constraint."""
+    constraint (its margin and what it weighs the banned slots against: :func:`recipe.losses.banned_nll`)."""
     sel = weights > 0
     cols = head.col_of[targets[sel]]
     if bool((cols < 0).any()):
@@ -70,8 +70,8 @@ def weighted_ce(head: OutputHead, h: torch.Tensor, targets: torch.Tensor, weight
     logits = head(h[sel])
     mask = head.slot_mask(banned[sel]) if banned is not None else torch.zeros_like(logits, dtype=torch.bool)
     ce = F.cross_entropy(logits.masked_fill(mask, float("-inf")), cols, reduction="none")
-    if validity_weight:
-        ce = ce + validity_weight * banned_nll(logits, mask)
+    if validity is not None and validity.weight:
+        ce = ce + validity(logits, mask, cols)
     return (ce * weights[sel]).sum() / total_weight
 
 

@@ -28,11 +28,13 @@ from dgr2.recipe.trainer import (
     Stage,
     add_common_arguments,
     add_device_arguments,
+    add_validity_shape_arguments,
     peak_lr,
     run_stage,
     setup_distributed,
     teardown_distributed,
     training_device,
+    validity_term,
 )
 
 DEFAULTS = {"steps": 1200, "lr": 1e-3}
@@ -67,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "exclusions stay in the training softmax and validity comes from the decoder's constraint; "
                         "1: plain cross-entropy; above 1: validity weighs more than the ranking); with a weight "
                         "above 0 each validation also decodes unconstrained")
+    add_validity_shape_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
     steps = args.steps or DEFAULTS["steps"]
 
+    validity = validity_term(args)
+
     def make_batch(step: int):
         batch = stream.global_batch(step, args.batch_size)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # same noise on every rank
@@ -98,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     def loss(step: int, hidden) -> torch.Tensor:
         ids, positions, mask, targets, weights, banned = (t.to(dev, non_blocking=True) for t in batches.get(step))
         h = hidden(ids, positions=positions, mask=mask)
-        return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned, args.validity_weight)
+        return weighted_ce(head, h, targets, weights, global_weight(d, weights), banned, validity)
 
     def validate() -> dict:
         return validate_with(model, vocab, source, args, "diffusion", unconstrained=args.validity_weight > 0)

@@ -31,11 +31,13 @@ from dgr2.recipe.train_ar import global_weight, validate_with, weighted_ce
 from dgr2.recipe.trainer import (
     Stage,
     add_common_arguments,
+    add_validity_shape_arguments,
     frozen,
     peak_lr,
     run_stage,
     setup_distributed,
     teardown_distributed,
+    validity_term,
 )
 
 DEFAULTS = {"steps": 300, "lr": 3e-4}
@@ -52,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of -log P(an allowed slot) beside the KL, as in `dgr2 train cft` (the KL alone, "
                         "taken over allowed slots, lets the student's mass on banned ones drift); with a weight "
                         "above 0 each validation also decodes unconstrained")
+    add_validity_shape_arguments(p, against=False)
     p.add_argument("--anchor-weight", type=non_negative, default=0.0,
                    help="weight of the conversion's own loss on the step's examples as the data writes them (rule "
                         "trace, true answer) beside the KL: holds the trace to the rule while the student "
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     t_head = OutputHead(teacher, vocab)
     cfg = rollout_config(model.config, args.candidates, args)
     S = model.config.block_size
+    validity = validity_term(args)
 
     def loss(step: int, hidden) -> torch.Tensor:
         batch = stream.examples(step, args.batch_size)[d.rank:: d.world]
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         t_logits, t_banned = distill_targets(b, rows, teacher_logits(teacher, t_head, rows, vocab.pad), vocab)
         h = hidden(b.ids, positions=b.positions, mask=b.mask)
         value = kl_loss(head, h, b, t_logits, t_banned, global_weight(d, b.weights), reverse=args.reverse_kl,
-                        validity_weight=args.validity_weight)
+                        validity=validity)
         if args.anchor_weight:
             value = value + args.anchor_weight * anchor_loss(batch, gen, hidden)
         return value
@@ -100,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
         b = collate_diffusion(stream.encoded(batch), S, vocab.mask, vocab.pad, gen, vocab)
         h = hidden(b.ids, positions=b.positions, mask=b.mask)
         return weighted_ce(head, h, b.targets, b.weights, global_weight(d, b.weights), b.banned,
-                           args.validity_weight)
+                           validity)
 
     def publish_opd(metrics: dict, steps: int):
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward",
-                                   "validity_weight": args.validity_weight, "anchor_weight": args.anchor_weight,
+                                   "validity_weight": args.validity_weight,
+                                   "validity_margin": args.validity_margin, "anchor_weight": args.anchor_weight,
                                    "rollouts": rollout_mode(args), "cut_at_first_fault": args.cut_at_first_fault})
         version = args.version or f"opd-{parent.path.name}"
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,

@@ -24,9 +24,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from dgr2.errors import UserError
-from dgr2.flags import at_least, positive_int
+from dgr2.flags import at_least, non_negative, positive_int
 from dgr2.model.config import DEFAULT_TRACE_LEN
 from dgr2.model.tokenizer import MAX_SLOTS
+from dgr2.recipe.losses import AGAINST, ValidityTerm
 
 
 @dataclass
@@ -181,6 +182,24 @@ def add_common_arguments(p: argparse.ArgumentParser, default_run: str) -> None:
     run.add_argument("--eval-every", type=positive_int, default=100, help="steps between validation runs")
     run.add_argument("--val-users", type=positive_int, default=200, help="validation users per validation run")
     run.add_argument("--fresh", action="store_true", help="ignore a saved state in --run-dir and start over")
+
+
+def add_validity_shape_arguments(p: argparse.ArgumentParser, against: bool = True) -> None:
+    """The validity term's margin (CFT, OPD) and, where each output has a target to weigh the banned slots
+    against (CFT), what they are weighed against; ``--validity-weight`` is each stage's own flag."""
+    p.add_argument("--validity-margin", type=non_negative, default=0.0,
+                   help="with --validity-weight: the banned slots' logits raised by this much inside the validity "
+                        "term, so that its pull stays until their share is below about exp(-margin) (0: the term "
+                        "as is, whose pull fades with the banned mass)")
+    if against:
+        p.add_argument("--validity-against", choices=AGAINST, default="allowed",
+                       help="what the banned slots are weighed against: every allowed token (-log P(allowed)), or "
+                            "the target alone, so that the term cannot be paid by ending or breaking the answer")
+
+
+def validity_term(args: argparse.Namespace) -> ValidityTerm:
+    """The validity term the flags of :func:`add_validity_shape_arguments` and ``--validity-weight`` ask for."""
+    return ValidityTerm(args.validity_weight, args.validity_margin, getattr(args, "validity_against", "allowed"))
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import eval_examples
 from dgr2.recipe.distill import completion_index, distill_targets, kl_loss, teacher_logits
+from dgr2.recipe.losses import ValidityTerm
 from dgr2.recipe.policy import scored_outputs, token_logprobs
 from dgr2.recipe.rollouts import Rollout, decode_rollouts
 from dgr2.recipe.sft import Encoded, TrainStream, encode
@@ -186,7 +187,7 @@ def test_the_validity_term_adds_the_students_own_mass_on_banned_slots(tiny, synt
     with torch.no_grad():
         total = b.weights.sum()
         plain = kl_loss(head, h, b, t, t_ban, total)
-        heavy = kl_loss(head, h, b, t, t_ban, total, validity_weight=2.0)
+        heavy = kl_loss(head, h, b, t, t_ban, total, validity=ValidityTerm(2.0))
         sel = b.weights > 0
         probs = F.softmax(head(h[sel]), -1)[:, head.slot_cols]
         allowed = 1 - (probs * b.banned[sel]).sum(-1)

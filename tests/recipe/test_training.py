@@ -133,6 +133,7 @@ def test_validity_weight_moves_the_loss_from_plackett_luce_to_plain_cross_entrop
 
     from dgr2.model.output_head import OutputHead
     from dgr2.model.tokenizer import MAX_SLOTS, slot_token
+    from dgr2.recipe.losses import ValidityTerm
     from dgr2.recipe.train_ar import weighted_ce
 
     model, vocab = tiny
@@ -151,10 +152,12 @@ def test_validity_weight_moves_the_loss_from_plackett_luce_to_plain_cross_entrop
     luce = F.cross_entropy(masked, cols)
     with torch.no_grad():
         assert torch.allclose(weighted_ce(head, h, targets, weights, total, banned), luce, atol=1e-5)
-        assert torch.allclose(weighted_ce(head, h, targets, weights, total, banned, 1.0), plain, atol=1e-5)
-        half = weighted_ce(head, h, targets, weights, total, banned, 0.5)
+        plain_term = weighted_ce(head, h, targets, weights, total, banned, ValidityTerm(1.0))
+        assert torch.allclose(plain_term, plain, atol=1e-5)
+        half = weighted_ce(head, h, targets, weights, total, banned, ValidityTerm(0.5))
         assert torch.allclose(half, (luce + plain) / 2, atol=1e-5) and luce < half < plain
-        heavy = weighted_ce(head, h, targets, weights, total, banned, 3.0)  # validity weighs above the ranking
+        # validity weighs above the ranking
+        heavy = weighted_ce(head, h, targets, weights, total, banned, ValidityTerm(3.0))
         assert torch.allclose(heavy, luce + 3 * (plain - luce), atol=1e-5) and heavy > plain
 
 
