@@ -13,6 +13,7 @@ with the block-diffusion decoder itself. The result is stored with the aliases `
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 import torch
 
@@ -88,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
     dev = training_device(args)
     head = OutputHead(model.to(dev), vocab, differentiable=True)  # the head's index tensors follow the model
     steps = args.steps or DEFAULTS["steps"]
-
     validity = validity_term(args)
 
     def make_batch(step: int):
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     def publish_cft(metrics: dict, steps: int):
         prov = Provenance(stage="cft", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
-                          metrics={"valid": metrics, "steps": steps})
+                          metrics={"valid": metrics, "steps": steps, "validity": asdict(validity)})
         version = args.version or f"cft-{parent.path.name}"
         return publish(args.store, args.name, version, ["cft", "diffusion"], model, vocab,
                        source.catalog, prov, decoder="diffusion")

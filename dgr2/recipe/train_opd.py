@@ -16,6 +16,7 @@ the rule, and on this project's CPU runs the trace drifted. The result is stored
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 import torch
 
@@ -110,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
         prov = Provenance(stage="opd", parent=str(parent.path.name), data_hash=getattr(source, "data_hash", None),
                           metrics={"valid": metrics, "steps": steps,
                                    "teacher": str(args.teacher), "kl": "reverse" if args.reverse_kl else "forward",
-                                   "validity_weight": args.validity_weight,
-                                   "validity_margin": args.validity_margin, "anchor_weight": args.anchor_weight,
+                                   "validity": asdict(validity), "anchor_weight": args.anchor_weight,
                                    "rollouts": rollout_mode(args), "cut_at_first_fault": args.cut_at_first_fault})
         version = args.version or f"opd-{parent.path.name}"
         return publish(args.store, args.name, version, ["opd", "diffusion"], model, vocab,

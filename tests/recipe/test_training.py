@@ -183,22 +183,27 @@ def test_validity_weight_refuses_negative_values_by_name():
 
 def test_cft_with_a_validity_weight_logs_the_unconstrained_curve(planted, trained_ar, tmp_path):
     """Each validation of a run that trains validity also decodes without the constraint: the log's curve of
-    learned validity, beside the constrained one (a run without the weight logs no such record)."""
+    learned validity, beside the constrained one (a run without the weight logs no such record); the
+    published manifest records the term's weight, margin and what it weighs the banned slots against."""
     import json
 
     from dgr2.model_store import ModelStore
 
     data, root, common = planted
     parent = str(ModelStore(root / "store").resolve("beauty-gr2", "ar"))
-    logs = {}
-    for weight in ("3", "0"):
-        run_dir = tmp_path / f"cft-{weight}"
+    logs, terms = {}, {}
+    for weight, shape in (("3", ["--validity-margin", "6", "--validity-against", "target"]), ("0", [])):
+        run_dir, store = tmp_path / f"cft-{weight}", tmp_path / f"store-{weight}"
         args = parse(train_cft, [*common, "--from", parent, "--steps", "4", "--lr", "1e-3",
                                  "--block-size", str(BLOCK), "--eval-every", "2", "--val-users", "10",
-                                 "--validity-weight", weight, "--store", str(tmp_path / "store"),
+                                 "--validity-weight", weight, *shape, "--store", str(store),
                                  "--run-dir", str(run_dir), "--fresh"])
         assert train_cft.run(args) == 0
         logs[weight] = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        manifest = json.loads((ModelStore(store).resolve("beauty-gr2", "cft") / "manifest.json").read_text())
+        terms[weight] = manifest["metrics"]["validity"]
+    assert terms == {"3": {"weight": 3.0, "margin": 6.0, "against": "target"},
+                     "0": {"weight": 0.0, "margin": 0.0, "against": "allowed"}}
     validated = [r for r in logs["3"] if "val_ndcg@10" in r]
     assert [r["step"] for r in validated] == [2, 4]
     for r in validated:
@@ -269,4 +274,5 @@ def test_opd_anchor_adds_the_conversions_own_loss_on_the_data(planted, trained_c
         manifest = json.loads((ModelStore(tmp_path / f"store{weight}").resolve("beauty-gr2", "opd")
                                / "manifest.json").read_text())
         assert manifest["metrics"]["anchor_weight"] == float(weight)
+        assert manifest["metrics"]["validity"] == {"weight": 0.0, "margin": 0.0, "against": "allowed"}
     assert first["2"] > first["0"] + 0.1, first  # 2 x a cross-entropy of a tiny model: well above 0.05
