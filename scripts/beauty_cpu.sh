@@ -82,7 +82,8 @@ validity|validity-more|validity-margin|validity-target)
     # validity: from the served conversion into the candidates store; -more and -margin: 150 steps on from the
     # validity candidate into a scratch store (runs/store, so the candidates' aliases stay), the term as it was
     # (weight 4) or at weight 1 raised by a margin of 8: the same pull at the start, one that does not fade;
-    # -target: the banned slots weighed against the target alone (margin 6), which the margin run showed is needed
+    # -target: the banned slots weighed against the target alone (margin 6), so that ending or breaking the answer
+    # cannot pay the term, as it did in the margin run (results: docs/results.md, "Learned validity")
     run=$1 from=$CFT store=candidates weight=${VALIDITY_WEIGHT:-4} steps=${VALIDITY_STEPS:-300} extra=()
     case $run in
     validity-more) from=$VALIDITY store=runs/store steps=${VALIDITY_STEPS:-150} extra=(--version "$run-v4avg3") ;;
