@@ -66,9 +66,10 @@ def kl_loss(head: OutputHead, h: torch.Tensor, batch: DiffusionBatch, t_logits: 
             validity: ValidityTerm | None = None) -> torch.Tensor:
     """Weighted KL between teacher and student at the student's supervised outputs
     (forward KL(p_T || p_S) by default; ``reverse`` gives KL(p_S || p_T)). The KL is over the slots
-    neither side bans, so it says nothing about the student's mass on banned ones: ``validity_weight``
-    adds ``-log P_S(a slot its own rule allows)``, the term CFT's ``--validity-weight`` trains, so that
-    distillation keeps the validity a conversion learned."""
+    neither side bans, so it says nothing about the student's mass on banned ones: ``validity`` adds
+    ``-log P_S(a slot its own rule allows)`` (weighted, at its margin), the term CFT's ``--validity-weight``
+    trains, so that distillation keeps the validity a conversion learned (weighed against every allowed
+    token: the KL has no single target)."""
     sel = batch.weights > 0
     s_logits = head(h[sel])
     ban = head.slot_mask(batch.banned[sel] | t_banned[sel])
