@@ -85,12 +85,12 @@ validity|validity-more|validity-margin|validity-target)
     # -target: the banned slots weighed against the target alone (margin 6), so that ending or breaking the answer
     # cannot pay the term, as it did in the margin run (results: docs/results.md, "Learned validity")
     run=$1 from=$CFT store=candidates weight=${VALIDITY_WEIGHT:-4} steps=${VALIDITY_STEPS:-300} extra=()
+    if [[ $run != validity ]]; then
+        from=$VALIDITY store=runs/store steps=${VALIDITY_STEPS:-150} extra=(--version "$run-v4avg3")
+    fi
     case $run in
-    validity-more) from=$VALIDITY store=runs/store steps=${VALIDITY_STEPS:-150} extra=(--version "$run-v4avg3") ;;
-    validity-margin) from=$VALIDITY store=runs/store weight=${VALIDITY_WEIGHT:-1} steps=${VALIDITY_STEPS:-150}
-        extra=(--version "$run-v4avg3" --validity-margin "${VALIDITY_MARGIN:-8}") ;;
-    validity-target) from=$VALIDITY store=runs/store weight=${VALIDITY_WEIGHT:-1} steps=${VALIDITY_STEPS:-150}
-        extra=(--version "$run-v4avg3" --validity-margin "${VALIDITY_MARGIN:-6}" --validity-against target) ;;
+    validity-margin) weight=${VALIDITY_WEIGHT:-1} extra+=(--validity-margin "${VALIDITY_MARGIN:-8}") ;;
+    validity-target) weight=${VALIDITY_WEIGHT:-1} extra+=(--validity-margin "${VALIDITY_MARGIN:-6}" --validity-against target) ;;
     esac
     join_saved "$(run_of "$run")" "$(saved_of "$run")"
     nice "$DGR2" train cft --from "$from" --store "$store" --run-dir "$(run_of "$run")" --batch-size 16 \
