@@ -13,6 +13,8 @@
 #                                                  (runs/validity-margin-v4avg3)
 #   bash scripts/beauty_cpu.sh validity-target     the same with the banned slots weighed against the target alone
 #                                                  (--validity-against target, margin 6; runs/validity-target-v4avg3)
+#   bash scripts/beauty_cpu.sh validity-ties       validity-more with the answer's equal strengths in slot order, the
+#                                                  order the trace lists them (--answer-ties slot; runs/validity-ties-v4avg3)
 #   bash scripts/beauty_cpu.sh opd-kept            OPD with validity weighted (8), rollouts under the constraint, from
 #                                                  the validity candidate (runs/opd-kept-v4avg3)
 #   bash scripts/beauty_cpu.sh opd-free            the same on the model's own unconstrained answers
@@ -29,7 +31,7 @@
 #                                                  `opd-anchor` and `rl`), 1,000 sampled test users x 3 seeds; then on
 #                                                  one seed the naive conversion and every stage without the answer
 #                                                  constraint; resumable, per-user ranks kept (candidates/runs/ablation-v4avg3)
-#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, opd-anchor, validity[-more|-margin|-target], opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
+#   bash scripts/beauty_cpu.sh snapshot RUN        RUN (opd, opd-anchor, validity[-more|-margin|-target|-ties], opd-kept, opd-free, opd-cut, rl, rl-dense, rl-free): its
 #                                                  state into candidates/runs/, to commit
 #   bash scripts/beauty_cpu.sh status RUN          steps done and the validation curve so far
 #
@@ -39,7 +41,7 @@
 # command and its log: docs/results.md, "The conversion on the CPU"). Settings (environment): DGR2_DATA_DIR,
 # OPD_STEPS (300; 200 for opd-anchor), OPD_BATCH (8), OPD_LR (5e-5: at 3e-4 the student collapsed within 50 steps), OPD_EVAL_EVERY (50),
 # OPD_VALIDITY_WEIGHT (1, the served conversion's own; 8 for opd-kept/free/cut), VAL_USERS (200 for the served-pair runs, 100 for those from the validity candidate);
-# VALIDITY_STEPS (300; 150 for validity-more/margin/target), VALIDITY_WEIGHT (4; 1 for validity-margin/target; 8 for opd-kept/free/cut),
+# VALIDITY_STEPS (300; 150 for validity-more/margin/target/ties), VALIDITY_WEIGHT (4; 1 for validity-margin/target; 8 for opd-kept/free/cut),
 # VALIDITY_MARGIN (8; 6 for validity-target), VALIDITY_LR (3e-4); RL_STEPS (150),
 # RL_BATCH (4), RL_GROUP (4), RL_LR (1e-5), RL_PENALTY (1), RL_EVAL_EVERY (30; 50 for rl-free). Results go to the candidates store.
 set -euo pipefail
@@ -56,7 +58,7 @@ DGR2=${DGR2:-.venv/bin/dgr2}
 run_of() { echo "runs/$1-v4avg3"; }
 saved_of() { echo "candidates/runs/$1-v4avg3"; }
 
-RUNS="opd opd-anchor validity validity-more validity-margin validity-target opd-kept opd-free opd-cut rl rl-dense rl-free"
+RUNS="opd opd-anchor validity validity-more validity-margin validity-target validity-ties opd-kept opd-free opd-cut rl rl-dense rl-free"
 
 case ${1:-} in
 opd|opd-anchor|opd-kept|opd-free|opd-cut)
@@ -78,12 +80,13 @@ opd|opd-anchor|opd-kept|opd-free|opd-cut)
         --batch-size "${OPD_BATCH:-8}" --steps "$steps" --lr "${OPD_LR:-5e-5}" --warmup 10 \
         --eval-every "${OPD_EVAL_EVERY:-50}" --val-users "$users" --save-every 5 2>&1 | log_to "$(run_of "$run")"
     ;;
-validity|validity-more|validity-margin|validity-target)
+validity|validity-more|validity-margin|validity-target|validity-ties)
     # validity: from the served conversion into the candidates store; -more and -margin: 150 steps on from the
     # validity candidate into a scratch store (runs/store, so the candidates' aliases stay), the term as it was
     # (weight 4) or at weight 1 raised by a margin of 8: the same pull at the start, one that does not fade;
     # -target: the banned slots weighed against the target alone (margin 6), so that ending or breaking the answer
-    # cannot pay the term, as it did in the margin run (results: docs/results.md, "Learned validity")
+    # cannot pay the term, as it did in the margin run; -ties: -more with equal strengths answered in slot order
+    # (results: docs/results.md, "Learned validity")
     run=$1 from=$CFT store=candidates weight=${VALIDITY_WEIGHT:-4} steps=${VALIDITY_STEPS:-300} extra=()
     if [[ $run != validity ]]; then
         from=$VALIDITY store=runs/store steps=${VALIDITY_STEPS:-150} extra=(--version "$run-v4avg3")
@@ -91,6 +94,7 @@ validity|validity-more|validity-margin|validity-target)
     case $run in
     validity-margin) weight=${VALIDITY_WEIGHT:-1} extra+=(--validity-margin "${VALIDITY_MARGIN:-8}") ;;
     validity-target) weight=${VALIDITY_WEIGHT:-1} extra+=(--validity-margin "${VALIDITY_MARGIN:-6}" --validity-against target) ;;
+    validity-ties) extra+=(--answer-ties slot) ;;
     esac
     join_saved "$(run_of "$run")" "$(saved_of "$run")"
     nice "$DGR2" train cft --from "$from" --store "$store" --run-dir "$(run_of "$run")" --batch-size 16 \

@@ -17,6 +17,10 @@ HF_DECODER_KEY = "dgr2_decoder"
 # trace tokens a model writes before its answer: ~all 100 candidates (3 tokens each, more with
 # evidence); the answer is 103 more
 DEFAULT_TRACE_LEN = 420
+# how the SFT answer orders candidates of equal trace strength (recipe.traces.sft_target): a random order per
+# example, or ascending slot (the order the trace lists them in)
+AnswerTies = Literal["shuffled", "slot"]
+ANSWER_TIES: tuple[AnswerTies, ...] = get_args(AnswerTies)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ModelConfig:
     # the evidence rule its traces were trained on when fitted to its catalog (recipe.traces.EvidenceRule as
     # a dict); None: the prompt version's own rule
     evidence_rule: dict[str, Any] | None = None
+    answer_ties: AnswerTies = "shuffled"  # how its answers were trained to order equal strengths
     decoder: DecoderKind = "ar"
 
     def __post_init__(self) -> None:
@@ -52,6 +57,8 @@ class ModelConfig:
             raise ValueError("head_dim must be even for RoPE")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be 'ar' or 'diffusion', not {self.decoder!r}")
+        if self.answer_ties not in ANSWER_TIES:
+            raise ValueError(f"answer_ties must be one of {', '.join(ANSWER_TIES)}, not {self.answer_ties!r}")
 
     # ------------------------------------------------------------------ HF round trip
     def to_hf_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from dgr2.model.catalog import Catalog
-from dgr2.model.config import ModelConfig
+from dgr2.model.config import AnswerTies, ModelConfig
 from dgr2.model.prompt import render_completion, render_prompt
 from dgr2.model.slot_rule import banned_slots
 from dgr2.model.tokenizer import MAX_SLOTS, Vocab
@@ -42,16 +42,18 @@ class Encoded:
 
 
 def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_TRACE_LEN,
-           own_sequence: list[str] | None = None, rule: EvidenceRule | None = None) -> Encoded:
+           own_sequence: list[str] | None = None, rule: EvidenceRule | None = None,
+           ties: AnswerTies = "shuffled") -> Encoded:
     """Token ids of one supervised sequence; training examples pass the user's ``own_sequence``
     (training part), which is left out of popularity and links (:class:`recipe.data.UserView`).
-    ``rule``: the evidence rule of the trace (default: the prompt version's)."""
+    ``rule``: the evidence rule of the trace (default: the prompt version's); ``ties``: how the answer
+    orders equal strengths (:func:`recipe.traces.sft_target`)."""
     items = source.catalog if own_sequence is None else UserView(source.catalog, source.counts, source.pairs,
                                                                  own_sequence)
     prompt = render_prompt(vocab, items, ex.history, ex.candidates)
     tie_seed = zlib.crc32(" ".join([*ex.history[-1:], *ex.candidates]).encode())  # fixed per example
     evs = evidence(items, ex.history, ex.candidates, rule or rule_for(vocab))
-    trace, ranking = sft_target(evs, ex.target_slot, trace_len, tie_seed)
+    trace, ranking = sft_target(evs, ex.target_slot, trace_len, tie_seed, ties)
     completion = vocab.ids(render_completion(trace, ranking))
     return Encoded(prompt.ids + completion, len(prompt.ids), len(prompt.ids) + len(trace) + 2, prompt.num_slots)
 
@@ -72,8 +74,8 @@ class TrainStream:
     of the same global batches, so 1 process and N processes train on identical data)."""
 
     def __init__(self, vocab: Vocab, source: Source, num_candidates: int, trace_len: int, seed: int,
-                 rule: EvidenceRule | None = None) -> None:
-        self.vocab, self.source, self.rule = vocab, source, rule
+                 rule: EvidenceRule | None = None, ties: AnswerTies = "shuffled") -> None:
+        self.vocab, self.source, self.rule, self.ties = vocab, source, rule, ties
         self.k, self.trace_len = num_candidates, trace_len
         self.prefixes = train_prefixes(source.sequences)
         if not self.prefixes:
@@ -83,9 +85,10 @@ class TrainStream:
     @classmethod
     def for_model(cls, vocab: Vocab, source: Source, num_candidates: int, config: ModelConfig,
                   seed: int) -> TrainStream:
-        """The stream a training stage feeds a model: its trace length and its evidence rule
-        (:func:`trace_rule`), both from its config."""
-        return cls(vocab, source, num_candidates, config.trace_len, seed, trace_rule(config, vocab, source))
+        """The stream a training stage feeds a model: its trace length, its evidence rule
+        (:func:`trace_rule`) and its answer's tie order, all from its config."""
+        return cls(vocab, source, num_candidates, config.trace_len, seed, trace_rule(config, vocab, source),
+                   config.answer_ties)
 
     def examples(self, step: int, batch_size: int) -> list[tuple[Example, list[str]]]:
         """The step's global batch as (example, the user's training sequence) pairs."""
@@ -102,7 +105,7 @@ class TrainStream:
 
     def encoded(self, examples: list[tuple[Example, list[str]]]) -> list[Encoded]:
         """Training rows of (example, own sequence) pairs as the data writes them: the rule's trace, the true answer."""
-        return [encode(self.vocab, self.source, ex, self.trace_len, own_sequence=own, rule=self.rule)
+        return [encode(self.vocab, self.source, ex, self.trace_len, own_sequence=own, rule=self.rule, ties=self.ties)
                 for ex, own in examples]
 
     def view(self, own_sequence: list[str]) -> UserView:

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from dgr2.model.catalog import Catalog
-from dgr2.model.config import DEFAULT_TRACE_LEN
+from dgr2.model.config import DEFAULT_TRACE_LEN, AnswerTies
 from dgr2.model.prompt import MATCH_SCAN
 from dgr2.model.tokenizer import (
     CO_FLOORS,
@@ -185,18 +185,28 @@ def render_trace(evs: list[Evidence], trace_len: int = DEFAULT_TRACE_LEN) -> lis
     return [t for _, entry in trace_entries(evs, trace_len) for t in entry]
 
 
+def trace_strengths(evs: list[Evidence], entries: list[tuple[int, list[str]]]) -> dict[int, int]:
+    """Slot -> the strength level its trace entry writes, for the slots ``entries`` (:func:`trace_entries`)
+    reached; the others are absent."""
+    reached = {s for s, _ in entries}
+    return {e.slot: e.level for e in evs if e.slot in reached}
+
+
 def sft_target(evs: list[Evidence], target_slot: int, trace_len: int = DEFAULT_TRACE_LEN,
-               tie_seed: int = 0) -> tuple[list[str], list[int]]:
+               tie_seed: int = 0, ties: AnswerTies = "shuffled") -> tuple[list[str], list[int]]:
     """(trace tokens, ranking): the target first, the rest by decreasing trace strength; ties, and
-    candidates the trace did not reach, in an order shuffled by ``tie_seed``.
+    candidates the trace did not reach (strength -1), in an order shuffled by ``tie_seed``, or with
+    ``ties="slot"`` in ascending slot.
 
     Why shuffled: most candidates share the lowest strengths, and with ties broken by slot the
     cheapest way to lower the answer loss is to emit the lowest open slot, ignoring strengths (an
     AR run did exactly that: docs/design.md, "Ties in the SFT answer are shuffled"). With random
-    ties the strengths are the only thing an answer step can predict."""
+    ties the strengths are the only thing an answer step can predict. Why by slot, for a model that
+    already reads strengths: a shuffled tie can only be written by remembering which of its
+    members were named, a set the model has to track over ~100 ranks, and parallel picks from it
+    collide; in slot order the next member is the next one the trace lists at that strength."""
     entries = trace_entries(evs, trace_len)
-    reached = {s for s, _ in entries}
-    strength = {e.slot: e.level for e in evs if e.slot in reached}
-    tie = random.Random(tie_seed).sample(range(len(evs)), len(evs))
+    strength = trace_strengths(evs, entries)
+    tie = list(range(len(evs))) if ties == "slot" else random.Random(tie_seed).sample(range(len(evs)), len(evs))
     order = sorted((e.slot for e in evs if e.slot != target_slot), key=lambda k: (-strength.get(k, -1), tie[k]))
     return [t for _, entry in entries for t in entry], [target_slot, *order]

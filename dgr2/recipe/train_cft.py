@@ -18,7 +18,7 @@ from dataclasses import asdict
 import torch
 
 from dgr2.flags import at_least, fraction, non_negative, positive_int
-from dgr2.model.config import ModelConfig
+from dgr2.model.config import ANSWER_TIES, ModelConfig
 from dgr2.model.output_head import OutputHead
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.data import load_source
@@ -71,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "1: plain cross-entropy; above 1: validity weighs more than the ranking); with a weight "
                         "above 0 each validation also decodes unconstrained")
     add_validity_shape_arguments(p)
+    p.add_argument("--answer-ties", choices=ANSWER_TIES, default=None,
+                   help="how the trained answer orders candidates of equal trace strength: shuffled per example, "
+                        "or in ascending slot, the order the trace lists them (default: the parent's; "
+                        "saved in the checkpoint's config)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     model.config = model.config.replace(**decode_settings(parent.config, args))
     trace_len = args.trace_len or parent.config.trace_len
     model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
+    if args.answer_ties:
+        model.config = model.config.replace(answer_ties=args.answer_ties)
     block = model.config.block_size  # training's blocks are the decoder's
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)

@@ -10,7 +10,16 @@ import torch
 from dgr2.model.tokenizer import MAX_SLOTS, TRACE_SLOT_USES, Vocab, build_tokenizer
 from dgr2.recipe.data import DataError, UserView, eval_examples, load_dataset, train_example, train_prefixes
 from dgr2.recipe.sft import TrainStream, encode, slot_exclusions
-from dgr2.recipe.traces import RULE_V3, RULE_V4, evidence, render_trace, rule_for, sft_target
+from dgr2.recipe.traces import (
+    RULE_V3,
+    RULE_V4,
+    evidence,
+    render_trace,
+    rule_for,
+    sft_target,
+    trace_entries,
+    trace_strengths,
+)
 
 
 def test_leave_one_out_and_candidates(synth):
@@ -86,6 +95,25 @@ def test_trace_is_content_dependent_and_bounded(synth):
     assert any(t in trace for t in ("<r:brand>", "<r:cat>")), "synthetic users share brand/category"
     other = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=15)[1]
     assert render_trace(evidence(synth.catalog, other.history, other.candidates), 64) != render_trace(evs, 64)
+
+
+def test_answer_ties_are_shuffled_per_example_or_in_slot_order(synth):
+    """The answer sorts by trace strength (unreached slots last) either way; equal strengths come in an order
+    drawn from the example's seed, or in ascending slot, the order the trace lists them."""
+    ex = eval_examples(synth.sequences, synth.item_ids, "valid", num_candidates=15)[0]
+    evs = evidence(synth.catalog, ex.history, ex.candidates)
+    level = trace_strengths(evs, trace_entries(evs, 64))
+    strength = [level.get(k, -1) for k in range(15)]
+    trace, by_slot = sft_target(evs, ex.target_slot, 64, ties="slot")
+    rest = by_slot[1:]
+    assert by_slot[0] == ex.target_slot and rest == sorted(rest, key=lambda k: (-strength[k], k))
+    assert max(Counter(strength[k] for k in rest).values()) > 1, "the example needs a tie"
+    shuffled = {tuple(sft_target(evs, ex.target_slot, 64, tie_seed=seed)[1]) for seed in range(10)}
+    for order in shuffled:
+        assert order[0] == ex.target_slot and sorted(order) == sorted(by_slot)
+        assert [strength[k] for k in order[1:]] == [strength[k] for k in rest]  # ties move, strengths do not
+    assert len(shuffled) > 1
+    assert sft_target(evs, ex.target_slot, 64, tie_seed=3)[0] == trace  # the trace does not depend on ties
 
 
 def test_trace_cites_the_link_window_of_the_prompt(synth):

@@ -173,6 +173,29 @@ def test_cft_continues_a_conversion_in_its_own_blocks(planted, trained_cft, tmp_
     assert load_checkpoint(ModelStore(tmp_path / "store").resolve("beauty-gr2", "cft")).config.block_size == BLOCK
 
 
+def test_cft_answer_ties_are_the_parents_unless_given_and_saved_with_the_model(planted, trained_cft, tmp_path):
+    """``--answer-ties slot`` trains answers whose equal strengths come in slot order and saves the choice in
+    the checkpoint's config, which the next stage's stream follows; without the flag a run keeps its parent's."""
+    from dgr2.model_store import ModelStore, load_checkpoint
+    from dgr2.recipe.sft import TrainStream
+
+    data, root, common = planted
+
+    def cft(start: str, flags: list[str], name: str):
+        args = parse(train_cft, [*common, "--from", start, "--steps", "2", "--eval-every", "2", "--val-users", "5",
+                                 *flags, "--store", str(tmp_path / name), "--run-dir", str(tmp_path / f"run-{name}"),
+                                 "--fresh"])
+        assert train_cft.run(args) == 0
+        return load_checkpoint(ModelStore(tmp_path / name).resolve("beauty-gr2", "cft"))
+
+    parent = ModelStore(root / "store").resolve("beauty-gr2", "cft")
+    assert load_checkpoint(parent).config.answer_ties == "shuffled"
+    by_slot = cft(str(parent), ["--answer-ties", "slot"], "slot")
+    assert by_slot.config.answer_ties == "slot"
+    assert cft(str(by_slot.path), [], "kept").config.answer_ties == "slot"
+    assert TrainStream.for_model(by_slot.vocab, data, K, by_slot.config, seed=0).ties == "slot"
+
+
 def test_validity_weight_refuses_negative_values_by_name():
     with pytest.raises(SystemExit):
         parse(train_cft, ["--validity-weight", "-1"])

@@ -21,13 +21,16 @@ from dgr2.flags import positive_int
 from dgr2.recipe.block_diffusion import collate_diffusion
 from dgr2.recipe.distill import completion_index
 from dgr2.recipe.sft import encode
-from dgr2.recipe.traces import rule_for
+from dgr2.recipe.traces import evidence, rule_for, trace_entries, trace_strengths
 
 BANDS = ((1, 10), (11, 50), (51, None))  # answer ranks; None: to the last
 VIEWS = ("ar", "diffusion")
 # how many ranks back an AR-view top token that repeats a slot had named it: whether the model forgets
 # what it wrote long ago, or repeats what it has just written
 BACK = ((1, 1), (2, 5), (6, 20), (21, None))
+# how many slots not yet named share the strength of the one to name (the rank-1 target aside): the answer
+# orders a tie shuffled or by slot (recipe.traces.sft_target), and a shuffled tie is a set to track
+TIE_OPEN = ((1, 1), (2, 5), (6, 20), (21, None))
 
 
 def bin_label(bins: tuple[tuple[int, int | None], ...], x: int) -> str:
@@ -46,22 +49,35 @@ def band_of(rank: int) -> str:
     return bin_label(BANDS, rank)
 
 
+def tie_open(answer: list[int | None], rank: int, strength: dict[int, int]) -> str:
+    """The :data:`TIE_OPEN` bin of how many slots, the one at ``rank`` included, share its strength (-1 for
+    slots the trace did not reach) and are not named before it; ``"target"`` at rank 1."""
+    if rank == 1:
+        return "target"
+    level = strength.get(answer[rank - 1], -1)
+    named = set(answer[: rank - 1])
+    return bin_label(TIE_OPEN, sum(strength.get(s, -1) == level for s in answer if s not in named))
+
+
 @torch.no_grad()
 def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int = 4, seed: int = 0) -> dict:
     """``{view: {band: {"positions", "mass", "argmax_banned"}}}`` and ``"all"`` per view (the means over
-    every answer position), and ``"repeat_back"``: of the AR view's top tokens that repeat a slot, how
-    many named it 1, 2-5, 6-20 or 21+ ranks before. The noisy copies' masks are drawn from ``seed``
-    (the same draws every call)."""
+    every answer position); ``"repeat_back"``: of the AR view's top tokens that repeat a slot, how
+    many named it 1, 2-5, 6-20 or 21+ ranks before; ``"tie_open"``: the AR view's positions and top
+    tokens banned by how many open slots share the strength of the slot to name (:func:`tie_open`).
+    The noisy copies' masks are drawn from ``seed`` (the same draws every call)."""
     from dgr2.model.output_head import OutputHead
 
     head = OutputHead(model, vocab)
     rule = rule_for(vocab, model.config.evidence_rule)
     sums: dict[tuple[str, str], list[float]] = {}
     back = {back_bin(lo): 0 for lo, _ in BACK}
+    ties: dict[str, list[int]] = {"target": [0, 0], **{bin_label(TIE_OPEN, lo): [0, 0] for lo, _ in TIE_OPEN}}
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(examples), batch_size):
-        encoded = [encode(vocab, source, ex, model.config.trace_len, rule=rule)
-                   for ex in examples[start: start + batch_size]]
+        chunk = examples[start: start + batch_size]
+        encoded = [encode(vocab, source, ex, model.config.trace_len, rule=rule, ties=model.config.answer_ties)
+                   for ex in chunk]
         b = collate_diffusion(encoded, block, vocab.mask, vocab.pad, gen, vocab)
         hidden = model.hidden_states(b.ids, positions=b.positions, mask=b.mask)
         predicts = completion_index(b, encoded)
@@ -78,6 +94,8 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
             top_banned = (is_top & ban).any(-1)
             top_slot = is_top.int().argmax(-1)
             answer = answer_slots(vocab, enc)
+            evs = evidence(source.catalog, chunk[i].history, chunk[i].candidates, rule)
+            strength = trace_strengths(evs, trace_entries(evs, model.config.trace_len))
             for r, view, m, t, slot in zip(ranks, views, mass.tolist(), top_banned.tolist(), top_slot.tolist(),
                                            strict=True):
                 for key in ((view, band_of(r)), (view, "all")):
@@ -85,11 +103,17 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
                     s[0] += 1
                     s[1] += m
                     s[2] += t
+                if view == "ar":
+                    tally = ties[tie_open(answer, r, strength)]
+                    tally[0] += 1
+                    tally[1] += t
                 if t and view == "ar":
-                    back[back_bin(r - 1 - max(i for i in range(r - 1) if answer[i] == slot))] += 1
+                    back[back_bin(r - 1 - max(j for j in range(r - 1) if answer[j] == slot))] += 1
     out: dict = {view: {band: {"positions": n, "mass": round(m / n, 5), "argmax_banned": round(t / n, 5)}
                         for (v, band), (n, m, t) in sorted(sums.items()) if v == view} for view in VIEWS}
     out["repeat_back"] = back
+    out["tie_open"] = {k: {"positions": n, "argmax_banned": round(t / n, 5) if n else None}
+                       for k, (n, t) in ties.items()}
     return out
 
 
@@ -159,4 +183,6 @@ def run(args: argparse.Namespace) -> int:
     back = out["repeat_back"]
     print("AR view, top token a repeated slot, named this many ranks before: "
           + ", ".join(f"{k}: {n}" for k, n in back.items()))
+    print("AR view, top token banned, by open slots at the strength of the slot to name: "
+          + ", ".join(f"{k}: {s['argmax_banned']} of {s['positions']}" for k, s in out["tie_open"].items()))
     return 0
