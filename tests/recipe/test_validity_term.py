@@ -26,7 +26,7 @@ def pull_on_banned(p_banned: float, margin: float) -> float:
 def test_the_plain_term_is_minus_log_of_the_allowed_mass():
     for p in (0.5, 0.02, 1e-4):
         logits, mask = logits_with_banned_mass(p)
-        assert math.isclose(float(banned_nll(logits, mask)), -math.log(1 - p), rel_tol=1e-3, abs_tol=1e-6)
+        assert math.isclose(banned_nll(logits, mask).item(), -math.log(1 - p), rel_tol=1e-3, abs_tol=1e-6)
 
 
 def test_a_margin_raises_the_banned_logits_inside_the_term():
@@ -35,7 +35,7 @@ def test_a_margin_raises_the_banned_logits_inside_the_term():
         logits, mask = logits_with_banned_mass(p)
         z = math.log(p / (1 - p))
         expected = math.log1p(math.exp(z + 7.0))
-        assert math.isclose(float(banned_nll(logits, mask, 7.0)), expected, rel_tol=1e-4)
+        assert math.isclose(banned_nll(logits, mask, 7.0).item(), expected, rel_tol=1e-4)
 
 
 def test_the_margin_keeps_the_pull_where_the_plain_term_has_faded():
@@ -68,7 +68,7 @@ def test_against_the_target_the_term_cannot_be_paid_by_leaving_the_slots():
     allowed = ValidityTerm(1.0, margin=4.0)
     vs_target = ValidityTerm(1.0, margin=4.0, against="target")
     assert allowed(to_end, mask) < 0.5 * allowed(before, mask)
-    assert math.isclose(float(vs_target(to_end, mask, target)), float(vs_target(before, mask, target)), rel_tol=1e-6)
+    assert math.isclose(vs_target(to_end, mask, target).item(), vs_target(before, mask, target).item(), rel_tol=1e-6)
     assert vs_target(to_target, mask, target) < 0.5 * vs_target(before, mask, target)
 
 
@@ -76,7 +76,7 @@ def test_the_target_form_is_the_targets_share_against_the_raised_banned_slots():
     logits = torch.tensor([[0.5, -1.0, 2.0, 0.3]])
     mask = torch.tensor([[True, True, False, False]])
     expected = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(3.0) * (math.exp(0.5) + math.exp(-1.0))))
-    assert math.isclose(float(banned_nll(logits, mask, 3.0, torch.tensor([2]))), expected, rel_tol=1e-5)
+    assert math.isclose(banned_nll(logits, mask, 3.0, torch.tensor([2])).item(), expected, rel_tol=1e-5)
 
 
 def test_a_term_against_the_target_refuses_to_run_without_one():
