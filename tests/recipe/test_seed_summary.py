@@ -47,6 +47,7 @@ def test_reads_json_lines_and_a_single_seed_has_no_stderr(tmp_path, capsys):
     ({"checkpoint": "other"}, "differ in checkpoint"),
     ({"n": 3}, "differ in n"),  # a seed stopped part-way is not averaged with finished ones
     ({"decoder": "diffusion"}, "differ in decoder"),
+    ({"checkpoint": None, "baseline": "evidence"}, "differ in checkpoint"),
     ({"neg_seed": 1}, "seed appears twice"),
 ])
 def test_refuses_evals_that_do_not_belong_together(tmp_path, capsys, over, message):
@@ -55,6 +56,17 @@ def test_refuses_evals_that_do_not_belong_together(tmp_path, capsys, over, messa
     b.write_text(json.dumps({**BASE, "neg_seed": 2, "ndcg@10": 0.3, **over}))
     assert cli(["summarize", a, str(b)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_baselines_are_named_and_two_baselines_are_not_averaged(tmp_path, capsys):
+    pop = {"checkpoint": None, "decoder": None, "baseline": "pop"}
+    files = [_eval(tmp_path, s, 0.13, **pop) for s in (12345, 1)]
+    assert cli(["summarize", *files]) == 0
+    assert capsys.readouterr().out.startswith("baseline pop, test split, 4 users")
+    other = tmp_path / "evidence.json"
+    other.write_text(json.dumps({**BASE, **pop, "baseline": "evidence", "neg_seed": 2, "ndcg@10": 0.31}))
+    assert cli(["summarize", *files, str(other)]) == 2
+    assert "differ in baseline" in capsys.readouterr().err
 
 
 def test_clear_error_for_files_that_are_not_eval_results(tmp_path, capsys):

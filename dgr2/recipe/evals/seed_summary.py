@@ -21,7 +21,7 @@ from dgr2.records import read_json_objects
 
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward")
 # what must agree for the seeds to be draws of one experiment
-SAME = ("checkpoint", "decoder", "split", "candidates", "n", "block_size", "threshold", "answer_threshold",
+SAME = ("checkpoint", "baseline", "decoder", "split", "candidates", "n", "block_size", "threshold", "answer_threshold",
         "constrained", "causal_first_rank", "max_new_tokens", "limit", "sample")
 
 
@@ -65,7 +65,9 @@ def markdown_row(label: str, summary: dict) -> str:
 
 
 def render(summary: dict) -> str:
-    lines = [f"{summary['checkpoint']} ({summary['decoder']}), {summary['split']} split, {summary['n']} users, "
+    ranker = (f"{summary['checkpoint']} ({summary['decoder']})" if summary["checkpoint"]
+              else f"baseline {summary['baseline']}")
+    lines = [f"{ranker}, {summary['split']} split, {summary['n']} users, "
              f"{summary['candidates']} candidates, seeds {', '.join(map(str, summary['seeds']))}",
              f"{'metric':<18} {'mean':>8} {'stderr':>8}  per seed"]
     for name, m in summary["metrics"].items():
