@@ -11,7 +11,9 @@
 #     (answer threshold 0 beside the plain threshold), then naive conversion. Each finished eval is one
 #     line of OUT/ablation-full.jsonl, so a run cut by the deadline keeps what it measured.
 # Usage, from the repository root with DGR2_DATA_DIR set: bash scripts/gpu_train.sh OUT_DIR
-# Budgets (minutes/seconds) via AR_MIN, CFT_MIN, EVAL_DEADLINE_S. Everything lands in OUT_DIR;
+# Budgets (minutes/seconds) via AR_MIN, CFT_MIN, EVAL_DEADLINE_S; AR_PRESET (small; base for the capacity test of
+# learned validity) and CFT_VALIDITY_WEIGHT (unset: CFT's default); after CFT, `dgr2 probe-validity` on
+# PROBE_USERS (64) sampled validation users into OUT_DIR/probe-validity.json. Everything lands in OUT_DIR;
 # the published checkpoints are in OUT_DIR/store.
 set -uo pipefail
 out=${1:?usage: gpu_train.sh OUT_DIR}
@@ -26,7 +28,7 @@ nvidia-smi -L > "$out/nvidia-smi.txt" 2>&1
     --ignore=tests/kernels/test_kernel_benchmarks.py > "$out/pytest-kernels.log" 2>&1; echo "rc=$?" >> "$out/pytest-kernels.log") &
 
 common=(--device "$DEVICE" --loader-workers "${LOADER_WORKERS:-10}" --data-dir "$DGR2_DATA_DIR" --store "$out/store" --val-users "${VAL_USERS:-200}")
-warm=()
+warm=(--preset "${AR_PRESET:-small}")
 [[ -n ${AR_INIT:-} ]] && warm=(--init-from "$AR_INIT" --lr "${AR_LR:-1e-3}")
 "$PYTHON" -m dgr2 train ar "${common[@]}" "${warm[@]}" --run-dir "$out/ar" --batch-size "${AR_BATCH:-64}" \
     --steps "${AR_STEPS:-3000}" --time-budget-min "${AR_MIN:-3.5}" --schedule-to-budget --eval-every "${AR_EVAL_EVERY:-500}" \
@@ -34,9 +36,14 @@ warm=()
 ndcg=$("$PYTHON" -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if 'val_ndcg@10' in l]; print(r[-1]['val_ndcg@10'] if r else 0)" "$out/ar/log.jsonl" 2>/dev/null || echo 0)
 echo "AR final validation NDCG@10: $ndcg"
 if "$PYTHON" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$ndcg" "${CFT_IF_NDCG:-0.08}"; then
-    "$PYTHON" -m dgr2 train cft "${common[@]}" --from "$out/store/beauty-gr2/ar-small-s0" --run-dir "$out/cft" \
+    validity=()
+    [[ -n ${CFT_VALIDITY_WEIGHT:-} ]] && validity=(--validity-weight "$CFT_VALIDITY_WEIGHT")
+    "$PYTHON" -m dgr2 train cft "${common[@]}" --from beauty-gr2:ar --run-dir "$out/cft" "${validity[@]}" \
         --batch-size "${CFT_BATCH:-32}" --steps "${CFT_STEPS:-800}" --time-budget-min "${CFT_MIN:-1.3}" --schedule-to-budget \
         --eval-every "${CFT_EVAL_EVERY:-400}" 2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$out/cft.log"
+    # the per-rank validity error the conversion makes on its own (docs/results.md, "Learned validity")
+    "$PYTHON" -m dgr2 probe-validity --store "$out/store" --checkpoint beauty-gr2:cft --data-dir "$DGR2_DATA_DIR" \
+        --sample "${PROBE_USERS:-64}" --json > "$out/probe-validity.json" 2>> "$out/cft.log"
 else
     echo "CFT skipped: the AR model is not clearly above chance (0.045)"
 fi
