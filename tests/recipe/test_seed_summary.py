@@ -48,6 +48,7 @@ def test_reads_json_lines_and_a_single_seed_has_no_stderr(tmp_path, capsys):
     ({"n": 3}, "differ in n"),  # a seed stopped part-way is not averaged with finished ones
     ({"decoder": "diffusion"}, "differ in decoder"),
     ({"checkpoint": None, "baseline": "evidence"}, "differ in checkpoint"),
+    ({"rule": {"brand": 2.0}}, "differ in rule"),  # the evidence rule of a folder that carries a fitted one
     ({"neg_seed": 1}, "seed appears twice"),
 ])
 def test_refuses_evals_that_do_not_belong_together(tmp_path, capsys, over, message):

@@ -21,8 +21,8 @@ from dgr2.records import read_json_objects
 
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "mrr", "valid_raw", "tokens_per_forward")
 # what must agree for the seeds to be draws of one experiment
-SAME = ("checkpoint", "baseline", "decoder", "split", "candidates", "n", "block_size", "threshold", "answer_threshold",
-        "constrained", "causal_first_rank", "max_new_tokens", "limit", "sample")
+SAME = ("checkpoint", "baseline", "rule", "decoder", "split", "candidates", "n", "block_size", "threshold",
+        "answer_threshold", "constrained", "causal_first_rank", "max_new_tokens", "limit", "sample")
 
 
 def read_evals(paths: list[str]) -> list[dict]:
