@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import shlex
 import sys
 
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return command.run(parsed)
     except UserError as e:  # a checkpoint, a data folder or file, a resume file: one line, no traceback
         return print_user_error(args.prog, e)
+    except BrokenPipeError:  # the reader left (``dgr2 summarize ... | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
 
 
 if __name__ == "__main__":

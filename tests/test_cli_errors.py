@@ -106,3 +106,19 @@ def test_other_commands_answer_a_bad_value_in_one_line(sports, tmp_path):
     _one_line(_dgr2("serve", "--store", str(sports / "Sports_and_Outdoors.txt")), "not a folder; give a model store")
     _one_line(_dgr2("eval", "--checkpoint", "beauty-gr2:ar", "--synthetic", "--candidates", "101"),
               "a checkpoint ranks at most 100 candidates")
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """``dgr2 summarize ... | head -1``: the pipe closes before the output is written; exit 0, no traceback."""
+    evals = tmp_path / "evals.jsonl"
+    evals.write_text("\n".join(json.dumps({"checkpoint": "m", "decoder": "ar", "split": "test", "n": 4,
+                                           "neg_seed": s, "ndcg@10": 0.3}) for s in (1, 2)))
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe now fails with EPIPE
+    env = {k: v for k, v in os.environ.items() if k not in ("DGR2_DATA_DIR", "DGR2_STORE")}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dgr2", "summarize", str(evals)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
