@@ -28,9 +28,9 @@ nvidia-smi -L > "$out/nvidia-smi.txt" 2>&1
     --ignore=tests/kernels/test_kernel_benchmarks.py > "$out/pytest-kernels.log" 2>&1; echo "rc=$?" >> "$out/pytest-kernels.log") &
 
 common=(--device "$DEVICE" --loader-workers "${LOADER_WORKERS:-10}" --data-dir "$DGR2_DATA_DIR" --store "$out/store" --val-users "${VAL_USERS:-200}")
-warm=(--preset "${AR_PRESET:-small}")
-[[ -n ${AR_INIT:-} ]] && warm=(--init-from "$AR_INIT" --lr "${AR_LR:-1e-3}")
-"$PYTHON" -m dgr2 train ar "${common[@]}" "${warm[@]}" --run-dir "$out/ar" --batch-size "${AR_BATCH:-64}" \
+start=(--preset "${AR_PRESET:-small}")  # from scratch, or a warm start (whose preset is the checkpoint's)
+[[ -n ${AR_INIT:-} ]] && start=(--init-from "$AR_INIT" --lr "${AR_LR:-1e-3}")
+"$PYTHON" -m dgr2 train ar "${common[@]}" "${start[@]}" --run-dir "$out/ar" --batch-size "${AR_BATCH:-64}" \
     --steps "${AR_STEPS:-3000}" --time-budget-min "${AR_MIN:-3.5}" --schedule-to-budget --eval-every "${AR_EVAL_EVERY:-500}" \
     2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$out/ar.log"
 ndcg=$("$PYTHON" -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if 'val_ndcg@10' in l]; print(r[-1]['val_ndcg@10'] if r else 0)" "$out/ar/log.jsonl" 2>/dev/null || echo 0)

@@ -21,6 +21,7 @@ DEFAULT_TRACE_LEN = 420
 # example, or ascending slot (the order the trace lists them in)
 AnswerTies = Literal["shuffled", "slot"]
 ANSWER_TIES: tuple[AnswerTies, ...] = get_args(AnswerTies)
+DEFAULT_ANSWER_TIES: AnswerTies = "shuffled"  # every checkpoint written before the choice existed
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ModelConfig:
     # the evidence rule its traces were trained on when fitted to its catalog (recipe.traces.EvidenceRule as
     # a dict); None: the prompt version's own rule
     evidence_rule: dict[str, Any] | None = None
-    answer_ties: AnswerTies = "shuffled"  # how its answers were trained to order equal strengths
+    answer_ties: AnswerTies = DEFAULT_ANSWER_TIES  # how its answers were trained to order equal strengths
     decoder: DecoderKind = "ar"
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from dgr2.model.catalog import Catalog
-from dgr2.model.config import AnswerTies, ModelConfig
+from dgr2.model.config import DEFAULT_ANSWER_TIES, AnswerTies, ModelConfig
 from dgr2.model.prompt import render_completion, render_prompt
 from dgr2.model.slot_rule import banned_slots
 from dgr2.model.tokenizer import MAX_SLOTS, Vocab
@@ -43,7 +43,7 @@ class Encoded:
 
 def encode(vocab: Vocab, source: Source, ex: Example, trace_len: int = DEFAULT_TRACE_LEN,
            own_sequence: list[str] | None = None, rule: EvidenceRule | None = None,
-           ties: AnswerTies = "shuffled") -> Encoded:
+           ties: AnswerTies = DEFAULT_ANSWER_TIES) -> Encoded:
     """Token ids of one supervised sequence; training examples pass the user's ``own_sequence``
     (training part), which is left out of popularity and links (:class:`recipe.data.UserView`).
     ``rule``: the evidence rule of the trace (default: the prompt version's); ``ties``: how the answer
@@ -74,7 +74,7 @@ class TrainStream:
     of the same global batches, so 1 process and N processes train on identical data)."""
 
     def __init__(self, vocab: Vocab, source: Source, num_candidates: int, trace_len: int, seed: int,
-                 rule: EvidenceRule | None = None, ties: AnswerTies = "shuffled") -> None:
+                 rule: EvidenceRule | None = None, ties: AnswerTies = DEFAULT_ANSWER_TIES) -> None:
         self.vocab, self.source, self.rule, self.ties = vocab, source, rule, ties
         self.k, self.trace_len = num_candidates, trace_len
         self.prefixes = train_prefixes(source.sequences)

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from dgr2.model.catalog import Catalog
-from dgr2.model.config import DEFAULT_TRACE_LEN, AnswerTies
+from dgr2.model.config import DEFAULT_ANSWER_TIES, DEFAULT_TRACE_LEN, AnswerTies
 from dgr2.model.prompt import MATCH_SCAN
 from dgr2.model.tokenizer import (
     CO_FLOORS,
@@ -193,7 +193,7 @@ def trace_strengths(evs: list[Evidence], entries: list[tuple[int, list[str]]]) -
 
 
 def sft_target(evs: list[Evidence], target_slot: int, trace_len: int = DEFAULT_TRACE_LEN,
-               tie_seed: int = 0, ties: AnswerTies = "shuffled") -> tuple[list[str], list[int]]:
+               tie_seed: int = 0, ties: AnswerTies = DEFAULT_ANSWER_TIES) -> tuple[list[str], list[int]]:
     """(trace tokens, ranking): the target first, the rest by decreasing trace strength; ties, and
     candidates the trace did not reach (strength -1), in an order shuffled by ``tie_seed``, or with
     ``ties="slot"`` in ascending slot.

@@ -85,10 +85,9 @@ def run(args: argparse.Namespace) -> int:
     parent = load_checkpoint(resolve_checkpoint(args.parent, args.store))
     model, vocab = parent.model, parent.vocab
     model.config = model.config.replace(**decode_settings(parent.config, args))
-    trace_len = args.trace_len or parent.config.trace_len
-    model.config = model.config.replace(trace_len=trace_len)  # a decoding setting: saved in config.json
-    if args.answer_ties:
-        model.config = model.config.replace(answer_ties=args.answer_ties)
+    # each given, else the parent's; trace_len is a decoding setting too, saved in config.json
+    model.config = model.config.replace(trace_len=args.trace_len or parent.config.trace_len,
+                                        answer_ties=args.answer_ties or parent.config.answer_ties)
     block = model.config.block_size  # training's blocks are the decoder's
     source = load_source(args.data_dir, args.synthetic)
     stream = TrainStream.for_model(vocab, source, args.candidates, model.config, args.seed)

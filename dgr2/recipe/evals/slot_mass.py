@@ -107,8 +107,8 @@ def banned_slot_mass(model, vocab, source, examples, block: int, batch_size: int
                     tally = ties[tie_open(answer, r, strength)]
                     tally[0] += 1
                     tally[1] += t
-                if t and view == "ar":
-                    back[back_bin(r - 1 - max(j for j in range(r - 1) if answer[j] == slot))] += 1
+                    if t:
+                        back[back_bin(r - 1 - max(j for j in range(r - 1) if answer[j] == slot))] += 1
     out: dict = {view: {band: {"positions": n, "mass": round(m / n, 5), "argmax_banned": round(t / n, 5)}
                         for (v, band), (n, m, t) in sorted(sums.items()) if v == view} for view in VIEWS}
     out["repeat_back"] = back
