@@ -148,7 +148,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--resume-file", default=None,
                    help="append each finished batch to this file and, when it exists, skip the users it "
-                        "holds (an all-users CPU eval that survives a stop; refused if written by another eval)")
+                        "holds (an all-users CPU eval that survives a stop; refused if written by another eval: "
+                        "other settings, weights or data folder)")
     p.add_argument("--score-report", default=None, metavar="FILE",
                    help="also write FILE (JSON): the served relevance_score of the held-out item at each rank "
                         "and the metrics of re-sorting the candidates by the raw expected gain "
@@ -221,9 +222,11 @@ def eval_result(args: argparse.Namespace) -> dict:
                     causal_first_rank=cfg.causal_first_rank, **pass_economy(cfg),
                     max_new_tokens=cfg.max_new_tokens, batch_size=args.batch_size,
                     device=args.device, **users)
-    # the resume file also pins the weights, so a re-trained checkpoint of the same name is refused
+    # the resume file also pins the weights and the data, so a re-trained checkpoint of the same name, or
+    # another folder of the same catalog (another attribute mapping), is refused
     resume = ResumeFile(args.resume_file, {**settings, "weights_sha256": ckpt.manifest["files"]["model.safetensors"],
-                                           "trace_len": trace_len}) if args.resume_file else None
+                                           "trace_len": trace_len, "data_hash": getattr(source, "data_hash", None)}
+                        ) if args.resume_file else None
     scores = ScoreReport() if args.score_report else None
     try:
         result = evaluate(Reranker(ckpt.model, ckpt.vocab, ckpt.catalog, decoder, cfg), examples, args.batch_size,

@@ -133,3 +133,27 @@ def test_eval_all_users_script_runs_each_seed_once(tmp_path, synth):
     assert summary["seeds"] == [1, 2] and summary["n"] == 6
     assert summary["metrics"]["ndcg@10"]["per_seed"] == [results[1]["ndcg@10"], results[2]["ndcg@10"]]
     assert "seeds 1, 2" in out
+
+
+def test_a_checkpoint_eval_pins_its_data_folder(tmp_path, synth, capsys):
+    """Two folders of the same catalog (here the same items, one user's history shortened) are two evals:
+    the second is refused by the data hash, and `dgr2 compare` refuses to pair them."""
+    from dgr2.model_store.init import init_pair
+    from dgr2.recipe.formats.export import write_layout
+
+    init_pair(ModelStore(tmp_path / "store"), "beauty-gr2", synth.catalog)
+    items = list(synth.catalog.items.values())
+    write_layout(tmp_path / "one", synth.sequences, items)
+    user, seq = next((u, s) for u, s in synth.sequences.items() if len(s) > 4)
+    write_layout(tmp_path / "two", {**synth.sequences, user: seq[1:]}, items)
+    args = ["eval", "--checkpoint", "beauty-gr2:ar", "--store", str(tmp_path / "store"), "--candidates", "6",
+            "--limit", "3", "--trace-len", "8", "--batch-size", "3", "--json"]
+    for name in ("one", "two"):
+        assert cli([*args, "--data-dir", str(tmp_path / name), "--resume-file", str(tmp_path / f"{name}.jsonl")]) == 0
+    heads = [json.loads((tmp_path / f"{n}.jsonl").read_text().splitlines()[0])["settings"] for n in ("one", "two")]
+    assert heads[0]["data_hash"] and heads[0]["data_hash"] != heads[1]["data_hash"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="data_hash .* there, .* now"):
+        cli([*args, "--data-dir", str(tmp_path / "two"), "--resume-file", str(tmp_path / "one.jsonl")])
+    assert cli(["compare", str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")]) != 0
+    assert "different data: data_hash" in capsys.readouterr().err
