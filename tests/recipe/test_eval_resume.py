@@ -83,6 +83,9 @@ def test_a_file_of_another_eval_is_refused(setup, tmp_path):
     evaluate(reranker(), examples[:4], batch_size=4, progress=False, resume=ResumeFile(path, {"neg_seed": 1}))
     with pytest.raises(ResumeError, match="neg_seed 1 there, 2 now"):
         evaluate(reranker(), examples[:4], batch_size=4, progress=False, resume=ResumeFile(path, {"neg_seed": 2}))
+    with pytest.raises(ResumeError, match="data_hash not recorded there, 'abc' now"):  # a later pin
+        evaluate(reranker(), examples[:4], batch_size=4, progress=False,
+                 resume=ResumeFile(path, {"neg_seed": 1, "data_hash": "abc"}))
     with pytest.raises(ResumeError, match="holds 4 users this eval does not"):
         evaluate(reranker(), examples[4:8], batch_size=4, progress=False, resume=ResumeFile(path, {"neg_seed": 1}))
     (tmp_path / "other.jsonl").write_text('{"n": 3}\n')

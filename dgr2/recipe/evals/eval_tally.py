@@ -102,8 +102,9 @@ class ResumeFile:
         if head != self.settings:
             key = next((k for k in sorted({*self.settings, *(head or {})})
                         if (head or {}).get(k) != self.settings.get(k)), "settings")
-            raise ResumeError(f"{self.path} was written by another eval: {key} "
-                             f"{(head or {}).get(key)!r} there, {self.settings.get(key)!r} now")
+            there = f"{head[key]!r} there" if key in (head or {}) else "not recorded there"
+            raise ResumeError(f"{self.path} was written by another eval: {key} {there}, "
+                             f"{self.settings.get(key)!r} now")
         if keep is not None:  # a stop in mid-write leaves at most the last line cut: redo that batch
             self._truncate(keep)
         return done
