@@ -24,7 +24,7 @@ def _imported_units(tree: ast.AST) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "dgr2"]
+            names = [f"{node.module}.{a.name}" for a in node.names]  # `from dgr2 import records` names records
         units |= {n.split(".")[1] for n in names if n.startswith("dgr2.")}
     return units
 

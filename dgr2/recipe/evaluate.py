@@ -186,6 +186,7 @@ def eval_result(args: argparse.Namespace) -> dict:
         if path and not Path(path).resolve().parent.is_dir():
             raise SystemExit(f"dgr2 eval: {flag} {path}: its folder does not exist; create it first")
     source = load_source(args.data_dir, args.synthetic)
+    data_hash = getattr(source, "data_hash", None)  # a resume file pins it (the synthetic set has none)
     try:
         examples = eval_examples(source.sequences, source.item_ids, args.split, args.candidates, args.neg_seed,
                                  args.limit, args.sample)
@@ -199,7 +200,7 @@ def eval_result(args: argparse.Namespace) -> dict:
         if args.baseline == "evidence" and source.rule:
             settings["rule"] = source.rule  # the folder's fitted rule (left out otherwise: older files still match)
         if args.resume_file:  # per-user ranks, so that `dgr2 compare` can pair a model with the baseline
-            record_baseline(ResumeFile(args.resume_file, {**settings, "data_hash": getattr(source, "data_hash", None)}),
+            record_baseline(ResumeFile(args.resume_file, {**settings, "data_hash": data_hash}),
                             examples, ranks)
         return {"n": len(examples), **summarize(ranks), **settings}
     from dgr2.recipe.trainer import training_device
@@ -225,7 +226,7 @@ def eval_result(args: argparse.Namespace) -> dict:
     # the resume file also pins the weights and the data, so a re-trained checkpoint of the same name, or
     # another folder of the same catalog (another attribute mapping), is refused
     resume = ResumeFile(args.resume_file, {**settings, "weights_sha256": ckpt.manifest["files"]["model.safetensors"],
-                                           "trace_len": trace_len, "data_hash": getattr(source, "data_hash", None)}
+                                           "trace_len": trace_len, "data_hash": data_hash}
                         ) if args.resume_file else None
     scores = ScoreReport() if args.score_report else None
     try:

@@ -100,9 +100,9 @@ class ResumeFile:
             return Tally()
         head, done, keep = _read(self.path)
         if head != self.settings:
-            key = next((k for k in sorted({*self.settings, *(head or {})})
-                        if (head or {}).get(k) != self.settings.get(k)), "settings")
-            there = f"{head[key]!r} there" if key in (head or {}) else "not recorded there"
+            head = head or {}
+            key = next((k for k in sorted({*self.settings, *head}) if head.get(k) != self.settings.get(k)), "settings")
+            there = f"{head[key]!r} there" if key in head else "not recorded there"
             raise ResumeError(f"{self.path} was written by another eval: {key} {there}, "
                              f"{self.settings.get(key)!r} now")
         if keep is not None:  # a stop in mid-write leaves at most the last line cut: redo that batch
